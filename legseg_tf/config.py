@@ -1,0 +1,77 @@
+"""Frozen run configuration. Every default lives here, once."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REGIONS = ("legs", "upper", "lower", "hip", "legs-hip")
+DEVICES = ("auto", "cpu", "gpu")
+MERGE_MODES = ("gaussian", "qmritools")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How the segmentation networks are run.
+
+    Attributes:
+        region: what to segment: "legs" (lower + upper leg), "upper", "lower", "hip" or
+            "legs-hip" (lower + upper leg + hip).
+        device: "auto" (GPU when TensorFlow sees one), "cpu" or "gpu".
+        mem_gb: memory budget in GB for one network patch (None = derived from the machine).
+        merge: "gaussian" (Gaussian-weighted softmax blending of overlapping tiles) or
+            "qmritools" (the original hard-label union).
+        overlap: fraction of a tile that overlaps its neighbour when several tiles are needed.
+        batch_size: tiles per network call.
+        save_probabilities: also write a 4-D probseg image.
+        models_dir: folder holding ``manifest.json``.
+        nprocs: CPU threads for TensorFlow (None = all available).
+    """
+
+    region: str = "legs"
+    device: str = "auto"
+    mem_gb: float | None = None
+    merge: str = "gaussian"
+    overlap: float = 0.5
+    batch_size: int = 1
+    save_probabilities: bool = False
+    models_dir: Path | None = None
+    nprocs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS}, got {self.region!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {MERGE_MODES}, got {self.merge!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.mem_gb is not None and self.mem_gb <= 0:
+            raise ValueError(f"mem_gb must be positive, got {self.mem_gb}")
+        if self.nprocs is not None and self.nprocs < 1:
+            raise ValueError(f"nprocs must be >= 1, got {self.nprocs}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one BIDS-App invocation needs, resolved from the command line."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    participant_labels: tuple[str, ...] = ()
+    session_labels: tuple[str, ...] = ()
+    bids_filters: dict | None = None
+    work_dir: Path | None = None
+    overwrite: bool = False
+    skip_bids_validator: bool = False
+    verbosity: int = 0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    command_line: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        """JSON of the resolved configuration (paths as strings)."""
+        return json.dumps(asdict(self), default=str, indent=2, sort_keys=True)
