@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from legseg_tf.postprocessing import (
+    largest_component,
+    largest_component_per_label,
+    largest_components,
+)
+
+
+def test_largest_component_per_label_keeps_biggest_piece_of_each_label():
+    labels = np.zeros((6, 8, 8), dtype=np.uint16)
+    labels[1:4, 1:4, 1:4] = 3          # 27 voxels
+    labels[5, 6, 6] = 3                # stray voxel of label 3
+    labels[0, 6:8, 0:2] = 7            # 4 voxels
+    labels[3:6, 6:8, 3:5] = 7          # 12 voxels -> kept
+    out = largest_component_per_label(labels)
+    assert out.dtype == labels.dtype
+    assert out[5, 6, 6] == 0
+    assert (out[1:4, 1:4, 1:4] == 3).all()
+    assert (out[0, 6:8, 0:2] == 0).all()
+    assert (out[3:6, 6:8, 3:5] == 7).all()
+    assert np.count_nonzero(out) == 27 + 12
+
+
+def test_diagonal_neighbours_are_separate_components():
+    # two voxels touching only at an edge/corner are NOT 6-connected
+    labels = np.zeros((3, 3, 3), dtype=np.int32)
+    labels[0, 0, 0] = 1
+    labels[1, 1, 0] = 1  # edge neighbour
+    labels[1, 1, 1] = 1  # face neighbour of (1,1,0)
+    out = largest_component_per_label(labels)
+    assert out[0, 0, 0] == 0
+    assert out[1, 1, 0] == 1 and out[1, 1, 1] == 1
+
+
+def test_matches_brute_force_on_random_volumes():
+    rng = np.random.default_rng(3)
+    structure = ndimage.generate_binary_structure(3, 1)
+    for _ in range(20):
+        labels = rng.integers(0, 4, size=(5, 6, 7)).astype(np.uint8)
+        out = largest_component_per_label(labels)
+        expected = np.zeros_like(labels)
+        for value in range(1, 4):
+            comp, n = ndimage.label(labels == value, structure=structure)
+            if n == 0:
+                continue
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            expected[comp == np.argmax(sizes)] = value
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_does_not_modify_input_and_handles_empty():
+    labels = np.zeros((2, 2, 2), dtype=np.uint16)
+    out = largest_component_per_label(labels)
+    assert out is not labels and not out.any()
+
+
+def test_rejects_float_and_negative():
+    with pytest.raises(ValueError):
+        largest_component_per_label(np.zeros((2, 2, 2), dtype=np.float32))
+    with pytest.raises(ValueError):
+        largest_component_per_label(-np.ones((2, 2, 2), dtype=np.int16))
+
+
+def test_largest_component_and_largest_components():
+    mask = np.zeros((1, 10, 10), dtype=bool)
+    mask[0, 0:2, 0:2] = True   # 4
+    mask[0, 5:8, 5:8] = True   # 9
+    mask[0, 0, 8:10] = True    # 2
+    assert largest_component(mask).sum() == 9
+    two = largest_components(mask, 2)
+    assert two.sum() == 13 and not two[0, 0, 9]
+    with pytest.raises(ValueError):
+        largest_components(mask, 0)
