@@ -1,0 +1,257 @@
+"""BIDS-App command line: ``run.py bids_dir output_dir {participant,group} [options]``.
+
+Exit codes follow the BIDS execution spec (see README "Exit codes"). This module imports
+nothing heavy at load time, so ``--version`` answers without TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from legseg_tf import __version__
+from legseg_tf.config import DEVICES, MERGE_MODES, REGIONS, InferenceConfig, RunConfig
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NO_MODEL = 3
+EXIT_INVALID_DATASET = 16
+EXIT_UNKNOWN_LEVEL = 17
+EXIT_NO_INPUT = 18
+EXIT_USAGE = 64
+EXIT_NO_BIDS_DIR = 66
+EXIT_OUTPUT_DIR = 73
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+class UsageError(Exception):
+    """A command-line problem; carries the exit code and a one-line message."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the execution-spec usage exit code (64) instead of 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the BIDS App (also used to check the Boutiques descriptor)."""
+    parser = _Parser(
+        prog="legseg",
+        description="Automated segmentation of leg muscles in BIDS datasets "
+        "(a Python/Keras port of the QMRITools SegmentData pipeline).",
+    )
+    parser.add_argument("bids_dir", type=Path, help="root folder of the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="folder of the BIDS-Derivatives output dataset")
+    parser.add_argument(
+        "analysis_level",
+        help="'participant' segments each selected image; 'group' gathers the participant outputs",
+    )
+    inputs = parser.add_argument_group("input selection")
+    inputs.add_argument(
+        "--participant_label", "--participant-label", dest="participant_label", nargs="+",
+        metavar="LABEL", default=[], help="participants to process (with or without 'sub-'); default all",
+    )
+    inputs.add_argument(
+        "--session_label", "--session-label", dest="session_label", nargs="+",
+        metavar="LABEL", default=[], help="sessions to process (with or without 'ses-'); default all",
+    )
+    inputs.add_argument(
+        "--bids-filter-file", "--bids_filter_file", dest="bids_filter_file", type=Path,
+        metavar="FILE", help="JSON object of pybids entity filters that replaces the default input query",
+    )
+    inputs.add_argument(
+        "--skip_bids_validator", "--skip-bids-validator", dest="skip_bids_validator",
+        action="store_true", help="do not run the BIDS validator on BIDS_DIR",
+    )
+    seg = parser.add_argument_group("segmentation")
+    seg.add_argument("--region", choices=REGIONS, default=InferenceConfig.region,
+                     help="body region to segment (default: %(default)s)")
+    seg.add_argument("--device", choices=DEVICES, default=InferenceConfig.device,
+                     help="where networks run (default: %(default)s)")
+    seg.add_argument("--models", type=Path, metavar="DIR",
+                     help="models folder with manifest.json (default: $LEGSEG_MODELS_DIR or the bundled models/)")
+    seg.add_argument("--merge", choices=MERGE_MODES, default=InferenceConfig.merge,
+                     help="how overlapping tiles are merged (default: %(default)s)")
+    seg.add_argument("--overlap", type=_overlap, default=InferenceConfig.overlap,
+                     help="tile overlap when a part needs several tiles (default: %(default)s)")
+    seg.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int,
+                     default=InferenceConfig.batch_size, help="tiles per network call (default: %(default)s)")
+    seg.add_argument("--save-probabilities", "--save_probabilities", dest="save_probabilities",
+                     action="store_true", help="also write a 4-D probseg image")
+    seg.add_argument("--ff-erosion", "--ff_erosion", dest="ff_erosion", type=_non_negative_int, default=1,
+                     help="voxels eroded from each muscle for the eroded fat-fraction columns (default: %(default)s)")
+    resources = parser.add_argument_group("resources and outputs")
+    resources.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=_positive_int,
+                           help="CPU threads to use (default: all available)")
+    resources.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float,
+                           help="memory budget in GB for network patches (default: from the machine)")
+    resources.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
+                           help="scratch folder for temporary files (default: the system temp folder)")
+    resources.add_argument("--overwrite", action="store_true",
+                           help="replace existing outputs instead of skipping them")
+    parser.add_argument("-v", "--verbose", dest="verbose", action="count", default=0,
+                        help="more log output (-v: debug)")
+    parser.add_argument("--version", action="version", version=f"legseg {__version__}")
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
+    """Parse and check the command line.
+
+    Returns:
+        ``(config, ff_erosion)``.
+
+    Raises:
+        UsageError: with the exit code of the problem found.
+        SystemExit: from argparse for --help, --version and syntax errors (code 64).
+    """
+    from legseg_tf.bids_inputs import FilterFileError, load_filter_file, normalise_label
+
+    args = build_parser().parse_args(argv)
+    if args.analysis_level not in ANALYSIS_LEVELS:
+        raise UsageError(
+            f"unknown analysis level {args.analysis_level!r}; use one of {', '.join(ANALYSIS_LEVELS)}",
+            EXIT_UNKNOWN_LEVEL,
+        )
+    try:
+        participants = tuple(dict.fromkeys(normalise_label(x, "sub-") for x in args.participant_label))
+        sessions = tuple(dict.fromkeys(normalise_label(x, "ses-") for x in args.session_label))
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    filters = None
+    if args.bids_filter_file is not None:
+        try:
+            filters = load_filter_file(args.bids_filter_file)
+        except FilterFileError as error:
+            raise UsageError(str(error)) from error
+    bids_dir = args.bids_dir.expanduser().absolute()
+    output_dir = args.output_dir.expanduser().absolute()
+    if not bids_dir.is_dir() or not os.access(bids_dir, os.R_OK | os.X_OK):
+        raise UsageError(f"BIDS_DIR {bids_dir} does not exist or is not a readable folder", EXIT_NO_BIDS_DIR)
+    if output_dir.resolve() == bids_dir.resolve():
+        raise UsageError("OUTPUT_DIR must differ from BIDS_DIR (use e.g. BIDS_DIR/derivatives/legseg)")
+    inference = InferenceConfig(
+        region=args.region,
+        device=args.device,
+        mem_gb=args.mem_gb,
+        merge=args.merge,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        save_probabilities=args.save_probabilities,
+        models_dir=resolve_models_dir(args.models),
+        nprocs=args.nprocs,
+    )
+    config = RunConfig(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=args.analysis_level,
+        participant_labels=participants,
+        session_labels=sessions,
+        bids_filters=filters,
+        work_dir=args.work_dir.expanduser().absolute() if args.work_dir else None,
+        overwrite=args.overwrite,
+        skip_bids_validator=args.skip_bids_validator,
+        verbosity=args.verbose,
+        inference=inference,
+        command_line=tuple(argv),
+    )
+    return config, args.ff_erosion
+
+
+def resolve_models_dir(option: Path | None) -> Path:
+    """``--models`` > ``$LEGSEG_MODELS_DIR`` > the ``models/`` folder of the source tree."""
+    if option is not None:
+        return option.expanduser().absolute()
+    if os.environ.get("LEGSEG_MODELS_DIR"):
+        return Path(os.environ["LEGSEG_MODELS_DIR"]).expanduser().absolute()
+    from legseg_tf import SOURCE_ROOT
+
+    return SOURCE_ROOT / "models"
+
+
+def _prepare_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".legseg-write-test-{os.getpid()}"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(
+            f"cannot create or write OUTPUT_DIR {output_dir}: {error.strerror or error}", EXIT_OUTPUT_DIR
+        ) from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the BIDS App; return the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config, ff_erosion = parse_args(argv)
+        _prepare_output_dir(config.output_dir)
+        if config.work_dir is not None:
+            _prepare_output_dir(config.work_dir)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    except UsageError as error:
+        print(f"legseg: error: {error}", file=sys.stderr)
+        return error.code
+
+    from legseg_tf import logging_setup, pipeline
+
+    log_file = logging_setup.configure(
+        config.verbosity, config.output_dir / "logs", tag=f"legseg_{config.analysis_level}"
+    )
+    logger.info("legseg %s: %s level, %s -> %s", __version__, config.analysis_level,
+                config.bids_dir, config.output_dir)
+    logger.debug("log file: %s", log_file)
+    try:
+        return pipeline.run(config, ff_erosion=ff_erosion)
+    except UsageError as error:
+        logger.error("%s", error)
+        return error.code
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+
+
+def main_entry() -> None:
+    """Console-script entry point (``legseg``)."""
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The BIDS-Derivatives dataset legseg writes: names, dataset_description, sidecars, lookup tables.
+
+Layout of OUTPUT_DIR::
+
+    dataset_description.json            written once (safe with concurrent participant jobs)
+    dseg.tsv                            label lookup table inherited by every *_dseg.nii.gz
+    legseg_labels.txt                   the same table as an ITK-SNAP label description file
+    .bidsignore                         non-BIDS outputs (reports, logs, group tables)
+    logs/                               one log file per run
+    sub-<label>/[ses-<label>/]<datatype>/<source entities>_desc-muscles_dseg.nii.gz (+ .json)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+from legseg_tf import __version__
+from legseg_tf.labels import dseg_tsv_text, itksnap_text
+from legseg_tf.results import InputImage
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_NAME = "legseg"
+CODE_URL = "https://github.com/legseg/legseg"
+BIDS_VERSION = "1.10.0"
+DSEG_DESC = "muscles"
+BIDSIGNORE_LINES = ("logs/", "*.html", "group_*.tsv", "legseg_labels.txt", "*_morph.tsv")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Atomically write a JSON document (indented, keys in insertion order)."""
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def container_info() -> dict | None:
+    """Describe the container this process runs in, from its environment, or None."""
+    for variable in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        if os.environ.get(variable):
+            return {"Type": "singularity", "URI": os.environ[variable]}
+    if os.environ.get("LEGSEG_DOCKER_TAG"):
+        return {"Type": "docker", "Tag": os.environ["LEGSEG_DOCKER_TAG"]}
+    if Path("/.dockerenv").exists():
+        return {"Type": "docker"}
+    return None
+
+
+def dataset_description(bids_dir: Path) -> dict:
+    """The derivative dataset_description.json content for a source dataset."""
+    generated_by = {"Name": PIPELINE_NAME, "Version": __version__, "CodeURL": CODE_URL}
+    container = container_info()
+    if container:
+        generated_by["Container"] = container
+    source: dict = {"URL": Path(bids_dir).resolve().as_uri()}
+    try:
+        raw = json.loads((Path(bids_dir) / "dataset_description.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raw = {}
+    if isinstance(raw, dict):
+        if raw.get("DatasetDOI"):
+            source["DOI"] = raw["DatasetDOI"]
+        if raw.get("Name"):
+            source["Name"] = raw["Name"]
+    return {
+        "Name": "legseg leg-muscle segmentations",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [source],
+        "DatasetLinks": {"raw": source["URL"]},
+        "HowToAcknowledge": (
+            "Cite legseg and QMRITools: Froeling M. QMRTools: a Mathematica toolbox for "
+            "quantitative MRI analysis. J Open Source Softw 2019;4:1204."
+        ),
+    }
+
+
+def ensure_dataset_files(output_dir: Path, bids_dir: Path) -> None:
+    """Create dataset_description.json, dseg.tsv, the ITK-SNAP table and .bidsignore once.
+
+    Safe when several participant jobs start at the same time: each file is first written
+    to a private temporary file and then hard-linked into place, which fails (harmlessly) if
+    another job got there first; readers never see a half-written file.
+    """
+    files = {
+        "dataset_description.json": json.dumps(dataset_description(bids_dir), indent=2) + "\n",
+        "dseg.tsv": dseg_tsv_text(),
+        "legseg_labels.txt": itksnap_text(),
+        ".bidsignore": "\n".join(BIDSIGNORE_LINES) + "\n",
+    }
+    for name, text in files.items():
+        _create_once(Path(output_dir) / name, text)
+    _check_version(Path(output_dir) / "dataset_description.json")
+
+
+def _create_once(path: Path, text: str) -> None:
+    if path.exists():
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:
+            # File systems without hard links: exclusive create, then fill it in.
+            try:
+                with open(path, "x", encoding="utf-8") as handle:
+                    handle.write(text)
+            except FileExistsError:
+                pass
+    finally:
+        os.unlink(tmp)
+
+
+def _check_version(path: Path) -> None:
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        version = existing["GeneratedBy"][0].get("Version")
+    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        logger.warning("%s is not a legseg dataset description", path)
+        return
+    if version != __version__:
+        logger.warning(
+            "%s was written by legseg %s; this is %s: outputs of two versions are mixed",
+            path, version, __version__,
+        )
+
+
+def dseg_path(output_dir: Path, image: InputImage, desc: str = DSEG_DESC) -> Path:
+    """``OUTPUT_DIR/<source folder>/<source entities>_desc-<desc>_dseg.nii.gz``."""
+    folder = Path(output_dir) / Path(image.relpath).parent
+    return folder / f"{image.source_stem}_desc-{desc}_dseg.nii.gz"
+
+
+def probseg_path(output_dir: Path, image: InputImage, desc: str = DSEG_DESC) -> Path:
+    """``..._desc-<desc>_probseg.nii.gz`` next to the dseg."""
+    folder = Path(output_dir) / Path(image.relpath).parent
+    return folder / f"{image.source_stem}_desc-{desc}_probseg.nii.gz"
+
+
+def sidecar_path(nifti_path: Path) -> Path:
+    """JSON sidecar path of a ``.nii.gz``/``.nii`` file."""
+    name = nifti_path.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name.rsplit(".", 1)[0]
+    return nifti_path.with_name(stem + ".json")
+
+
+def bids_uri(relpath: str) -> str:
+    """BIDS URI of a file of the source dataset: ``bids:raw:<relpath>``."""
+    return f"bids:raw:{relpath}"
+
+
+def software_versions() -> dict:
+    """Versions of the software that shaped the result (no TensorFlow import if not loaded)."""
+    import sys
+
+    import nibabel
+    import numpy
+    import scipy
+
+    versions = {
+        "legseg": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "nibabel": nibabel.__version__,
+    }
+    for module in ("tensorflow", "keras"):
+        if module in sys.modules:
+            versions[module] = getattr(sys.modules[module], "__version__", "unknown")
+    return versions
+
+
+def dseg_sidecar(image: InputImage, models: list[dict], provenance: dict) -> dict:
+    """Sidecar of a label map: description, sources, spatial reference and provenance."""
+    return {
+        "Description": "Automated segmentation of leg muscles and bones (QMRITools Muscles_leg numbering).",
+        "Sources": [bids_uri(image.relpath)],
+        "SpatialReference": bids_uri(image.relpath),
+        "Manual": False,
+        "Type": "muscles",
+        "LabelTable": "dseg.tsv",
+        "Models": models,
+        **provenance,
+    }

@@ -1,0 +1,39 @@
+"""Configure logging once per process: console verbosity from ``-v`` and an optional log file."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def level_from_verbosity(verbosity: int) -> int:
+    """Console level: INFO by default (a BIDS App reports what it does), DEBUG with -v."""
+    return logging.DEBUG if verbosity >= 1 else logging.INFO
+
+
+def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legseg") -> Path | None:
+    """Set up the root logger; return the log file path when ``log_dir`` is given."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler()
+    console.setLevel(level_from_verbosity(verbosity))
+    console.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    root.addHandler(console)
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_file = None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log_file = log_dir / f"{tag}_{stamp}_{os.getpid()}.log"
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(handler)
+    return log_file

@@ -1,0 +1,222 @@
+"""Participant and group levels: loop over inputs, isolate failures, summarise, exit status."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import groupby
+from pathlib import Path
+
+import numpy as np
+
+from legseg_tf import derivatives, nifti_io
+from legseg_tf.cli import (
+    EXIT_FAILED,
+    EXIT_INVALID_DATASET,
+    EXIT_NO_INPUT,
+    EXIT_NO_MODEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+)
+from legseg_tf.config import RunConfig
+from legseg_tf.results import ImageResult, InputImage
+from legseg_tf.segmenter import NoModelError, Segmenter, load_segmenter
+
+logger = logging.getLogger(__name__)
+
+VALIDATOR_NAMES = ("bids-validator-deno", "bids-validator")
+
+
+def run(config: RunConfig, ff_erosion: int = 1) -> int:
+    """Run one analysis level; return the exit code."""
+    if config.work_dir is not None:
+        tempfile.tempdir = str(config.work_dir)
+    if config.analysis_level == "group":
+        return run_group(config)
+    return run_participant(config, ff_erosion=ff_erosion)
+
+
+def find_validator() -> str | None:
+    """Path of a BIDS validator executable (next to this Python first, then on PATH)."""
+    for name in VALIDATOR_NAMES:
+        beside = Path(sys.executable).parent / name
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def validate_dataset(bids_dir: Path) -> None:
+    """Run the BIDS validator; raise UsageError(16) when the dataset has errors."""
+    validator = find_validator()
+    if validator is None:
+        logger.warning("no BIDS validator installed (pip install bids-validator-deno); skipping validation")
+        return
+    logger.info("validating %s with %s", bids_dir, Path(validator).name)
+    completed = subprocess.run(
+        [validator, str(bids_dir), "--ignoreWarnings"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )
+    if completed.returncode != 0:
+        details = (completed.stdout + completed.stderr).strip().splitlines()
+        for line in details[-40:]:
+            logger.error("validator: %s", line)
+        raise UsageError(
+            f"{bids_dir} failed BIDS validation (see the log above, or use --skip_bids_validator)",
+            EXIT_INVALID_DATASET,
+        )
+
+
+def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter | None = None) -> int:
+    """Segment every selected image; return 0, or 1 if any image failed."""
+    from legseg_tf.bids_inputs import InputSelectionError, find_inputs
+
+    if not config.skip_bids_validator:
+        validate_dataset(config.bids_dir)
+    try:
+        images = find_inputs(
+            config.bids_dir, config.participant_labels, config.session_labels, config.bids_filters
+        )
+    except InputSelectionError as error:
+        logger.error("%s", error)
+        return EXIT_NO_INPUT
+    except ValueError as error:
+        logger.error("invalid --bids-filter-file query: %s", error)
+        return EXIT_USAGE
+    subjects = sorted({image.subject for image in images})
+    logger.info("%d image(s) of %d participant(s): %s", len(images), len(subjects), ", ".join(subjects))
+    derivatives.ensure_dataset_files(config.output_dir, config.bids_dir)
+
+    pending = [im for im in images if config.overwrite or not _outputs_exist(config, im)]
+    if segmenter is None and pending:
+        try:
+            segmenter = _load_segmenter(config)
+        except NoModelError as error:
+            logger.error("%s", error)
+            return EXIT_NO_MODEL
+
+    results: list[ImageResult] = []
+    for image in images:
+        if image not in pending:
+            dseg = derivatives.dseg_path(config.output_dir, image)
+            logger.info("%s exists; skipping (use --overwrite to replace it)", dseg)
+            results.append(ImageResult(image, "skipped", dseg_path=dseg,
+                                       sidecar_path=derivatives.sidecar_path(dseg)))
+            continue
+        results.append(segment_image(image, config, segmenter))
+    _participant_reports(results, config, ff_erosion)
+    failed = [r for r in results if r.status == "failed"]
+    done = sum(r.status == "done" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    logger.info("finished: %d segmented, %d skipped, %d failed", done, skipped, len(failed))
+    for result in failed:
+        logger.error("FAILED %s: %s", result.image.relpath, result.error)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _outputs_exist(config: RunConfig, image: InputImage) -> bool:
+    dseg = derivatives.dseg_path(config.output_dir, image)
+    return dseg.exists() and derivatives.sidecar_path(dseg).exists()
+
+
+def _load_segmenter(config: RunConfig) -> Segmenter:
+    models_dir = config.inference.models_dir
+    if models_dir is None:
+        raise NoModelError("no models folder configured")
+    return load_segmenter(config.inference, models_dir)
+
+
+def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) -> ImageResult:
+    """Segment one image and write its label map and sidecar; never raises."""
+    dseg = derivatives.dseg_path(config.output_dir, image)
+    sidecar = derivatives.sidecar_path(dseg)
+    probseg = derivatives.probseg_path(config.output_dir, image)
+    written: list[Path] = []
+    started = time.perf_counter()
+    try:
+        logger.info("segmenting %s", image.relpath)
+        volume_ras, geometry = nifti_io.load_canonical(image.path)
+        volume = nifti_io.ras_to_qmri(volume_ras)
+        result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry))
+        if result.labels.shape != volume.shape:
+            raise RuntimeError(f"segmenter returned shape {result.labels.shape} for input {volume.shape}")
+        labels_ras = nifti_io.qmri_to_ras(result.labels)
+        written.append(nifti_io.save_labels(labels_ras, geometry, dseg))
+        if config.inference.save_probabilities and result.probabilities is not None:
+            written.append(_save_probabilities(result, geometry, probseg))
+        elapsed = time.perf_counter() - started
+        provenance = {
+            "legseg": {
+                "version": derivatives.software_versions()["legseg"],
+                "software": derivatives.software_versions(),
+                "device": result.report.get("device"),
+                "region": config.inference.region,
+                "merge": config.inference.merge,
+                "timings_s": {**result.report.get("timings_s", {}), "total": round(elapsed, 3)},
+                "command_line": list(config.command_line),
+                "input_orientation": "".join(geometry.axcodes),
+            }
+        }
+        written.append(derivatives.write_json(sidecar, derivatives.dseg_sidecar(image, result.models, provenance)))
+        present = sorted(int(v) for v in np.unique(result.labels) if v)
+        logger.info("wrote %s (%d labels, %.1f s)", dseg, len(present), elapsed)
+        return ImageResult(
+            image, "done", dseg_path=dseg, sidecar_path=sidecar, labels_ras=labels_ras,
+            volume_ras=volume_ras, affine_ras=geometry.ras_affine, zooms_mm=geometry.zooms_ras,
+            report=result.report, models=result.models,
+            probseg_path=probseg if probseg in written else None,
+        )
+    except Exception as error:  # noqa: BLE001 - one image's failure must not stop the others
+        logger.debug("failure details for %s", image.relpath, exc_info=True)
+        for path in written:
+            path.unlink(missing_ok=True)
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        return ImageResult(image, "failed", error=message)
+
+
+def _save_probabilities(result, geometry: nifti_io.Geometry, path: Path) -> Path:
+    probabilities_ras = nifti_io.qmri_to_ras(result.probabilities)
+    data = nifti_io.from_ras(probabilities_ras, geometry).astype(np.float32)
+    nifti_io.save_array(data, geometry, path, dtype=np.float32)
+    derivatives.write_json(derivatives.sidecar_path(path), {
+        "Description": "Per-label probabilities of the muscle segmentation (4th axis = labels).",
+        "LabelMap": [str(index) for index in (result.label_map or [])],
+        "LabelTable": "dseg.tsv",
+    })
+    return path
+
+
+def _participant_reports(results: list[ImageResult], config: RunConfig, ff_erosion: int) -> None:
+    """Per-image tables and per-subject QC reports; failures mark the images as failed."""
+    try:
+        from legseg_tf.reports.participant import write_participant_outputs
+    except ImportError:
+        logger.warning("report module not available; skipping participant tables and reports")
+        return
+    ordered = sorted(results, key=lambda r: r.image.subject)
+    for subject, group in groupby(ordered, key=lambda r: r.image.subject):
+        usable = [r for r in group if r.status in ("done", "skipped")]
+        if not usable:
+            continue
+        try:
+            write_participant_outputs(usable, config.bids_dir, config.output_dir, ff_erosion)
+        except Exception as error:  # noqa: BLE001 - reports must not lose the segmentations
+            logger.debug("report failure details", exc_info=True)
+            for result in usable:
+                if result.status == "done":
+                    result.status = "failed"
+                    result.error = f"report for sub-{subject} failed: {type(error).__name__}: {error}"
+
+
+def run_group(config: RunConfig) -> int:
+    """Gather the participant outputs of OUTPUT_DIR into group tables and reports."""
+    from legseg_tf.group import run_group as gather
+
+    return gather(config.output_dir)
