@@ -18,14 +18,16 @@ def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legse
     """Set up the root logger; return the log file path when ``log_dir`` is given."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+        if getattr(handler, "_legseg", False):  # replace only what an earlier call added
+            root.removeHandler(handler)
+            handler.close()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler()
     console.setLevel(level_from_verbosity(verbosity))
     console.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    console._legseg = True
     root.addHandler(console)
-    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "numexpr"):
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "bidsschematools", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log_file = None
     if log_dir is not None:
@@ -35,5 +37,6 @@ def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legse
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter(FORMAT))
+        handler._legseg = True
         root.addHandler(handler)
     return log_file

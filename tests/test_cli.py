@@ -1,0 +1,182 @@
+"""The command-line contract: options, labels and every documented exit code."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from legseg_tf import cli, pipeline
+from tests.conftest import REPO_ROOT, make_dataset
+from tests.fakes import FailingSegmenter, ThresholdPlaceholderSegmenter
+
+
+@pytest.fixture
+def placeholder(monkeypatch):
+    """Route the participant level to the test-only placeholder segmenter."""
+    segmenter = ThresholdPlaceholderSegmenter()
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: segmenter)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    return segmenter
+
+
+def run_cli(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def test_version_is_fast_and_does_not_import_tensorflow():
+    code = (
+        "import sys; from legseg_tf.cli import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    version = (REPO_ROOT / "version").read_text().strip()
+    done = subprocess.run([sys.executable, "run.py", "--version"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"legseg {version}"
+
+
+def test_missing_bids_dir_exits_66_with_one_line(tmp_path, capsys):
+    assert run_cli("/nonexistent", tmp_path / "out", "participant") == cli.EXIT_NO_BIDS_DIR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/nonexistent" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_analysis_level_exits_17(tiny_dataset, tmp_path):
+    assert run_cli(tiny_dataset, tmp_path / "out", "session") == cli.EXIT_UNKNOWN_LEVEL
+
+
+@pytest.mark.parametrize("extra", [
+    ["--participant_label", "../x"],
+    ["--session-label", "a_b"],
+    ["--overlap", "1.5"],
+    ["--nprocs", "0"],
+    ["--region", "arm"],
+    ["--no-such-option"],
+])
+def test_usage_errors_exit_64(tiny_dataset, tmp_path, extra):
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", *extra) == cli.EXIT_USAGE
+
+
+def test_missing_positional_exits_64(tiny_dataset):
+    assert run_cli(tiny_dataset) == cli.EXIT_USAGE
+
+
+def test_output_dir_equal_to_bids_dir_is_a_usage_error(tiny_dataset):
+    assert run_cli(tiny_dataset, tiny_dataset, "participant") == cli.EXIT_USAGE
+
+
+def test_uncreatable_output_dir_exits_73(tiny_dataset, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert run_cli(tiny_dataset, blocker / "out", "participant", "--skip_bids_validator") == cli.EXIT_OUTPUT_DIR
+
+
+def test_unknown_participant_exits_18(tiny_dataset, tmp_path, placeholder):
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", "--participant_label", "03",
+                   "--skip_bids_validator") == cli.EXIT_NO_INPUT
+    assert placeholder.calls == 0
+
+
+def test_filters_matching_nothing_exit_18(tiny_dataset, tmp_path, placeholder):
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"suffix": "FLAIR"}))
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", "--bids-filter-file", filters,
+                   "--skip_bids_validator") == cli.EXIT_NO_INPUT
+
+
+def test_malformed_filter_file_exits_64(tiny_dataset, tmp_path):
+    filters = tmp_path / "filters.json"
+    filters.write_text("{broken")
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", "--bids-filter-file", filters) == cli.EXIT_USAGE
+
+
+def test_no_model_exits_3_and_writes_no_segmentation(tiny_dataset, tmp_path):
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    out = tmp_path / "out"
+    assert run_cli(tiny_dataset, out, "participant", "--models", empty_models,
+                   "--skip_bids_validator") == cli.EXIT_NO_MODEL
+    assert not list(out.rglob("*_dseg.nii.gz"))
+
+
+def test_participant_success_exits_0(tiny_dataset, tmp_path, placeholder):
+    out = tmp_path / "out"
+    assert run_cli(tiny_dataset, out, "participant", "--participant-label", "sub-01", "sub-02",
+                   "--skip_bids_validator") == cli.EXIT_OK
+    assert placeholder.calls == 2
+    assert len(list(out.rglob("*_desc-muscles_dseg.nii.gz"))) == 2
+    assert list((out / "logs").glob("legseg_participant_*.log"))
+
+
+def test_one_failing_participant_exits_1_and_others_are_processed(tiny_dataset, tmp_path, monkeypatch):
+    class FailSecond(ThresholdPlaceholderSegmenter):
+        def segment(self, volume, spacing):
+            if self.calls == 1:
+                self.calls += 1
+                raise RuntimeError("boom")
+            return super().segment(volume, spacing)
+
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: FailSecond())
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    out = tmp_path / "out"
+    assert run_cli(tiny_dataset, out, "participant", "--skip_bids_validator") == cli.EXIT_FAILED
+    written = sorted(p.name for p in out.rglob("*_dseg.nii.gz"))
+    assert written == ["sub-01_acq-outphase_desc-muscles_dseg.nii.gz"]
+    assert not list(out.rglob("sub-02*"))
+
+
+def test_all_failing_leaves_no_partial_files(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: FailingSegmenter())
+    out = tmp_path / "out"
+    assert run_cli(tiny_dataset, out, "participant", "--skip_bids_validator") == cli.EXIT_FAILED
+    assert not list(out.rglob("sub-*/**/*.*"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_invalid_dataset_exits_16(tmp_path, placeholder):
+    if pipeline.find_validator() is None:
+        pytest.skip("no BIDS validator installed (pip install bids-validator-deno)")
+    root = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_acq-outphase_T1w.nii.gz": None})
+    (root / "dataset_description.json").unlink()
+    assert run_cli(root, tmp_path / "out", "participant") == cli.EXIT_INVALID_DATASET
+    assert placeholder.calls == 0
+
+
+def test_valid_dataset_passes_the_validator(tiny_dataset, tmp_path, placeholder):
+    if pipeline.find_validator() is None:
+        pytest.skip("no BIDS validator installed (pip install bids-validator-deno)")
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", "--participant_label", "01") == cli.EXIT_OK
+
+
+def test_models_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("LEGSEG_MODELS_DIR", raising=False)
+    assert cli.resolve_models_dir(None) == REPO_ROOT / "models"
+    monkeypatch.setenv("LEGSEG_MODELS_DIR", str(tmp_path))
+    assert cli.resolve_models_dir(None) == tmp_path
+    assert cli.resolve_models_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_parse_args_builds_the_run_config(tiny_dataset, tmp_path):
+    config, erosion = cli.parse_args([
+        str(tiny_dataset), str(tmp_path / "o"), "participant", "--participant_label", "sub-01", "01",
+        "--session_label", "ses-a", "--region", "upper", "--device", "cpu", "--mem-gb", "2",
+        "--nprocs", "2", "--merge", "qmritools", "--overlap", "0.25", "--ff-erosion", "0", "-vv",
+    ])
+    assert config.participant_labels == ("01",)
+    assert config.session_labels == ("a",)
+    assert config.inference.region == "upper" and config.inference.mem_gb == 2.0
+    assert config.inference.merge == "qmritools" and config.inference.overlap == 0.25
+    assert config.verbosity == 2 and erosion == 0
+    assert json.loads(config.to_json())["analysis_level"] == "participant"
+
+
+def test_console_script_module_entry(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-m", "legseg_tf", "--version"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("legseg ")
