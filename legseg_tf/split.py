@@ -1,0 +1,382 @@
+"""Left/right split and region crops (spec sections 1.5 and 1.6), with a geometric side check.
+
+Arrays are in the QMRITools layout (z, y, x) built from the canonical RAS orientation, so
+column 0 is the patient's right-most column: the columns left of the cut (low index) are the
+patient's **Right** leg and the others the **Left** leg. Side names therefore follow from the
+affine, never from the raw file order.
+
+The classifier's side vote is cross-checked against the geometry of the body mask
+(:func:`geometric_side`, :func:`decide_side`): a single-leg volume is named after the side of
+the body midline its tissue lies on, and two clearly separated legs are always split.
+
+Column indices are 0-based; a cut ``c`` means "Right = columns < c, Left = columns >= c".
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from legseg_tf.masking import bounding_box
+
+logger = logging.getLogger(__name__)
+
+BOTH, LEFT, RIGHT = "Both", "Left", "Right"
+SIDE_CODES = {LEFT: "L", RIGHT: "R"}
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Split parameters.
+
+    Attributes:
+        overlap: fraction of the image width each side part extends past the cut.
+        blur_divisors: FindMiddle smoothing tries (Gaussian radius = width / divisor).
+        two_leg_min_fraction: each side of the cut must hold at least this fraction of the
+            mask for the geometry to call the volume two-legged.
+        two_leg_max_valley: and the mask profile (voxels per column) at the cut must be at
+            most this fraction of the smaller side's peak. Legs pressed together give about
+            0.5; a single leg, whose profile has one hump, gives about 1.
+        confident_fraction: a single leg counts as clearly on one side of the midline when at
+            least this fraction of its mask lies there.
+    """
+
+    overlap: float = 0.1
+    blur_divisors: tuple[int, ...] = (20, 30, 40, 50, 60)
+    two_leg_min_fraction: float = 0.15
+    two_leg_max_valley: float = 0.8
+    confident_fraction: float = 0.9
+
+
+@dataclass(frozen=True)
+class GeometrySide:
+    """What the body mask says about the legs in the field of view.
+
+    Attributes:
+        two_legs: two lobes separated by a valley at the cut.
+        single_side: side of the midline holding most of the mask ("Left" or "Right").
+        confident: at least ``confident_fraction`` of the mask lies on ``single_side``.
+        right_fraction: fraction of the mask on the patient's right of the midline.
+        cut_right_fraction: fraction of the mask right of the cut (columns < cut).
+        valley_ratio: mask profile at the cut / smaller peak of the two sides.
+        midline_column: column (fractional) taken as the body midline.
+        cut: the left/right cut column.
+    """
+
+    two_legs: bool
+    single_side: str
+    confident: bool
+    right_fraction: float
+    cut_right_fraction: float
+    valley_ratio: float
+    midline_column: float
+    cut: int
+
+    def to_report(self) -> dict:
+        return {
+            "two_legs": self.two_legs,
+            "single_side": self.single_side,
+            "confident": self.confident,
+            "right_fraction": round(self.right_fraction, 4),
+            "cut_right_fraction": round(self.cut_right_fraction, 4),
+            "valley_ratio": round(self.valley_ratio, 4),
+            "midline_column": round(self.midline_column, 2),
+            "cut": self.cut,
+        }
+
+
+@dataclass(frozen=True)
+class SideDecision:
+    """Final side decision.
+
+    Attributes:
+        side: "Both" (split), "Left" or "Right" (whole volume is that leg).
+        classifier_side: the classifier's majority vote, or None without a classifier.
+        source: "classifier+geometry" when they agree, "geometry" when geometry decided.
+        warnings: human-readable disagreements.
+    """
+
+    side: str
+    classifier_side: str | None
+    source: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One sub-volume sent to a region network.
+
+    Attributes:
+        region: "LowerLegs", "UpperLegs" or "Hip".
+        side: "L" or "R" (patient side, from geometry).
+        data: (z, y, x) float32 crop of the masked volume (non-zero bounding box).
+        box: global (z, y, x) slices of ``data`` in the full volume.
+    """
+
+    region: str
+    side: str
+    data: np.ndarray
+    box: tuple[slice, slice, slice]
+
+    def box_report(self) -> list[list[int]]:
+        """Inclusive-exclusive [start, stop] per axis (z, y, x)."""
+        return [[int(s.start), int(s.stop)] for s in self.box]
+
+
+def find_middle(volume: np.ndarray, config: SplitConfig = SplitConfig()) -> int:
+    """Cut column between the legs (QMRITools ``FindMiddle[data, "Legs"]``).
+
+    The intensity profile over columns (volume clipped to [0, 75th percentile of non-zero
+    voxels], averaged over slices and rows) is scaled to a maximum of 0.85 * nx; columns below
+    0.1 * nx are zeroed; the inverted Gaussian-smoothed profile's local maxima (valleys between
+    the legs) within (0.5, 1.5) * mid are candidates and the one closest to
+    (mid, 0.75 * 0.85 * nx) wins. Smoothing widens over up to five tries; without a candidate
+    the cut is the image centre.
+
+    Args:
+        volume: masked (z, y, x) volume.
+
+    Returns:
+        The cut c (1 <= c < nx): columns < c form the Right part.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
+    nx = volume.shape[2]
+    mid = int(np.rint(nx / 2))
+    nonzero = volume[volume > 0]
+    if nonzero.size == 0 or nx < 3:
+        return max(mid, 1)
+    top = float(np.percentile(nonzero, 75))
+    profile = np.clip(volume, 0.0, top).mean(axis=(0, 1), dtype=np.float64)
+    if profile.max() <= 0:
+        return max(mid, 1)
+    height = 0.85 * nx
+    profile = profile * (height / profile.max())
+    profile = np.where(profile >= 0.1 * nx, profile, 0.0)
+    target = np.array([mid, 0.75 * height])
+    for divisor in config.blur_divisors:
+        sigma = nx / (2.0 * divisor)
+        inverted = height - ndimage.gaussian_filter1d(profile, sigma, mode="nearest", truncate=2.0)
+        inner = inverted[1:-1]
+        peaks = np.flatnonzero((inner > inverted[:-2]) & (inner >= inverted[2:])) + 1
+        if peaks.size >= 5:
+            peaks = peaks[1:-1]
+        positions = peaks + 1  # 1-based column = number of columns in the Right part
+        keep = (positions > 0.5 * mid) & (positions < 1.5 * mid)
+        if keep.any():
+            candidates = np.stack([positions[keep], inverted[peaks[keep]]], axis=1)
+            best = int(np.argmin(np.sum((candidates - target) ** 2, axis=1)))
+            return int(np.clip(positions[keep][best], 1, nx - 1))
+    return max(mid, 1)
+
+
+def midline_column(ras_affine: np.ndarray, shape_ras: tuple[int, int, int]) -> float:
+    """Column of the QMRITools layout where the world x coordinate is 0 (scanner midline).
+
+    Patients lie centred left-right on the table, so world x = 0 approximates the body
+    midline. Evaluated at the centre row and slice.
+
+    Args:
+        ras_affine: 4x4 affine of the canonical RAS array.
+        shape_ras: (nx, ny, nz) of the canonical RAS array.
+
+    Returns:
+        Fractional column (may lie outside the image when the header origin is arbitrary).
+    """
+    affine = np.asarray(ras_affine, dtype=np.float64)
+    nx, ny, nz = shape_ras
+    step = affine[0, 0]
+    if abs(step) < 1e-9:
+        raise ValueError("the RAS affine has no x component along the first axis")
+    offset = affine[0, 1] * (ny - 1) / 2 + affine[0, 2] * (nz - 1) / 2 + affine[0, 3]
+    index_ras = -offset / step
+    return float(nx - 1 - index_ras)
+
+
+def resolve_midline(column: float | None, nx: int) -> tuple[float, str | None]:
+    """The midline column to use: ``column`` when it lies in the image, else the image centre.
+
+    Returns:
+        (column, warning or None).
+    """
+    centre = (nx - 1) / 2
+    if column is None:
+        return centre, None
+    if not -0.5 <= column <= nx - 0.5:
+        return centre, (
+            f"world x = 0 lies outside the image (column {column:.1f} of {nx}); the header "
+            "origin is not anatomical, so the image centre is taken as the body midline"
+        )
+    return float(column), None
+
+
+def geometric_side(
+    mask: np.ndarray, cut: int, midline: float, config: SplitConfig = SplitConfig()
+) -> GeometrySide:
+    """Two legs or one, and which side of the midline, from a (z, y, x) body mask.
+
+    Args:
+        mask: boolean (z, y, x) body mask (QMRITools layout, column 0 = patient right).
+        cut: left/right cut column (:func:`find_middle`).
+        midline: fractional column of the body midline.
+
+    Raises:
+        ValueError: empty mask or cut outside 1..nx-1.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    nx = mask.shape[2]
+    if not 1 <= cut <= nx - 1:
+        raise ValueError(f"cut {cut} outside 1..{nx - 1}")
+    profile = mask.sum(axis=(0, 1), dtype=np.float64)
+    total = profile.sum()
+    if total == 0:
+        raise ValueError("empty body mask")
+    columns = np.arange(nx)
+    right_weight = np.clip(midline + 0.5 - columns, 0.0, 1.0)
+    right_fraction = float((profile * right_weight).sum() / total)
+    cut_right = float(profile[:cut].sum() / total)
+    smooth = ndimage.gaussian_filter1d(profile, 1.0, mode="nearest")
+    valley = float(min(smooth[cut - 1], smooth[cut]))
+    smaller_peak = min(float(smooth[:cut].max()), float(smooth[cut:].max()))
+    valley_ratio = valley / smaller_peak if smaller_peak > 0 else float("inf")
+    two_legs = (
+        min(cut_right, 1 - cut_right) >= config.two_leg_min_fraction
+        and valley_ratio <= config.two_leg_max_valley
+    )
+    single = RIGHT if right_fraction >= 0.5 else LEFT
+    confident = max(right_fraction, 1 - right_fraction) >= config.confident_fraction
+    return GeometrySide(
+        two_legs=two_legs, single_side=single, confident=confident,
+        right_fraction=right_fraction, cut_right_fraction=cut_right,
+        valley_ratio=valley_ratio, midline_column=float(midline), cut=int(cut),
+    )
+
+
+def decide_side(classifier_side: str | None, geometry: GeometrySide) -> SideDecision:
+    """Combine the classifier's side vote with the mask geometry.
+
+    Rules (geometry names the legs; the classifier only breaks an inconclusive geometry):
+
+    * geometry sees two separated legs -> "Both" (warn when the classifier said one leg);
+    * classifier "Both" (or none) and one leg clearly on one side of the midline -> that side
+      (warn when the classifier said "Both");
+    * classifier "Both" and one lobe straddling the midline (legs pressed together, pelvis)
+      -> "Both" (parts are named by columns, which is geometric);
+    * classifier "Left"/"Right" and one leg -> the midline side of the tissue; warn when it
+      contradicts the classifier;
+    * no classifier and one leg straddling the midline -> the side holding most tissue, with
+      a warning.
+    """
+    if classifier_side not in (None, BOTH, LEFT, RIGHT):
+        raise ValueError(f"unknown classifier side {classifier_side!r}")
+    warnings: list[str] = []
+    geo = geometry
+    where = f"{geo.right_fraction:.0%} of the body mask lies right of the midline"
+    if geo.two_legs:
+        if classifier_side in (LEFT, RIGHT):
+            warnings.append(
+                f"classifier says one {classifier_side} leg but the body mask shows two "
+                f"separated legs (valley ratio {geo.valley_ratio:.2f}); splitting both legs"
+            )
+            return SideDecision(BOTH, classifier_side, "geometry", tuple(warnings))
+        source = "geometry" if classifier_side is None else "classifier+geometry"
+        return SideDecision(BOTH, classifier_side, source, ())
+    if classifier_side == BOTH and not geo.confident:
+        return SideDecision(BOTH, classifier_side, "classifier+geometry", ())
+    side = geo.single_side
+    if classifier_side == BOTH:
+        warnings.append(
+            f"classifier says both legs but the body mask is one leg on the patient's "
+            f"{side.lower()} ({where}); segmenting one {side} leg"
+        )
+    elif classifier_side is not None and classifier_side != side:
+        warnings.append(
+            f"classifier says {classifier_side} leg but {where}; naming it {side} from "
+            "the image geometry"
+        )
+    elif classifier_side is None and not geo.confident:
+        warnings.append(
+            f"one leg straddling the midline ({where}); named {side} from the side holding "
+            "most tissue"
+        )
+    source = "classifier+geometry" if classifier_side == side and not warnings else "geometry"
+    return SideDecision(side, classifier_side, source, tuple(warnings))
+
+
+def side_columns(nx: int, side: str, cut: int, overlap: float = 0.1) -> list[tuple[str, slice]]:
+    """Column ranges of the side parts: ``[(side code, columns), ...]``.
+
+    For "Both" the Right part is columns [0, cut + over) and the Left part [cut - over, nx),
+    ``over = round(overlap * nx)``; a single side gets all columns.
+    """
+    if side in SIDE_CODES:
+        return [(SIDE_CODES[side], slice(0, nx))]
+    if side != BOTH:
+        raise ValueError(f"side must be Both, Left or Right, got {side!r}")
+    over = int(np.rint(overlap * nx))
+    return [
+        ("R", slice(0, min(cut + over, nx))),
+        ("L", slice(max(cut - over, 0), nx)),
+    ]
+
+
+def crop_part(
+    volume: np.ndarray, slices: tuple[int, int], columns: slice
+) -> tuple[np.ndarray, tuple[slice, slice, slice]] | None:
+    """Slab ``slices`` (inclusive) x ``columns`` of ``volume`` cropped to its non-zero box.
+
+    Returns:
+        (crop, global box) or None when the slab holds no tissue.
+    """
+    first, last = slices
+    slab = volume[first:last + 1, :, columns]
+    box = bounding_box(slab)
+    if box is None:
+        return None
+    z, y, x = box
+    global_box = (
+        slice(first + z.start, first + z.stop),
+        slice(y.start, y.stop),
+        slice(columns.start + x.start, columns.start + x.stop),
+    )
+    return np.ascontiguousarray(slab[box]), global_box
+
+
+def split_parts(
+    volume: np.ndarray,
+    side: str,
+    cut: int,
+    ranges: Mapping[str, tuple[int, int]],
+    overlap: float = 0.1,
+) -> list[Part]:
+    """All (region, side) parts of a masked (z, y, x) volume (QMRITools SplitDataForSegmentation).
+
+    Args:
+        volume: masked (z, y, x) float32 volume.
+        side: "Both", "Left" or "Right" (see :func:`decide_side`).
+        cut: left/right cut column, used when ``side`` is "Both".
+        ranges: region -> (first, last) slice, inclusive.
+        overlap: fraction of the width each side part extends past the cut.
+
+    Returns:
+        Parts in region order, Right before Left; slabs without tissue are left out.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    nz, _, nx = volume.shape
+    parts: list[Part] = []
+    sides = side_columns(nx, side, cut, overlap)
+    for region, (first, last) in ranges.items():
+        if not 0 <= first <= last < nz:
+            raise ValueError(f"range {first}..{last} of {region} outside 0..{nz - 1}")
+        for code, columns in sides:
+            cropped = crop_part(volume, (first, last), columns)
+            if cropped is None:
+                logger.warning("no tissue in %s %s slices %d-%d", region, code, first, last)
+                continue
+            data, box = cropped
+            parts.append(Part(region, code, data, box))
+    return parts
