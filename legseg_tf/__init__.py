@@ -15,11 +15,11 @@ def _read_version() -> str:
     for path in candidates:
         if path.is_file():
             return path.read_text(encoding="utf-8").strip()
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("legseg")
-    except Exception:  # noqa: BLE001 - any metadata failure means "unknown"
+    except PackageNotFoundError:
         return "unknown"
 
 
