@@ -1,0 +1,75 @@
+"""Merge the label crops of all parts into one volume (spec section 1.9, QMRITools PatchesToData).
+
+For every final label, in ascending order: the union of that label over all parts (pasted at
+their global boxes), reduced to its largest 6-connected component; a voxel claimed by several
+labels goes to the lowest label (so a Left muscle, odd, beats the Right one, and lower-leg
+labels beat upper-leg ones).
+
+Memory: each label is assembled on the union of its bounding boxes in the parts it occurs in,
+never as a full-size mask, so the cost is one output volume plus one label box at a time.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from legseg_tf.postprocessing import largest_component
+
+LabelCrop = tuple[np.ndarray, tuple[slice, ...]]
+
+
+def _validate(parts: Sequence[LabelCrop], shape: tuple[int, ...]) -> None:
+    for index, (labels, box) in enumerate(parts):
+        if len(box) != len(shape):
+            raise ValueError(f"part {index}: box has {len(box)} axes, volume has {len(shape)}")
+        extent = tuple(s.stop - s.start for s in box)
+        if labels.shape != extent:
+            raise ValueError(f"part {index}: labels {labels.shape} do not fit box extent {extent}")
+        if any(s.start < 0 or s.stop > n for s, n in zip(box, shape)):
+            raise ValueError(f"part {index}: box {box} outside volume {shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"part {index}: labels must be integers, got {labels.dtype}")
+        if labels.size and labels.min() < 0:
+            raise ValueError(f"part {index}: negative labels")
+
+
+def merge_parts(
+    parts: Sequence[LabelCrop], shape: tuple[int, ...], dtype: type = np.uint16
+) -> np.ndarray:
+    """Merge labelled crops into a full volume.
+
+    Args:
+        parts: ``(labels, box)`` pairs: an integer label crop and its global box (one slice
+            per axis, the crop's exact extent).
+        shape: shape of the full volume, e.g. (z, y, x).
+        dtype: output integer dtype.
+
+    Returns:
+        Label volume of ``shape``; every label is one 6-connected component, no voxel has two
+        labels, overlaps went to the lowest label.
+    """
+    shape = tuple(int(n) for n in shape)
+    _validate(parts, shape)
+    out = np.zeros(shape, dtype=dtype)
+    # per part, per label: bounding box inside the part
+    objects = [ndimage.find_objects(np.asarray(labels)) if labels.size else [] for labels, _ in parts]
+    all_labels = sorted({i + 1 for boxes in objects for i, b in enumerate(boxes) if b is not None})
+    for label in all_labels:
+        pieces = []
+        for (labels, box), boxes in zip(parts, objects):
+            if label - 1 < len(boxes) and boxes[label - 1] is not None:
+                local = boxes[label - 1]
+                start = tuple(b.start + s.start for b, s in zip(box, local))
+                pieces.append((labels[local] == label, start))
+        lo = np.min([start for _, start in pieces], axis=0)
+        hi = np.max([np.add(start, mask.shape) for mask, start in pieces], axis=0)
+        union = np.zeros(tuple(hi - lo), dtype=bool)
+        for mask, start in pieces:
+            offset = tuple(slice(a - b, a - b + n) for a, b, n in zip(start, lo, mask.shape))
+            union[offset] |= mask
+        union = largest_component(union)
+        target = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        target[union & (target == 0)] = label
+    return out
