@@ -1,17 +1,59 @@
-"""The segmenter interface that the participant level calls.
+"""The segmenter that the participant level calls: QMRITools ``SegmentData`` (spec section 1).
 
 A segmenter turns one volume in the QMRITools array layout (z, y, x; see
-``docs/architecture.md``) into a label volume in the Muscles_leg numbering.
+``docs/architecture.md``) into a label volume in the Muscles_leg numbering:
+
+body mask -> per-slice side/position classification (when the region needs it) -> side
+decision cross-checked with the image geometry -> left/right split and region crops -> one
+region network per part -> training labels renamed with the part's side -> merge.
+
+The stages are pure functions in :mod:`legseg_tf.masking`, :mod:`legseg_tf.body_position`,
+:mod:`legseg_tf.split` and :mod:`legseg_tf.merge`; this module wires them to the installed
+models (:func:`load_segmenter`) and reports what was decided.
 """
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from legseg_tf.body_position import (
+    ClassifierConfig,
+    SliceClassifier,
+    classifier_images,
+    classify_body,
+    majority_side,
+)
 from legseg_tf.config import InferenceConfig
+from legseg_tf.labels import rename_train_labels
+from legseg_tf.masking import MaskConfig, apply_mask, body_mask
+from legseg_tf.merge import merge_parts
+from legseg_tf.split import (
+    SplitConfig,
+    decide_side,
+    find_middle,
+    geometric_side,
+    resolve_midline,
+    side_columns,
+    split_parts,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+    from legseg_tf.model_store import ModelEntry
+
+logger = logging.getLogger(__name__)
+
+MODELS_HELP = (
+    "install models into the models folder (--models DIR or LEGSEG_MODELS_DIR): train them "
+    "with legseg-train or convert the QMRITools networks with legseg-import (README, 'Models')"
+)
 
 
 class NoModelError(RuntimeError):
@@ -44,15 +86,388 @@ class Segmenter(Protocol):
         """Segment a (z, y, x) float32 volume with voxel spacing (dz, dy, dx) in mm."""
 
 
+@dataclass(frozen=True)
+class RegionPlan:
+    """What one ``--region`` value segments.
+
+    Attributes:
+        regions: QMRITools region names, in processing order.
+        needs_positions: the slice ranges of the regions come from the position classifier
+            (several regions in one volume); otherwise the whole volume is one region.
+        find_middle: cut between the legs at the FindMiddle valley (else the image centre).
+    """
+
+    regions: tuple[str, ...]
+    needs_positions: bool
+    find_middle: bool = True
+
+
+REGION_PLANS: dict[str, RegionPlan] = {
+    "legs": RegionPlan(("LowerLegs", "UpperLegs"), needs_positions=True),
+    "legs-hip": RegionPlan(("LowerLegs", "UpperLegs", "Hip"), needs_positions=True),
+    "upper": RegionPlan(("UpperLegs",), needs_positions=False),
+    "lower": RegionPlan(("LowerLegs",), needs_positions=False),
+    "hip": RegionPlan(("Hip",), needs_positions=False, find_middle=False),
+}
+#: Model-manifest role of each region's network.
+REGION_ROLES = {"LowerLegs": "lower_leg", "UpperLegs": "upper_leg", "Hip": "hip"}
+
+
+@dataclass(frozen=True)
+class RegionNetwork:
+    """One installed region network, ready to run on a part.
+
+    Attributes:
+        role: manifest role ("lower_leg", "upper_leg" or "hip").
+        model_id: manifest id.
+        sha256: checksum of the weights.
+        label_table: training-label table name (``legseg_tf.labels.TRAIN_TABLES`` key).
+        predict: (z, y, x) float32 part -> (z, y, x) integer training labels, each label one
+            6-connected component.
+    """
+
+    role: str
+    model_id: str
+    sha256: str
+    label_table: str
+    predict: Callable[[np.ndarray], np.ndarray]
+
+    def describe(self) -> dict:
+        return {"id": self.model_id, "role": self.role, "sha256": self.sha256}
+
+
+def required_roles(region: str, with_classifier: bool = True) -> list[str]:
+    """Manifest roles needed for ``region`` (the classifier only where positions are needed)."""
+    if region not in REGION_PLANS:
+        raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_PLANS)}")
+    plan = REGION_PLANS[region]
+    roles = [REGION_ROLES[r] for r in plan.regions]
+    if with_classifier and plan.needs_positions:
+        roles.append("classifier")
+    return roles
+
+
+class QMRIToolsSegmenter:
+    """QMRITools ``SegmentData`` for one region choice.
+
+    Args:
+        region: "legs", "legs-hip", "upper", "lower" or "hip".
+        networks: role -> :class:`RegionNetwork` for every region of ``region``.
+        classifier: per-slice side/position classifier; required for "legs" and "legs-hip".
+        classifier_model: {"id", "role", "sha256"} of the classifier, for the report.
+        mask_config, classifier_config, split_config: stage parameters.
+
+    Raises:
+        NoModelError: a needed network or the needed classifier is missing.
+    """
+
+    def __init__(
+        self,
+        region: str,
+        networks: Mapping[str, RegionNetwork],
+        classifier: SliceClassifier | None = None,
+        classifier_model: Mapping[str, str] | None = None,
+        mask_config: MaskConfig = MaskConfig(),
+        classifier_config: ClassifierConfig | None = None,
+        split_config: SplitConfig = SplitConfig(),
+    ) -> None:
+        if region not in REGION_PLANS:
+            raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_PLANS)}")
+        self.region = region
+        self.plan = REGION_PLANS[region]
+        missing = [role for role in required_roles(region, with_classifier=False)
+                   if role not in networks]
+        if self.plan.needs_positions and classifier is None:
+            missing.append("classifier")
+        if missing:
+            raise NoModelError(
+                f"region {region!r} needs model role(s) {missing}"
+                + (" (the slice classifier finds where the lower and upper legs are)"
+                   if "classifier" in missing else "")
+                + f"; {MODELS_HELP}"
+            )
+        self.networks = dict(networks)
+        self.classifier = classifier
+        self.classifier_model = dict(classifier_model) if classifier_model else None
+        if classifier_config is None:
+            size = getattr(classifier, "image_size", None)
+            classifier_config = ClassifierConfig(image_size=tuple(size)) if size else ClassifierConfig()
+        self.mask_config = mask_config
+        self.classifier_config = classifier_config
+        self.split_config = split_config
+
+    @property
+    def models(self) -> list[dict]:
+        """Models this segmenter may use: id, role, sha256."""
+        used = [self.networks[REGION_ROLES[r]].describe() for r in self.plan.regions]
+        if self.classifier is not None and self.classifier_model:
+            used.insert(0, dict(self.classifier_model))
+        return used
+
+    def segment(
+        self,
+        volume: np.ndarray,
+        spacing_zyx: tuple[float, float, float],
+        *,
+        midline_column: float | None = None,
+    ) -> SegmentationResult:
+        """Segment a (z, y, x) volume in the QMRITools layout (column 0 = patient right).
+
+        Args:
+            volume: (z, y, x) intensities.
+            spacing_zyx: voxel size (dz, dy, dx) in mm (recorded; inference runs at the native
+                voxel size as QMRITools does).
+            midline_column: column of the body midline (world x = 0, see
+                :func:`legseg_tf.split.midline_column`); None = the image centre.
+
+        Returns:
+            :class:`SegmentationResult` with uint16 labels of the input's shape.
+        """
+        volume = np.asarray(volume, dtype=np.float32)
+        if volume.ndim != 3:
+            raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
+        if len(spacing_zyx) != 3 or any(not s > 0 for s in spacing_zyx):
+            raise ValueError(f"spacing_zyx must be three positive sizes, got {spacing_zyx}")
+        nz, _, nx = volume.shape
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        report: dict[str, Any] = {
+            "method": "qmritools-segmentdata",
+            "region": self.region,
+            "spacing_zyx_mm": [float(s) for s in spacing_zyx],
+        }
+
+        clock = time.perf_counter()
+        mask = body_mask(volume, self.mask_config)
+        masked = apply_mask(volume, mask)
+        timings["mask"] = time.perf_counter() - clock
+        report["mask"] = {"voxels": int(mask.sum()), "fraction": float(mask.mean())}
+        empty = np.zeros(volume.shape, dtype=np.uint16)
+        if not mask.any():
+            warnings.append("the body mask is empty: nothing to segment")
+            return self._result(empty, report, timings, warnings, used=[])
+
+        clock = time.perf_counter()
+        classification = None
+        classifier_side = None
+        if self.plan.needs_positions:
+            classification = classify_body(masked, self.classifier, self.plan.regions,
+                                           self.classifier_config)
+            classifier_side = classification.side
+            ranges = dict(classification.ranges)
+            report["positions"] = classification.to_report()
+        else:
+            if self.classifier is not None:
+                classifier_side = self._classify_side(masked)
+            ranges = {region: (0, nz - 1) for region in self.plan.regions}
+        timings["classify"] = time.perf_counter() - clock
+        report["region_ranges"] = {name: [int(a), int(b)] for name, (a, b) in ranges.items()}
+        if self.plan.needs_positions and not ranges:
+            warnings.append(
+                f"the classifier found none of {list(self.plan.regions)} in this volume"
+            )
+
+        clock = time.perf_counter()
+        cut = find_middle(masked, self.split_config) if self.plan.find_middle else max(
+            1, min(nx - 1, int(np.rint(0.5 * nx))))
+        midline, midline_warning = resolve_midline(midline_column, nx)
+        if midline_warning:
+            warnings.append(midline_warning)
+        geometry = geometric_side(mask, cut, midline, self.split_config)
+        decision = decide_side(classifier_side, geometry)
+        warnings.extend(decision.warnings)
+        parts = split_parts(masked, decision.side, cut, ranges, self.split_config.overlap)
+        timings["split"] = time.perf_counter() - clock
+        report["side"] = {
+            "decision": decision.side,
+            "source": decision.source,
+            "classifier": classifier_side,
+            "geometry": geometry.to_report(),
+            "midline": "world x = 0" if midline_column is not None and not midline_warning
+            else "image centre",
+        }
+        report["split"] = {
+            "cut_column": int(cut),
+            "method": "find_middle" if self.plan.find_middle else "image centre",
+            "parts_columns": [[code, c.start, c.stop] for code, c in
+                              side_columns(nx, decision.side, cut, self.split_config.overlap)],
+        }
+
+        clock = time.perf_counter()
+        crops, part_reports, used = [], [], []
+        for part in parts:
+            network = self.networks[REGION_ROLES[part.region]]
+            train = np.asarray(network.predict(part.data))
+            if train.shape != part.data.shape:
+                raise RuntimeError(
+                    f"network {network.model_id} returned shape {train.shape} for a part of "
+                    f"shape {part.data.shape}"
+                )
+            final = rename_train_labels(train, network.label_table, part.side)
+            crops.append((final, part.box))
+            part_reports.append({
+                "region": part.region, "side": part.side, "model": network.model_id,
+                "box_zyx": part.box_report(),
+                "labels": sorted(int(v) for v in np.unique(final) if v),
+            })
+            if network.describe() not in used:
+                used.append(network.describe())
+        timings["networks"] = time.perf_counter() - clock
+        report["parts"] = part_reports
+
+        clock = time.perf_counter()
+        labels = merge_parts(crops, volume.shape) if crops else empty
+        timings["merge"] = time.perf_counter() - clock
+        if self.classifier is not None and self.classifier_model:
+            used.insert(0, dict(self.classifier_model))
+        return self._result(labels, report, timings, warnings, used)
+
+    def _classify_side(self, masked: np.ndarray) -> str | None:
+        """Classifier side vote for single-region volumes (positions are not used)."""
+        inputs = classifier_images(masked, self.classifier_config)
+        if inputs.images.shape[0] == 0:
+            return None
+        sides, _ = self.classifier(inputs.images)
+        return majority_side([str(s) for s in sides])
+
+    @staticmethod
+    def _result(labels, report, timings, warnings, used) -> SegmentationResult:
+        for message in warnings:
+            logger.warning("%s", message)
+        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        report["warnings"] = list(warnings)
+        return SegmentationResult(labels=labels.astype(np.uint16, copy=False), report=report,
+                                  models=list(used))
+
+
+class KerasSliceClassifier:
+    """Adapter: a Keras side/position classifier as a :class:`SliceClassifier`.
+
+    Args:
+        model: Keras model with input (batch, rows, cols, 1) and a dict (or pair) of softmax
+            outputs "side" and "position".
+        side_classes, position_classes: class names in output order.
+        batch_size: slices per call.
+    """
+
+    def __init__(self, model: keras.Model, side_classes: Sequence[str],
+                 position_classes: Sequence[str], batch_size: int = 32) -> None:
+        self.model = model
+        self.side_classes = tuple(side_classes)
+        self.position_classes = tuple(position_classes)
+        self.batch_size = int(batch_size)
+        shape = model.input_shape
+        self.image_size = (int(shape[1]), int(shape[2]))
+
+    def __call__(self, images: np.ndarray) -> tuple[list[str], list[str]]:
+        images = np.asarray(images, dtype=np.float32)
+        if images.shape[1:] != self.image_size:
+            raise ValueError(f"classifier expects {self.image_size} images, got {images.shape[1:]}")
+        sides, positions = [], []
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = images[start:start + self.batch_size, ..., None]
+            output = self.model(batch, training=False)
+            if isinstance(output, Mapping):
+                side_p, position_p = output["side"], output["position"]
+            else:
+                side_p, position_p = output
+            sides += [self.side_classes[i] for i in np.argmax(np.asarray(side_p), axis=-1)]
+            positions += [self.position_classes[i]
+                          for i in np.argmax(np.asarray(position_p), axis=-1)]
+        return sides, positions
+
+
+def _network_stride(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Total down-sampling per axis (z, y, x) of a region network config."""
+    if config.get("kind") == "unet":
+        from legseg_tf.networks.config import UNetConfig, total_stride
+
+        stride = total_stride(UNetConfig.from_dict(dict(config)))
+    elif "total_stride" in config:
+        stride = tuple(int(s) for s in config["total_stride"])
+    else:
+        raise NoModelError(
+            f"network config of kind {config.get('kind')!r} declares no 'total_stride'; "
+            "it cannot be tiled"
+        )
+    if len(stride) != 3:
+        raise NoModelError(f"region networks must be 3-D, got stride {stride}")
+    return stride  # type: ignore[return-value]
+
+
+def _region_network(entry: ModelEntry, config: InferenceConfig) -> RegionNetwork:
+    from legseg_tf import model_store
+    from legseg_tf.inference import apply_segmentation_network
+    from legseg_tf.labels import TRAIN_TABLES
+
+    try:
+        model = model_store.load_model(entry)
+        stride = _network_stride(entry.read_config())
+    except (model_store.ModelError, model_store.ManifestError) as error:
+        raise NoModelError(f"model {entry.id!r} ({entry.role}) is not usable: {error}") from error
+    n_classes = len(TRAIN_TABLES[entry.label_table]) + 1
+
+    def predict(part: np.ndarray) -> np.ndarray:
+        return apply_segmentation_network(part, model, n_classes, config, stride).labels
+
+    return RegionNetwork(entry.role, entry.id, entry.sha256, entry.label_table, predict)
+
+
+def _slice_classifier(entry: ModelEntry, config: InferenceConfig) -> KerasSliceClassifier:
+    from legseg_tf import model_store
+    from legseg_tf.networks.config import ClassifierConfig as NetClassifierConfig
+
+    try:
+        model = model_store.load_model(entry)
+        raw = entry.read_config()
+    except (model_store.ModelError, model_store.ManifestError) as error:
+        raise NoModelError(f"classifier {entry.id!r} is not usable: {error}") from error
+    defaults = NetClassifierConfig()
+    return KerasSliceClassifier(
+        model,
+        raw.get("side_classes", defaults.side_classes),
+        raw.get("position_classes", defaults.position_classes),
+        batch_size=max(config.batch_size, 32),
+    )
+
+
 def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
     """Build the segmenter for ``config`` from the models in ``models_dir``.
 
+    "legs" and "legs-hip" need the slice classifier; "upper", "lower" and "hip" use it for the
+    side vote when it is installed and otherwise decide the side from the image geometry.
+
     Raises:
-        NoModelError: when ``models_dir`` holds no usable model for the requested region.
+        NoModelError: when ``models_dir`` holds no usable model for the requested region (the
+            message names the missing roles and how to install models).
     """
-    manifest = models_dir / "manifest.json"
-    raise NoModelError(
-        f"no usable segmentation model in {models_dir} ({manifest.name} "
-        f"{'has no models for this region' if manifest.is_file() else 'is missing'}); "
-        "train one with legseg-train or convert the QMRITools networks with legseg-import"
-    )
+    from legseg_tf import model_store
+
+    models_dir = Path(models_dir)
+    try:
+        manifest = model_store.load_manifest(models_dir)
+    except model_store.ManifestError as error:
+        raise NoModelError(f"no usable model manifest in {models_dir}: {error}; {MODELS_HELP}") \
+            from error
+    plan = REGION_PLANS[config.region]
+    missing = [role for role in required_roles(config.region) if manifest.get(role) is None]
+    if missing:
+        raise NoModelError(
+            f"region {config.region!r} needs model role(s) {missing}, which {manifest.path} "
+            f"does not list; {MODELS_HELP}"
+        )
+    networks = {}
+    for region in plan.regions:
+        entry = manifest.get(REGION_ROLES[region])
+        networks[entry.role] = _region_network(entry, config)
+    classifier_entry = manifest.get("classifier")
+    classifier = None
+    classifier_model = None
+    if classifier_entry is not None:
+        classifier = _slice_classifier(classifier_entry, config)
+        classifier_model = {"id": classifier_entry.id, "role": "classifier",
+                            "sha256": classifier_entry.sha256}
+    elif not plan.needs_positions:
+        logger.info("no classifier installed: the side of %r volumes comes from the image "
+                    "geometry", config.region)
+    return QMRIToolsSegmenter(config.region, networks, classifier, classifier_model)

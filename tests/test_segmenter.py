@@ -1,0 +1,257 @@
+"""SegmentData orchestration with fake networks, on asymmetric phantoms stored in several
+orientations. Left/right checks are made in world (RAS) coordinates: tissue at world x > 0 is
+the patient's right and must carry even (Right) labels."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel import orientations
+
+from legseg_tf import nifti_io
+from legseg_tf.config import InferenceConfig
+from legseg_tf.labels import BY_INDEX, train_label_map
+from legseg_tf.segmenter import (
+    NoModelError,
+    QMRIToolsSegmenter,
+    RegionNetwork,
+    load_segmenter,
+    required_roles,
+)
+from legseg_tf.split import midline_column
+
+VASTUS_LATERALIS = 12  # class of N5_UpperLeg
+SOLEUS = 3             # class of N6_LowerLeg
+
+
+def fake_network(role, table, train_class):
+    """A 'network' labelling every tissue voxel of its part with one training class."""
+    calls = []
+
+    def predict(part):
+        calls.append(part.shape)
+        return np.where(part > 0, train_class, 0).astype(np.int32)
+
+    network = RegionNetwork(role, f"fake-{role}", "0" * 64, table, predict)
+    return network, calls
+
+
+def fake_classifier(side="Both", lower_fraction=0.4):
+    def classify(images):
+        n = images.shape[0]
+        n_lower = int(n * lower_fraction)
+        positions = ["Lower"] * n_lower + ["Knee"] * 6 + ["Upper"] * (n - n_lower - 6)
+        return [side] * n, positions
+    return classify
+
+
+def world_phantom(right_radius=9, left_radius=6, right=True, left=True, shape=(64, 40, 30)):
+    """Canonical RAS (x, y, z) volume and affine; world x = 2 * i - 63 (x = 0 at i = 31.5).
+
+    The patient's right leg (world x > 0, high index) is the bigger one.
+    """
+    rng = np.random.default_rng(0)
+    x, y, _ = np.indices(shape)
+    volume = rng.normal(1.0, 0.2, size=shape).clip(0).astype(np.float32)
+    if right:
+        volume[(x - 46) ** 2 + (y - 20) ** 2 <= right_radius**2] = 100.0
+    if left:
+        volume[(x - 17) ** 2 + (y - 20) ** 2 <= left_radius**2] = 100.0
+    affine = np.diag([2.0, 2.0, 5.0, 1.0])
+    affine[:3, 3] = (-63.0, -39.0, -70.0)
+    return volume, affine
+
+
+def save_as(volume_ras, affine_ras, axcodes, path):
+    """Store a RAS volume in another axis orientation with the matching affine."""
+    transform = orientations.ornt_transform(
+        orientations.axcodes2ornt(("R", "A", "S")), orientations.axcodes2ornt(axcodes))
+    data = orientations.apply_orientation(volume_ras, transform)
+    affine = affine_ras @ orientations.inv_ornt_aff(transform, volume_ras.shape)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def world_x(geometry, shape_ras):
+    i = np.arange(shape_ras[0])
+    return geometry.ras_affine[0, 0] * i + geometry.ras_affine[0, 3]
+
+
+def run_on_file(segmenter, path):
+    volume_ras, geometry = nifti_io.load_canonical(path)
+    volume = nifti_io.ras_to_qmri(volume_ras)
+    result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry),
+                               midline_column=midline_column(geometry.ras_affine,
+                                                             volume_ras.shape))
+    return nifti_io.qmri_to_ras(result.labels), volume_ras, geometry, result
+
+
+def upper_segmenter(classifier=None):
+    network, calls = fake_network("upper_leg", "N5_UpperLeg", VASTUS_LATERALIS)
+    return QMRIToolsSegmenter("upper", {"upper_leg": network}, classifier), calls
+
+
+VL_R = int(train_label_map("N5_UpperLeg", "R")[VASTUS_LATERALIS])
+VL_L = int(train_label_map("N5_UpperLeg", "L")[VASTUS_LATERALIS])
+
+
+def test_label_constants_are_sided():
+    assert BY_INDEX[VL_R].side == "R" and BY_INDEX[VL_L].side == "L"
+
+
+@pytest.mark.parametrize("axcodes", [("R", "A", "S"), ("L", "P", "S"), ("L", "A", "S"),
+                                     ("A", "L", "S"), ("P", "R", "I")])
+def test_right_leg_gets_right_labels_in_every_storage_orientation(tmp_path, axcodes):
+    volume, affine = world_phantom()
+    path = save_as(volume, affine, axcodes, tmp_path / "legs.nii.gz")
+    segmenter, calls = upper_segmenter()
+    labels_ras, volume_ras, geometry, result = run_on_file(segmenter, path)
+    wx = world_x(geometry, volume_ras.shape)[:, None, None]
+    tissue = volume_ras > 50
+    right_tissue, left_tissue = labels_ras[tissue & (wx > 0)], labels_ras[tissue & (wx < 0)]
+    # (the smoothed body mask trims a few edge voxels at the first and last slice)
+    assert set(np.unique(right_tissue)) == {0, VL_R} and (right_tissue == VL_R).mean() > 0.95
+    assert set(np.unique(left_tissue)) == {0, VL_L} and (left_tissue == VL_L).mean() > 0.95
+    assert not np.any((labels_ras == VL_L) & (wx > 0))
+    assert not np.any((labels_ras == VL_R) & (wx < 0))
+    assert result.report["side"]["decision"] == "Both"
+    assert len(calls) == 2
+    # the bigger (right) leg has more voxels labelled Right
+    assert (labels_ras == VL_R).sum() > (labels_ras == VL_L).sum()
+
+
+def test_mirrored_header_mirrors_the_labels(tmp_path):
+    """Same voxel array, x axis declared the other way round: the anatomy is mirrored, so the
+    big leg is now the patient's LEFT and must be labelled Left."""
+    volume, affine = world_phantom()
+    mirrored = affine.copy()
+    mirrored[0, 0] = -2.0
+    mirrored[0, 3] = 63.0
+    path = tmp_path / "mirrored.nii.gz"
+    nib.save(nib.Nifti1Image(volume, mirrored), str(path))
+    segmenter, _ = upper_segmenter()
+    labels_ras, volume_ras, geometry, _ = run_on_file(segmenter, path)
+    assert (labels_ras == VL_L).sum() > (labels_ras == VL_R).sum()
+    wx = world_x(geometry, volume_ras.shape)[:, None, None]
+    assert not np.any((labels_ras == VL_L) & (wx > 0))
+
+
+@pytest.mark.parametrize("classifier_side", ["Left", "Right", "Both", None])
+def test_single_right_leg_is_never_named_left(tmp_path, classifier_side):
+    volume, affine = world_phantom(left=False)
+    path = save_as(volume, affine, ("L", "P", "S"), tmp_path / "right.nii.gz")
+    classifier = None if classifier_side is None else fake_classifier(classifier_side)
+    segmenter, calls = upper_segmenter(classifier)
+    labels_ras, volume_ras, _, result = run_on_file(segmenter, path)
+    assert set(np.unique(labels_ras)) == {0, VL_R}
+    assert result.report["side"]["decision"] == "Right"
+    assert len(calls) == 1
+    warned = any("Right" in w or "one" in w for w in result.report["warnings"])
+    assert warned == (classifier_side in ("Left", "Both"))
+
+
+def test_single_left_leg_off_centre_uses_world_midline(tmp_path):
+    # the left leg lies near the image centre column, but entirely at world x < 0
+    volume, affine = world_phantom(right=False, left_radius=8)
+    affine[0, 3] = -40.0  # world x = 2 i - 40 -> leg (i = 17) at x = -6, midline at i = 20
+    path = save_as(volume, affine, ("R", "A", "S"), tmp_path / "left.nii.gz")
+    segmenter, _ = upper_segmenter(fake_classifier("Left"))
+    labels_ras, *_ , result = run_on_file(segmenter, path)
+    assert set(np.unique(labels_ras)) == {0, VL_L}
+    assert not result.report["warnings"]
+
+
+def test_legs_region_uses_classifier_ranges_and_both_networks():
+    volume, _ = world_phantom(shape=(64, 40, 40))
+    qmri = nifti_io.ras_to_qmri(volume)
+    upper, upper_calls = fake_network("upper_leg", "N5_UpperLeg", VASTUS_LATERALIS)
+    lower, lower_calls = fake_network("lower_leg", "N6_LowerLeg", SOLEUS)
+    segmenter = QMRIToolsSegmenter(
+        "legs", {"upper_leg": upper, "lower_leg": lower}, fake_classifier("Both"),
+        classifier_model={"id": "fake-classifier", "role": "classifier", "sha256": "1" * 64},
+    )
+    result = segmenter.segment(qmri, (5.0, 2.0, 2.0))
+    ranges = result.report["region_ranges"]
+    assert ranges["LowerLegs"][0] == 0 and ranges["UpperLegs"][1] == 39
+    assert ranges["UpperLegs"][0] <= ranges["LowerLegs"][1]  # knee slices go to both
+    assert len(upper_calls) == 2 and len(lower_calls) == 2
+    sol_r = int(train_label_map("N6_LowerLeg", "R")[SOLEUS])
+    sol_l = int(train_label_map("N6_LowerLeg", "L")[SOLEUS])
+    found = set(np.unique(result.labels)) - {0}
+    assert found == {sol_r, sol_l, VL_R, VL_L}
+    # lower-leg labels (lower numbers) win the shared knee slices
+    knee = slice(ranges["UpperLegs"][0], ranges["LowerLegs"][1] + 1)
+    assert set(np.unique(result.labels[knee])) <= {0, sol_r, sol_l}
+    # column 0 side of the QMRITools layout is the patient's right
+    assert (result.labels[:, :, :32] == sol_r).any() and not (result.labels[:, :, :20] == sol_l).any()
+    assert [m["role"] for m in result.models] == ["classifier", "lower_leg", "upper_leg"]
+    report = result.report
+    assert set(report["timings_s"]) == {"mask", "classify", "split", "networks", "merge"}
+    assert len(report["positions"]["raw_positions"]) == len(report["positions"]["slices"])
+    json.dumps(report)  # serialisable
+
+
+def test_empty_volume_gives_empty_labels_with_warning():
+    segmenter, calls = upper_segmenter()
+    result = segmenter.segment(np.zeros((4, 10, 10), np.float32), (5.0, 1.0, 1.0))
+    assert not result.labels.any() and result.labels.dtype == np.uint16
+    assert calls == [] and result.report["warnings"]
+
+
+def test_invalid_inputs_and_missing_networks():
+    segmenter, _ = upper_segmenter()
+    with pytest.raises(ValueError):
+        segmenter.segment(np.zeros((4, 4)), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError):
+        segmenter.segment(np.zeros((4, 4, 4)), (1.0, 0.0, 1.0))
+    network, _ = fake_network("upper_leg", "N5_UpperLeg", 1)
+    with pytest.raises(NoModelError, match="classifier"):
+        QMRIToolsSegmenter("legs", {"upper_leg": network, "lower_leg": network})
+    with pytest.raises(NoModelError, match="lower_leg"):
+        QMRIToolsSegmenter("lower", {"upper_leg": network})
+
+
+def test_network_returning_wrong_shape_is_an_error():
+    bad = RegionNetwork("upper_leg", "bad", "0" * 64, "N5_UpperLeg",
+                        lambda part: np.zeros((1, 1, 1), np.int32))
+    segmenter = QMRIToolsSegmenter("upper", {"upper_leg": bad})
+    volume, _ = world_phantom()
+    with pytest.raises(RuntimeError, match="shape"):
+        segmenter.segment(nifti_io.ras_to_qmri(volume), (5.0, 2.0, 2.0))
+
+
+def test_required_roles():
+    assert required_roles("legs") == ["lower_leg", "upper_leg", "classifier"]
+    assert required_roles("upper") == ["upper_leg"]
+    assert required_roles("legs-hip", with_classifier=False) == ["lower_leg", "upper_leg", "hip"]
+    with pytest.raises(ValueError):
+        required_roles("arm")
+
+
+def write_manifest(models_dir, roles):
+    models_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for role in roles:
+        (models_dir / f"{role}.json").write_text("{}")
+        (models_dir / f"{role}.weights.h5").write_bytes(b"x")
+        entries.append({
+            "id": f"m-{role}", "role": role, "config": f"{role}.json",
+            "weights": f"{role}.weights.h5", "sha256": "a" * 64,
+            "label_table": {"upper_leg": "N5_UpperLeg", "lower_leg": "N6_LowerLeg",
+                            "hip": "N4_Hip"}.get(role),
+            "provenance": {"source": "legseg-train"},
+        })
+    (models_dir / "manifest.json").write_text(
+        json.dumps({"schema_version": 1, "models": entries}))
+
+
+def test_load_segmenter_names_missing_roles(tmp_path):
+    with pytest.raises(NoModelError, match="manifest"):
+        load_segmenter(InferenceConfig(region="legs"), tmp_path / "none")
+    write_manifest(tmp_path / "models", ["upper_leg"])
+    with pytest.raises(NoModelError) as error:
+        load_segmenter(InferenceConfig(region="legs"), tmp_path / "models")
+    assert "lower_leg" in str(error.value) and "classifier" in str(error.value)
+    assert "legseg-import" in str(error.value)
+    with pytest.raises(NoModelError, match="hip"):
+        load_segmenter(InferenceConfig(region="hip"), tmp_path / "models")
