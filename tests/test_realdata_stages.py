@@ -1,0 +1,105 @@
+"""SegmentData stages on the QMRITools test thighs (real MRI) against QMRITools' own labels.
+
+``test.nii.gz`` holds both thighs; ``out.nii.gz`` is QMRITools' segmentation of it (odd labels
+= Left, femurs 103 Left and 104 Right). The header is a simple QMRITools header, read as RAS.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from legseg_tf import nifti_io
+from legseg_tf.body_position import ClassifierConfig, classifier_images
+from legseg_tf.masking import apply_mask, body_mask
+from legseg_tf.split import (
+    decide_side,
+    find_middle,
+    geometric_side,
+    midline_column,
+    resolve_midline,
+    split_parts,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = SHARED / "data" / "qmritools" / "scripts_test_data"
+
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not (DATA / "test.nii.gz").is_file(),
+                       reason=f"real test data not found at {DATA}"),
+]
+
+FEMUR_LEFT, FEMUR_RIGHT = 103, 104
+
+
+@pytest.fixture(scope="module")
+def thighs():
+    volume_ras, geometry = nifti_io.load_canonical(DATA / "test.nii.gz")
+    labels_ras, _ = nifti_io.load_canonical(DATA / "out.nii.gz")
+    volume = nifti_io.ras_to_qmri(volume_ras)
+    labels = nifti_io.ras_to_qmri(np.rint(labels_ras).astype(np.int32))
+    mask = body_mask(volume)
+    masked = apply_mask(volume, mask)
+    return volume, labels, mask, masked, geometry, volume_ras.shape
+
+
+def test_body_mask_covers_the_reference_labels(thighs):
+    _, labels, mask, _, _, _ = thighs
+    labelled = labels > 0
+    coverage = mask[labelled].mean()
+    assert coverage >= 0.99, f"mask covers {coverage:.4f} of labelled voxels"
+    # and it is a body mask, not the whole field of view
+    assert mask.mean() < 0.5
+
+
+def test_reference_left_labels_lie_on_the_patient_left_columns(thighs):
+    _, labels, _, _, _, _ = thighs
+    left = np.isin(labels, np.arange(31, 71, 2))
+    right = np.isin(labels, np.arange(32, 71, 2))
+    # QMRITools layout: column 0 = patient right, so Left labels have the higher columns
+    assert np.nonzero(left)[2].mean() > np.nonzero(right)[2].mean()
+
+
+def test_classifier_images(thighs):
+    _, _, mask, masked, _, _ = thighs
+    inputs = classifier_images(masked, ClassifierConfig())
+    assert inputs.images.shape[1:] == (128, 128)
+    assert inputs.images.dtype == np.float32
+    assert inputs.images.min() >= 0.0 and inputs.images.max() <= 1.0
+    # tissue fills every slice of this volume: all slices are classified, none blank
+    tissue_slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    assert set(tissue_slices) <= set(inputs.slices)
+    # every slice was min-max scaled (bilinear down-sampling lowers the single brightest pixel)
+    assert np.all(inputs.images.max(axis=(1, 2)) > 0.75)
+    assert np.all(inputs.images.mean(axis=(1, 2)) > 0.1)
+
+
+def test_cut_between_the_femurs_and_each_part_holds_one_femur(thighs):
+    _, labels, mask, masked, geometry, shape_ras = thighs
+    nz, _, nx = masked.shape
+    cut = find_middle(masked)
+    right_femur_columns = np.nonzero(labels == FEMUR_RIGHT)[2]
+    left_femur_columns = np.nonzero(labels == FEMUR_LEFT)[2]
+    assert right_femur_columns.max() < cut <= left_femur_columns.min()
+
+    midline, _ = resolve_midline(midline_column(geometry.ras_affine, shape_ras), nx)
+    decision = decide_side("Both", geometric_side(mask, cut, midline))
+    assert decision.side == "Both" and not decision.warnings
+
+    parts = split_parts(masked, "Both", cut, {"UpperLegs": (0, nz - 1)})
+    assert [p.side for p in parts] == ["R", "L"]
+    femurs = {}
+    for part in parts:
+        inside = labels[part.box]
+        for femur in (FEMUR_LEFT, FEMUR_RIGHT):
+            share = (inside == femur).sum() / (labels == femur).sum()
+            assert share in (0.0, 1.0), f"femur {femur} split by part {part.side}"
+            if share == 1.0:
+                femurs.setdefault(part.side, []).append(femur)
+        np.testing.assert_array_equal(masked[part.box], part.data)
+    assert femurs == {"R": [FEMUR_RIGHT], "L": [FEMUR_LEFT]}
+    # each part holds (nearly) all of its own leg's reference labels
+    for part, parity in ((parts[0], 0), (parts[1], 1)):
+        own = (labels > 0) & (labels % 2 == parity) & (labels < 121)
+        covered = own[part.box].sum() / own.sum()
+        assert covered > 0.99
