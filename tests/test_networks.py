@@ -208,6 +208,21 @@ def test_unet_level_shapes_follow_the_documented_table():
         assert tuple(out[1:]) == (*size, config.features[level - 1])
 
 
+@pytest.mark.parametrize("generation, schedule", [
+    ("B", ((1, 2, 2), (1, 1, 1), (2, 2, 2), (1, 1, 1))),
+    ("A", ((1, 1, 1), (1, 2, 2), (1, 1, 1), (2, 2, 2))),
+])
+def test_unit_level_has_no_resampling_convs(generation, schedule):
+    config = UNetConfig(n_classes=2, features=(4, 6, 8, 10), downsample=schedule,
+                        generation=generation)
+    model = build_unet(config, (4, 8, 8))
+    names = layer_names(model)
+    unit = 2 if generation == "B" else 3
+    assert not [n for n in names if n.startswith((f"enc_{unit}__scale", f"dec_{unit}__scale"))]
+    assert model.predict(np.zeros((1, 4, 8, 8, 1), np.float32), verbose=0).shape == \
+        (1, 4, 8, 8, 2)
+
+
 def test_multichannel_input():
     model = build_unet(tiny_unet("A", in_channels=2), (2, 8, 8))
     assert model.input_shape == (None, 2, 8, 8, 2)

@@ -282,7 +282,10 @@ class ClassifierConfig:
         return cls.from_dict(_loads(text))
 
 
-CONFIG_TYPES: dict[str, type] = {UNetConfig.kind: UNetConfig, ClassifierConfig.kind: ClassifierConfig}
+CONFIG_TYPES: dict[str, type] = {
+    UNetConfig.kind: UNetConfig,
+    ClassifierConfig.kind: ClassifierConfig,
+}
 
 
 def _loads(text: str) -> dict[str, Any]:
