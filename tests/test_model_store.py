@@ -307,6 +307,13 @@ def test_wlnet_graph_kind_is_imported_lazily(monkeypatch):
     assert model_store.build_from_config({"kind": "wlnet_graph"}) == ("built", "wlnet_graph")
 
 
+def test_missing_builder_module_raises_model_error(monkeypatch):
+    monkeypatch.setitem(model_store._LAZY_BUILDERS, "wlnet_graph",
+                        ("legseg_tf.no_such_module", "build_from_config"))
+    with pytest.raises(ModelError, match="legseg_tf.no_such_module.*cannot be imported"):
+        model_store.build_from_config({"kind": "wlnet_graph"})
+
+
 def test_unknown_kind_and_bad_registration():
     with pytest.raises(ModelError, match="no builder for network kind 'onnx'"):
         model_store.build_from_config({"kind": "onnx"})
