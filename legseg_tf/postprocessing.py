@@ -58,6 +58,56 @@ def largest_components(mask: np.ndarray, keep: int) -> np.ndarray:
     return np.isin(components, kept)
 
 
+def largest_own_side_component_per_label(
+    labels: np.ndarray, own_columns: np.ndarray, min_own_fraction: float = 0.5
+) -> np.ndarray:
+    """Per label, keep the largest 6-connected component lying mainly on the part's own side.
+
+    A side part extends past the left/right cut into the other leg (QMRITools' 10 % overlap),
+    so a network can label the other leg's medial muscles there. When such a piece is larger
+    than the own leg's piece of the same muscle, plain largest-component selection would give
+    the other leg's muscle this part's side. Here only components with at least
+    ``min_own_fraction`` of their voxels in ``own_columns`` compete; labels without such a
+    component are removed from the part.
+
+    Args:
+        labels: (z, y, x) non-negative integer labels of one part.
+        own_columns: (x,) boolean, True for the part's columns on its own side of the cut.
+        min_own_fraction: minimum share of a component's voxels on the own side.
+
+    Returns:
+        Array of the same shape and dtype.
+    """
+    labels = np.asarray(labels)
+    own_columns = np.asarray(own_columns, dtype=bool)
+    if labels.ndim != 3 or own_columns.shape != (labels.shape[2],):
+        raise ValueError(
+            f"own_columns must have one entry per column: labels {labels.shape}, "
+            f"own_columns {own_columns.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+    out = labels.copy()
+    structure = face_structure(3)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        label_mask = labels[box] == index
+        components, count = ndimage.label(label_mask, structure=structure)
+        sizes = np.bincount(components.ravel(), minlength=count + 1)
+        own = own_columns[box[2]][None, None, :] & label_mask
+        own_sizes = np.bincount(components[own], minlength=count + 1)
+        sizes[0] = 0
+        eligible = own_sizes >= min_own_fraction * sizes
+        eligible[0] = False
+        if not eligible.any():
+            out[box][label_mask] = 0
+            continue
+        keep = int(np.argmax(np.where(eligible, sizes, -1)))
+        out[box][label_mask & (components != keep)] = 0
+    return out
+
+
 def largest_component_per_label(labels: np.ndarray) -> np.ndarray:
     """Reduce every non-zero label to its largest face-connected component.
 

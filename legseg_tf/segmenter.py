@@ -13,6 +13,7 @@ models (:func:`load_segmenter`) and reports what was decided.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from legseg_tf.config import InferenceConfig
 from legseg_tf.labels import rename_train_labels
 from legseg_tf.masking import MaskConfig, apply_mask, body_mask
 from legseg_tf.merge import merge_parts
+from legseg_tf.postprocessing import largest_own_side_component_per_label
 from legseg_tf.split import (
     SplitConfig,
     decide_side,
@@ -122,8 +124,9 @@ class RegionNetwork:
         model_id: manifest id.
         sha256: checksum of the weights.
         label_table: training-label table name (``legseg_tf.labels.TRAIN_TABLES`` key).
-        predict: (z, y, x) float32 part -> (z, y, x) integer training labels, each label one
-            6-connected component.
+        predict: (z, y, x) float32 part -> (z, y, x) integer training labels. Best without
+            the per-label largest-component step: the segmenter selects, per label, the
+            largest component on the part's own side of the left/right cut.
     """
 
     role: str
@@ -288,6 +291,7 @@ class QMRIToolsSegmenter:
         }
         report["split"] = {
             "cut_column": int(cut),
+            "part_labels": "largest component on the part's own side of the cut",
             "method": "find_middle" if self.plan.find_middle else "image centre",
             "parts_columns": [[code, c.start, c.stop] for code, c in
                               side_columns(nx, decision.side, cut, self.split_config.overlap)],
@@ -303,6 +307,10 @@ class QMRIToolsSegmenter:
                     f"network {network.model_id} returned shape {train.shape} for a part of "
                     f"shape {part.data.shape}"
                 )
+            if decision.side == "Both":
+                columns = np.arange(part.box[2].start, part.box[2].stop)
+                own = columns < cut if part.side == "R" else columns >= cut
+                train = largest_own_side_component_per_label(train, own)
             final = rename_train_labels(train, network.label_table, part.side)
             crops.append((final, part.box))
             part_reports.append({
@@ -406,9 +414,14 @@ def _region_network(entry: ModelEntry, config: InferenceConfig) -> RegionNetwork
     except (model_store.ModelError, model_store.ManifestError) as error:
         raise NoModelError(f"model {entry.id!r} ({entry.role}) is not usable: {error}") from error
     n_classes = len(TRAIN_TABLES[entry.label_table]) + 1
+    # raw arg-max labels let the segmenter choose each label's component on the own side
+    options = ({"largest_component": False}
+               if "largest_component" in inspect.signature(apply_segmentation_network).parameters
+               else {})
 
     def predict(part: np.ndarray) -> np.ndarray:
-        return apply_segmentation_network(part, model, n_classes, config, stride).labels
+        return apply_segmentation_network(part, model, n_classes, config, stride,
+                                          **options).labels
 
     return RegionNetwork(entry.role, entry.id, entry.sha256, entry.label_table, predict)
 

@@ -46,7 +46,7 @@ class SplitConfig:
 
     overlap: float = 0.1
     blur_divisors: tuple[int, ...] = (20, 30, 40, 50, 60)
-    two_leg_min_fraction: float = 0.15
+    two_leg_min_fraction: float = 0.05
     two_leg_max_valley: float = 0.8
     confident_fraction: float = 0.9
 

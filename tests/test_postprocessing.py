@@ -6,6 +6,7 @@ from legseg_tf.postprocessing import (
     largest_component,
     largest_component_per_label,
     largest_components,
+    largest_own_side_component_per_label,
 )
 
 
@@ -75,3 +76,30 @@ def test_largest_component_and_largest_components():
     assert two.sum() == 13 and not two[0, 0, 9]
     with pytest.raises(ValueError):
         largest_components(mask, 0)
+
+
+def test_largest_own_side_component_prefers_own_side_piece():
+    labels = np.zeros((2, 10, 20), dtype=np.uint8)
+    labels[:, 2:8, 1:5] = 4      # own leg's piece: 48 voxels, columns 1-4
+    labels[:, 0:10, 12:18] = 4   # other leg's piece in the overlap: 120 voxels
+    labels[:, 0:3, 14:16] = 0
+    labels[:, 0:3, 14:16] = 6    # a label seen only on the other side
+    own = np.arange(20) < 10
+    out = largest_own_side_component_per_label(labels, own)
+    assert (out[:, 2:8, 1:5] == 4).all()
+    assert not (out[:, :, 10:] == 4).any()
+    assert not (out == 6).any()
+    # plain largest-component selection would have kept the other leg's piece
+    assert (largest_component_per_label(labels)[:, 5, 12:18] == 4).all()
+
+
+def test_largest_own_side_component_straddling_piece_and_validation():
+    labels = np.zeros((1, 4, 10), dtype=np.int32)
+    labels[0, 1:3, 3:9] = 2      # 6 columns, 3 on each side of the cut at 6 -> 50 % own
+    own = np.arange(10) < 6
+    np.testing.assert_array_equal(largest_own_side_component_per_label(labels, own), labels)
+    assert not largest_own_side_component_per_label(labels, own, 0.6).any()
+    with pytest.raises(ValueError):
+        largest_own_side_component_per_label(labels, own[:5])
+    with pytest.raises(ValueError):
+        largest_own_side_component_per_label(labels.astype(float), own)

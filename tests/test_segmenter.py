@@ -255,3 +255,40 @@ def test_load_segmenter_names_missing_roles(tmp_path):
     assert "legseg-import" in str(error.value)
     with pytest.raises(NoModelError, match="hip"):
         load_segmenter(InferenceConfig(region="hip"), tmp_path / "models")
+
+
+def big_right_small_left(shape=(10, 60, 100)):
+    """QMRITools layout: big right leg (columns 20-60) near a small left leg (66-78)."""
+    _, y, x = np.indices(shape)
+    volume = np.zeros(shape, dtype=np.float32)
+    volume[(x - 40) ** 2 + (y - 30) ** 2 <= 20**2] = 100.0
+    volume[(x - 72) ** 2 + (y - 30) ** 2 <= 6**2] = 100.0
+    return volume
+
+
+@pytest.mark.parametrize("network_keeps_largest", [False, True])
+def test_other_legs_muscle_in_the_overlap_is_never_named_for_this_side(network_keeps_largest):
+    """The Left part reaches 10 % of the width into the big right leg; that slab is larger
+    than the whole small left leg, so plain largest-component selection would call it Left."""
+    from legseg_tf.postprocessing import largest_component_per_label
+
+    volume = big_right_small_left()
+
+    def predict(part):
+        labels = np.where(part > 0, VASTUS_LATERALIS, 0).astype(np.int32)
+        return largest_component_per_label(labels) if network_keeps_largest else labels
+
+    network = RegionNetwork("upper_leg", "fake", "0" * 64, "N5_UpperLeg", predict)
+    result = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(volume, (5.0, 1, 1))
+    cut = result.report["split"]["cut_column"]
+    assert 61 <= cut <= 66 and result.report["side"]["decision"] == "Both"
+    labels = result.labels
+    assert not (labels[:, :, :cut] == VL_L).any()
+    assert not (labels[:, :, cut:] == VL_R).any()
+    assert (labels == VL_R).sum() >= 0.95 * (volume[:, :, :cut] > 0).sum()
+    left_leg = volume[:, :, cut:] > 0
+    if network_keeps_largest:
+        # the part's only VL component was the other leg's slab: dropped, not mislabelled
+        assert not (labels == VL_L).any()
+    else:
+        assert (labels[:, :, cut:][left_leg] == VL_L).mean() > 0.9
