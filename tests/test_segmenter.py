@@ -292,3 +292,58 @@ def test_other_legs_muscle_in_the_overlap_is_never_named_for_this_side(network_k
         assert not (labels == VL_L).any()
     else:
         assert (labels[:, :, cut:][left_leg] == VL_L).mean() > 0.9
+
+
+def install_tiny_models(models_dir):
+    """Untrained tiny networks for every role, installed through the model store."""
+    from legseg_tf.labels import TRAIN_TABLES
+    from legseg_tf.model_store import write_entry
+    from legseg_tf.networks import build_classifier, build_unet
+    from legseg_tf.networks.config import ClassifierConfig as NetClassifierConfig
+    from legseg_tf.networks.config import UNetConfig
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    specs = [("lower_leg", "N6_LowerLeg"), ("upper_leg", "N5_UpperLeg"), ("classifier", None)]
+    for role, table in specs:
+        if table:
+            config = UNetConfig(n_classes=len(TRAIN_TABLES[table]) + 1, features=(4, 8),
+                                downsample=((2, 2, 2), (1, 1, 1)), dropout_rate=0.0)
+            model = build_unet(config)
+        else:
+            config = NetClassifierConfig(image_size=(64, 64), head="linear")
+            model = build_classifier(config)
+        (models_dir / f"{role}.json").write_text(config.to_json(), encoding="utf-8")
+        model.save_weights(models_dir / f"{role}.weights.h5")
+        write_entry(models_dir, {
+            "id": f"tiny-{role}", "role": role, "config": f"{role}.json",
+            "weights": f"{role}.weights.h5", "sha256": None, "label_table": table,
+            "provenance": {"source": "legseg-train"},
+        })
+
+
+def test_load_segmenter_runs_installed_models_end_to_end(tmp_path):
+    pytest.importorskip("legseg_tf.inference", reason="per-network inference not installed")
+    install_tiny_models(tmp_path / "models")
+    volume, _ = world_phantom(shape=(64, 32, 16))
+    qmri = nifti_io.ras_to_qmri(volume)
+    # "legs": the untrained classifier decides which slices go where; the run must complete
+    legs = load_segmenter(InferenceConfig(region="legs", device="cpu"), tmp_path / "models")
+    result = legs.segment(qmri, (5.0, 2.0, 2.0))
+    assert result.labels.shape == qmri.shape and result.report["positions"]["slices"]
+    # "upper": the whole volume goes to the upper-leg network, the classifier votes the side
+    segmenter = load_segmenter(InferenceConfig(region="upper", device="cpu"), tmp_path / "models")
+    result = segmenter.segment(qmri, (5.0, 2.0, 2.0))
+    assert result.labels.shape == qmri.shape and result.labels.dtype == np.uint16
+    assert [m["id"] for m in result.models] == ["tiny-classifier", "tiny-upper_leg"]
+    assert result.report["parts"] and result.report["timings_s"]["networks"] > 0
+    manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
+    digests = {m["id"]: m["sha256"] for m in manifest["models"]}
+    assert all(m["sha256"] == digests[m["id"]] for m in result.models)
+    assert result.report["side"]["decision"] in ("Both", "Left", "Right")
+    # whatever untrained networks predict, every sided label lies mainly on its own side
+    if result.report["side"]["decision"] == "Both":
+        cut = result.report["split"]["cut_column"]
+        for label in set(np.unique(result.labels)) - {0, 121, 151}:
+            columns = np.nonzero(result.labels == label)[2]
+            own = columns >= cut if label % 2 else columns < cut
+            assert own.mean() >= 0.5, f"label {label} lies mainly on the other side"
