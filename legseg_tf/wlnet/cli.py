@@ -1,0 +1,288 @@
+"""``legseg-import``: convert Wolfram ``.wlnet`` networks into legseg models.
+
+Usage::
+
+    legseg-import PATH [PATH ...] [--out MODELS_DIR]
+    legseg-import --inspect FILE.wlnet
+
+PATH is a QMRITools release ``.paclet`` (a zip holding ``NeuralNetworks/*.wlnet``), a folder
+(searched recursively) or ``.wlnet`` files. The QMRITools nets are recognised by file name
+(:data:`KNOWN_NETS`) and installed into ``MODELS_DIR/manifest.json`` with their role and label
+table; any other net is converted too (role "other", id = file stem) and described by a
+``<id>.entry.json`` file next to its config, since the manifest only holds the roles the
+pipeline uses. TensorFlow is imported only when converting.
+
+Exit codes: 0 success, 64 usage error, 65 a file could not be read or translated (one-line
+message, the other files are still converted), 66 input missing, 73 output not writable.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from legseg_tf import __version__
+from legseg_tf.wlnet.expr import WlnetError
+from legseg_tf.wlnet.reader import (
+    Container, TensorType, WlnetFile, count_parameters, iter_layers, layer_tree_lines,
+    read_wlnet,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_CANTCREATE = 0, 64, 65, 66, 73
+
+LICENCE_NOTICE = (
+    "QMRITools, Copyright (c) 2016, Martijn Froeling. Redistributed under the BSD 3-Clause "
+    "licence: redistributions must retain this copyright notice, the list of conditions and "
+    "the disclaimer of the QMRITools LICENSE.txt; the author's name may not be used to endorse "
+    "derived products without permission. THE SOFTWARE IS PROVIDED \"AS IS\" WITHOUT WARRANTY "
+    "OF ANY KIND.")
+CITATION = ("Froeling M. QMRTools: a Mathematica toolbox for quantitative MRI analysis. "
+            "J Open Source Softw 2019;4(38):1204. doi:10.21105/joss.01204")
+
+
+@dataclass(frozen=True)
+class KnownNet:
+    """How a QMRITools network file is installed."""
+
+    role: str
+    label_table: str | None
+
+
+#: QMRITools release nets by file stem (spec section 7).
+KNOWN_NETS = {
+    "Body_Pos_Side": KnownNet("classifier", None),
+    "N4_Hip_3D": KnownNet("hip", "N4_Hip"),
+    "N5_UpperLeg_3D": KnownNet("upper_leg", "N5_UpperLeg"),
+    "N6_LowerLeg_3D": KnownNet("lower_leg", "N6_LowerLeg"),
+}
+#: Nets of QMRITools <= 4.5.3: recognised, but their label files are not legseg tables, so
+#: they are converted as "other" models with the role they used to play recorded.
+LEGACY_NETS = {
+    "Muscles_leg_upper": "upper_leg", "Muscles_leg_lower": "lower_leg",
+    "Bones_leg_full": "bones", "Leg_side_full": "side_classifier",
+    "Leg_pos_full": "position_classifier",
+}
+SEGMENTATION_ROLES = ("upper_leg", "lower_leg", "hip")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="legseg-import",
+        description="Convert Wolfram .wlnet networks (e.g. the QMRITools release paclet) into "
+                    "legseg Keras models (config JSON + .weights.h5 + manifest entry).")
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="a .paclet file, a folder, or .wlnet files")
+    parser.add_argument("--out", type=Path, default=Path("models"), metavar="MODELS_DIR",
+                        help="models directory to write into (default: ./models)")
+    parser.add_argument("--inspect", type=Path, metavar="FILE",
+                        help="print the layer tree of one .wlnet file and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.inspect is not None:
+        if args.paths:
+            print("legseg-import: --inspect takes one FILE and no PATH", file=sys.stderr)
+            return EXIT_USAGE
+        return _inspect(args.inspect)
+    if not args.paths:
+        parser.print_usage(sys.stderr)
+        print("legseg-import: give a .paclet, a folder or .wlnet files", file=sys.stderr)
+        return EXIT_USAGE
+    for path in args.paths:
+        if not path.exists():
+            print(f"legseg-import: {path}: no such file or directory", file=sys.stderr)
+            return EXIT_NOINPUT
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        probe = args.out / ".legseg-import-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        print(f"legseg-import: cannot write to {args.out}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_CANTCREATE
+    with tempfile.TemporaryDirectory(prefix="legseg-import-") as tmp:
+        try:
+            sources = collect_sources(args.paths, Path(tmp))
+        except (OSError, zipfile.BadZipFile, WlnetError) as exc:
+            print(f"legseg-import: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        if not sources:
+            print("legseg-import: no .wlnet files found", file=sys.stderr)
+            return EXIT_NOINPUT
+        failures = 0
+        for source in sources:
+            try:
+                summary = convert_file(source.path, args.out, container=source.container)
+            except WlnetError as exc:
+                print(f"legseg-import: {_one_line(exc)}", file=sys.stderr)
+                failures += 1
+                continue
+            except OSError as exc:
+                print(f"legseg-import: cannot write model for {source.path.name}: {exc}",
+                      file=sys.stderr)
+                return EXIT_CANTCREATE
+            print(summary)
+    return EXIT_DATA if failures else EXIT_OK
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _inspect(path: Path) -> int:
+    if not path.is_file():
+        print(f"legseg-import: {path}: no such file", file=sys.stderr)
+        return EXIT_NOINPUT
+    try:
+        wl = read_wlnet(path)
+    except WlnetError as exc:
+        print(f"legseg-import: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA
+    print(f"{path.name}: Wolfram {wl.version}, {len(wl.arrays)} arrays, "
+          f"{count_parameters(wl):,} parameters")
+    print("\n".join(layer_tree_lines(wl.net)))
+    return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Source:
+    """A .wlnet file to convert and the file it came from (a paclet) if any."""
+
+    path: Path
+    container: Path | None = None
+
+
+def collect_sources(paths: list[Path], tmp: Path) -> list[Source]:
+    """Expand PATH arguments into .wlnet files (paclets are extracted into ``tmp``)."""
+    found: list[Source] = []
+    for path in paths:
+        if path.is_dir():
+            found += [Source(p) for p in sorted(path.rglob("*.wlnet"))]
+            for paclet in sorted(path.rglob("*.paclet")):
+                found += _extract_paclet(paclet, tmp)
+        elif path.suffix.lower() == ".paclet" or zipfile.is_zipfile(path):
+            found += _extract_paclet(path, tmp)
+        else:
+            found.append(Source(path))
+    return found
+
+
+def _extract_paclet(paclet: Path, tmp: Path) -> list[Source]:
+    out = []
+    target = tmp / hashlib.sha256(str(paclet.resolve()).encode()).hexdigest()[:12]
+    with zipfile.ZipFile(paclet) as archive:
+        for member in archive.infolist():
+            name = Path(member.filename)
+            if member.is_dir() or name.suffix.lower() != ".wlnet":
+                continue
+            dest = target / name.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(dest, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            out.append(Source(dest, paclet))
+    LOGGER.info("%s: %d .wlnet file(s)", paclet, len(out))
+    return sorted(out, key=lambda s: s.path.name)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_file(path: Path, models_dir: Path, *, container: Path | None = None) -> str:
+    """Convert one .wlnet file into ``models_dir``; returns the one-line summary.
+
+    Raises:
+        WlnetError: the file cannot be read or translated.
+        OSError: the outputs cannot be written.
+    """
+    from legseg_tf.wlnet.translator import translate  # imports Keras/TensorFlow
+
+    wl = read_wlnet(path)
+    stem = path.stem
+    known = KNOWN_NETS.get(stem)
+    role = known.role if known else "other"
+    model, config = translate(wl, free_spatial=role in SEGMENTATION_ROLES)
+    config_name, weights_name = f"{stem}.json", f"{stem}.weights.h5"
+    (models_dir / config_name).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    model.save_weights(models_dir / weights_name)
+    provenance = {
+        "source": "qmritools-wlnet" if known or stem in LEGACY_NETS else "wlnet",
+        "file": path.name, "file_sha256": sha256_of(path), "wolfram_version": wl.version,
+        "converter": f"legseg-import {__version__}",
+    }
+    if container is not None:
+        provenance["paclet"] = container.name
+        provenance["paclet_sha256"] = sha256_of(container)
+    if known or stem in LEGACY_NETS:
+        provenance["licence"] = LICENCE_NOTICE
+        provenance["citation"] = CITATION
+    if stem in LEGACY_NETS:
+        provenance["legacy_role"] = LEGACY_NETS[stem]
+    entry = {"id": stem, "role": role, "config": config_name, "weights": weights_name,
+             "sha256": sha256_of(models_dir / weights_name),
+             "label_table": known.label_table if known else None, "provenance": provenance}
+    if known:
+        from legseg_tf.model_store import write_entry
+
+        try:
+            write_entry(models_dir, entry)
+        except Exception as exc:  # ManifestError: report as a data problem of this file
+            raise WlnetError(f"{path}: manifest entry rejected: {exc}") from exc
+        where = "manifest.json"
+    else:
+        (models_dir / f"{stem}.entry.json").write_text(json.dumps(entry, indent=1) + "\n",
+                                                       encoding="utf-8")
+        where = f"{stem}.entry.json"
+        if stem in LEGACY_NETS:
+            LOGGER.warning("%s is a legacy QMRITools net (%s); its label file is not a legseg "
+                           "table, so it is not installed in the manifest", path.name,
+                           LEGACY_NETS[stem])
+    return summarize(wl, config, role, where)
+
+
+def summarize(wl: WlnetFile, config: dict, role: str, where: str) -> str:
+    """One line: id, role, layer count, parameters, input size, classes."""
+    layers = sum(1 for _ in iter_layers(wl.net))
+    inputs = "; ".join(f"{i['port']} {'x'.join(map(str, i['wolfram_shape'])) or 'scalar'}"
+                       for i in config["inputs"])
+    classes = []
+    for out in config["outputs"]:
+        labels = out.get("decoder", {}).get("labels")
+        n = len(labels) if labels else (out["wolfram_shape"][-1] if out["wolfram_shape"] else 1)
+        classes.append(f"{out['port']} {n}")
+    return (f"{wl.path.stem}: role {role}, Wolfram {wl.version}, {layers} layers, "
+            f"{count_parameters(wl):,} parameters, input {inputs} (channels first), "
+            f"classes {', '.join(classes)} -> {where}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_entry()
