@@ -7,6 +7,8 @@ cost scales with the size of the structures, not with the number of labels times
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 from scipy import ndimage
 
@@ -59,7 +61,10 @@ def largest_components(mask: np.ndarray, keep: int) -> np.ndarray:
 
 
 def largest_own_side_component_per_label(
-    labels: np.ndarray, own_columns: np.ndarray, min_own_fraction: float = 0.5
+    labels: np.ndarray,
+    own_columns: np.ndarray,
+    min_own_fraction: float = 0.5,
+    sideless: Collection[int] = (),
 ) -> np.ndarray:
     """Per label, keep the largest 6-connected component lying mainly on the part's own side.
 
@@ -74,6 +79,8 @@ def largest_own_side_component_per_label(
         labels: (z, y, x) non-negative integer labels of one part.
         own_columns: (x,) boolean, True for the part's columns on its own side of the cut.
         min_own_fraction: minimum share of a component's voxels on the own side.
+        sideless: labels without a side (e.g. the sacrum, on the midline): plain largest
+            component, wherever it lies.
 
     Returns:
         Array of the same shape and dtype.
@@ -99,6 +106,8 @@ def largest_own_side_component_per_label(
         own_sizes = np.bincount(components[own], minlength=count + 1)
         sizes[0] = 0
         eligible = own_sizes >= min_own_fraction * sizes
+        if index in sideless:
+            eligible[:] = True
         eligible[0] = False
         if not eligible.any():
             out[box][label_mask] = 0

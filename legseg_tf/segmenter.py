@@ -31,7 +31,7 @@ from legseg_tf.body_position import (
     majority_side,
 )
 from legseg_tf.config import InferenceConfig
-from legseg_tf.labels import rename_train_labels
+from legseg_tf.labels import rename_train_labels, train_label_map
 from legseg_tf.masking import MaskConfig, apply_mask, body_mask
 from legseg_tf.merge import merge_parts
 from legseg_tf.postprocessing import largest_own_side_component_per_label
@@ -139,6 +139,12 @@ class RegionNetwork:
         return {"id": self.model_id, "role": self.role, "sha256": self.sha256}
 
 
+def sideless_classes(table: str) -> frozenset[int]:
+    """Training classes of ``table`` whose final label has no side (sacrum, subcutaneous fat)."""
+    left, right = train_label_map(table, "L"), train_label_map(table, "R")
+    return frozenset(int(c) for c in np.flatnonzero(left == right) if c)
+
+
 def required_roles(region: str, with_classifier: bool = True) -> list[str]:
     """Manifest roles needed for ``region`` (the classifier only where positions are needed)."""
     if region not in REGION_PLANS:
@@ -159,6 +165,7 @@ class QMRIToolsSegmenter:
         classifier: per-slice side/position classifier; required for "legs" and "legs-hip".
         classifier_model: {"id", "role", "sha256"} of the classifier, for the report.
         mask_config, classifier_config, split_config: stage parameters.
+        device: the device the networks run on, for the report.
 
     Raises:
         NoModelError: a needed network or the needed classifier is missing.
@@ -173,6 +180,7 @@ class QMRIToolsSegmenter:
         mask_config: MaskConfig = MaskConfig(),
         classifier_config: ClassifierConfig | None = None,
         split_config: SplitConfig = SplitConfig(),
+        device: str | None = None,
     ) -> None:
         if region not in REGION_PLANS:
             raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_PLANS)}")
@@ -198,6 +206,7 @@ class QMRIToolsSegmenter:
         self.mask_config = mask_config
         self.classifier_config = classifier_config
         self.split_config = split_config
+        self.device = device
 
     @property
     def models(self) -> list[dict]:
@@ -238,6 +247,7 @@ class QMRIToolsSegmenter:
             "method": "qmritools-segmentdata",
             "region": self.region,
             "spacing_zyx_mm": [float(s) for s in spacing_zyx],
+            "device": self.device,
         }
 
         clock = time.perf_counter()
@@ -310,7 +320,8 @@ class QMRIToolsSegmenter:
             if decision.side == "Both":
                 columns = np.arange(part.box[2].start, part.box[2].stop)
                 own = columns < cut if part.side == "R" else columns >= cut
-                train = largest_own_side_component_per_label(train, own)
+                train = largest_own_side_component_per_label(
+                    train, own, sideless=sideless_classes(network.label_table))
             final = rename_train_labels(train, network.label_table, part.side)
             crops.append((final, part.box))
             part_reports.append({
@@ -465,9 +476,12 @@ def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
     plan = REGION_PLANS[config.region]
     missing = [role for role in required_roles(config.region) if manifest.get(role) is None]
     if missing:
+        hint = (" (the slice classifier finds the lower-leg, knee, thigh and hip slices; a "
+                "volume of one region can use --region upper, lower or hip without it)"
+                if "classifier" in missing else "")
         raise NoModelError(
             f"region {config.region!r} needs model role(s) {missing}, which {manifest.path} "
-            f"does not list; {MODELS_HELP}"
+            f"does not list{hint}; {MODELS_HELP}"
         )
     networks = {}
     for region in plan.regions:
@@ -483,4 +497,5 @@ def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
     elif not plan.needs_positions:
         logger.info("no classifier installed: the side of %r volumes comes from the image "
                     "geometry", config.region)
-    return QMRIToolsSegmenter(config.region, networks, classifier, classifier_model)
+    return QMRIToolsSegmenter(config.region, networks, classifier, classifier_model,
+                              device=config.device)

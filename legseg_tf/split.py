@@ -279,7 +279,7 @@ def decide_side(classifier_side: str | None, geometry: GeometrySide) -> SideDeci
     if geo.two_legs:
         if classifier_side in (LEFT, RIGHT):
             warnings.append(
-                f"classifier says one {classifier_side} leg but the body mask shows two "
+                f"classifier says one {classifier_side} leg but X
                 f"separated legs (valley ratio {geo.valley_ratio:.2f}); splitting both legs"
             )
             return SideDecision(BOTH, classifier_side, "geometry", tuple(warnings))

@@ -103,3 +103,12 @@ def test_largest_own_side_component_straddling_piece_and_validation():
         largest_own_side_component_per_label(labels, own[:5])
     with pytest.raises(ValueError):
         largest_own_side_component_per_label(labels.astype(float), own)
+
+
+def test_sideless_labels_keep_their_largest_component_anywhere():
+    labels = np.zeros((1, 6, 10), dtype=np.int32)
+    labels[0, 1:5, 5:10] = 14     # e.g. the sacrum, mostly beyond the cut
+    own = np.arange(10) < 6
+    assert not largest_own_side_component_per_label(labels, own).any()
+    kept = largest_own_side_component_per_label(labels, own, sideless={14})
+    np.testing.assert_array_equal(kept, labels)

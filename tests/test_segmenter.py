@@ -17,6 +17,7 @@ from legseg_tf.segmenter import (
     RegionNetwork,
     load_segmenter,
     required_roles,
+    sideless_classes,
 )
 from legseg_tf.split import midline_column
 
@@ -347,3 +348,12 @@ def test_load_segmenter_runs_installed_models_end_to_end(tmp_path):
             columns = np.nonzero(result.labels == label)[2]
             own = columns >= cut if label % 2 else columns < cut
             assert own.mean() >= 0.5, f"label {label} lies mainly on the other side"
+
+
+def test_sideless_classes():
+    from legseg_tf.labels import TRAIN_TABLES
+
+    sacrum = TRAIN_TABLES["N4_Hip"].index("Sacrum") + 1
+    fat = TRAIN_TABLES["N5_UpperLeg"].index("Subcutanious fat") + 1
+    assert sideless_classes("N4_Hip") == {sacrum}
+    assert sideless_classes("N5_UpperLeg") == {fat}
