@@ -279,8 +279,8 @@ def decide_side(classifier_side: str | None, geometry: GeometrySide) -> SideDeci
     if geo.two_legs:
         if classifier_side in (LEFT, RIGHT):
             warnings.append(
-                f"classifier says one {classifier_side} leg but X
-                f"separated legs (valley ratio {geo.valley_ratio:.2f}); splitting both legs"
+                f"classifier says one {classifier_side} leg but the body mask shows two legs "
+                f"(valley ratio {geo.valley_ratio:.2f} at the cut); splitting both legs"
             )
             return SideDecision(BOTH, classifier_side, "geometry", tuple(warnings))
         source = "geometry" if classifier_side is None else "classifier+geometry"
