@@ -137,7 +137,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def smooth_mask(mask: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
-    """QMRITools mask smoothing: ``iterations`` x (dilate 1 -> Gaussian -> +0.05 -> round -> erode 1).
+    """QMRITools mask smoothing, repeated: dilate 1 -> Gaussian -> +0.05 -> round -> erode 1.
 
     Dilation and erosion use a 3x3x3 box; the Gaussian has ``config.gaussian_sigma`` voxels and
     radius ``config.gaussian_radius``. The caller pads the mask with zeros first (see

@@ -54,7 +54,8 @@ def merge_parts(
     _validate(parts, shape)
     out = np.zeros(shape, dtype=dtype)
     # per part, per label: bounding box inside the part
-    objects = [ndimage.find_objects(np.asarray(labels)) if labels.size else [] for labels, _ in parts]
+    objects = [ndimage.find_objects(np.asarray(labels)) if labels.size else []
+               for labels, _ in parts]
     all_labels = sorted({i + 1 for boxes in objects for i, b in enumerate(boxes) if b is not None})
     for label in all_labels:
         pieces = []

@@ -84,7 +84,9 @@ class SegmentationResult:
 
 
 class Segmenter(Protocol):
-    def segment(self, volume: np.ndarray, spacing_zyx: tuple[float, float, float]) -> SegmentationResult:
+    def segment(
+        self, volume: np.ndarray, spacing_zyx: tuple[float, float, float]
+    ) -> SegmentationResult:
         """Segment a (z, y, x) float32 volume with voxel spacing (dz, dy, dx) in mm."""
 
 
@@ -202,7 +204,8 @@ class QMRIToolsSegmenter:
         self.classifier_model = dict(classifier_model) if classifier_model else None
         if classifier_config is None:
             size = getattr(classifier, "image_size", None)
-            classifier_config = ClassifierConfig(image_size=tuple(size)) if size else ClassifierConfig()
+            classifier_config = (ClassifierConfig(image_size=tuple(size)) if size
+                                 else ClassifierConfig())
         self.mask_config = mask_config
         self.classifier_config = classifier_config
         self.split_config = split_config
@@ -381,7 +384,8 @@ class KerasSliceClassifier:
     def __call__(self, images: np.ndarray) -> tuple[list[str], list[str]]:
         images = np.asarray(images, dtype=np.float32)
         if images.shape[1:] != self.image_size:
-            raise ValueError(f"classifier expects {self.image_size} images, got {images.shape[1:]}")
+            raise ValueError(
+                f"classifier expects {self.image_size} images, got {images.shape[1:]}")
         sides, positions = [], []
         for start in range(0, images.shape[0], self.batch_size):
             batch = images[start:start + self.batch_size, ..., None]

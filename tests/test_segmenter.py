@@ -184,7 +184,8 @@ def test_legs_region_uses_classifier_ranges_and_both_networks():
     knee = slice(ranges["UpperLegs"][0], ranges["LowerLegs"][1] + 1)
     assert set(np.unique(result.labels[knee])) <= {0, sol_r, sol_l}
     # column 0 side of the QMRITools layout is the patient's right
-    assert (result.labels[:, :, :32] == sol_r).any() and not (result.labels[:, :, :20] == sol_l).any()
+    assert (result.labels[:, :, :32] == sol_r).any()
+    assert not (result.labels[:, :, :20] == sol_l).any()
     assert [m["role"] for m in result.models] == ["classifier", "lower_leg", "upper_leg"]
     report = result.report
     assert set(report["timings_s"]) == {"mask", "classify", "split", "networks", "merge"}
