@@ -231,6 +231,8 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None)
     known = KNOWN_NETS.get(stem)
     role = known.role if known else "other"
     model, config = translate(wl, free_spatial=role in SEGMENTATION_ROLES)
+    if role in SEGMENTATION_ROLES:
+        _check_classes(path, config, known.label_table)
     config_name, weights_name = f"{stem}.json", f"{stem}.weights.h5"
     (models_dir / config_name).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     model.save_weights(models_dir / weights_name)
@@ -267,6 +269,19 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None)
                            "table, so it is not installed in the manifest", path.name,
                            LEGACY_NETS[stem])
     return summarize(wl, config, role, where)
+
+
+def _check_classes(path: Path, config: dict, table: str) -> None:
+    """A segmentation net must predict background + every class of its label table."""
+    from legseg_tf.labels import TRAIN_TABLES
+
+    expected = len(TRAIN_TABLES[table]) + 1
+    outputs = config["outputs"]
+    got = outputs[0]["wolfram_shape"][-1] if len(outputs) == 1 and outputs[0]["wolfram_shape"] \
+        else None
+    if got != expected:
+        raise WlnetError(f"{path}: the net predicts {got} classes but label table {table} has "
+                         f"{expected} (with background); not installed")
 
 
 def summarize(wl: WlnetFile, config: dict, role: str, where: str) -> str:
