@@ -98,7 +98,9 @@ class RegionPlan:
         regions: QMRITools region names, in processing order.
         needs_positions: the slice ranges of the regions come from the position classifier
             (several regions in one volume); otherwise the whole volume is one region.
-        find_middle: cut between the legs at the FindMiddle valley (else the image centre).
+        find_middle: cut between the legs at the FindMiddle valley; otherwise the region is
+            centred on the body midline (the hip): cut at the image centre, and a volume that
+            geometry cannot tell apart is treated as both sides.
     """
 
     regions: tuple[str, ...]
@@ -290,7 +292,9 @@ class QMRIToolsSegmenter:
         if midline_warning:
             warnings.append(midline_warning)
         geometry = geometric_side(mask, cut, midline, self.split_config)
-        decision = decide_side(classifier_side, geometry)
+        decision = decide_side(classifier_side, geometry,
+                               midline_structure=not self.plan.find_middle,
+                               config=self.split_config)
         warnings.extend(decision.warnings)
         parts = split_parts(masked, decision.side, cut, ranges, self.split_config.overlap)
         timings["split"] = time.perf_counter() - clock

@@ -42,6 +42,8 @@ class SplitConfig:
             0.5; a single leg, whose profile has one hump, gives about 1.
         confident_fraction: a single leg counts as clearly on one side of the midline when at
             least this fraction of its mask lies there.
+        ambiguous_fraction: without a classifier, a single leg with between this fraction and
+            1 - this fraction of its mask right of the midline cannot be named.
     """
 
     overlap: float = 0.1
@@ -49,6 +51,7 @@ class SplitConfig:
     two_leg_min_fraction: float = 0.05
     two_leg_max_valley: float = 0.8
     confident_fraction: float = 0.9
+    ambiguous_fraction: float = 0.35
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ class SideDecision:
     Attributes:
         side: "Both" (split), "Left" or "Right" (whole volume is that leg).
         classifier_side: the classifier's majority vote, or None without a classifier.
-        source: "classifier+geometry" when they agree, "geometry" when geometry decided.
+        source: "classifier+geometry" when they agree, "geometry" when geometry decided,
+            "classifier" when geometry was inconclusive.
         warnings: human-readable disagreements.
     """
 
@@ -256,55 +260,68 @@ def geometric_side(
     )
 
 
-def decide_side(classifier_side: str | None, geometry: GeometrySide) -> SideDecision:
+class SideUndeterminedError(ValueError):
+    """Which leg a single-leg volume shows cannot be told (no classifier, leg on the midline)."""
+
+
+def decide_side(
+    classifier_side: str | None,
+    geometry: GeometrySide,
+    midline_structure: bool = False,
+    config: SplitConfig = SplitConfig(),
+) -> SideDecision:
     """Combine the classifier's side vote with the mask geometry.
 
-    Rules (geometry names the legs; the classifier only breaks an inconclusive geometry):
+    Geometry decides whenever it is conclusive; the classifier only settles what geometry
+    cannot see (a single leg lying across the midline, e.g. a leg placed at the scanner
+    isocentre):
 
-    * geometry sees two separated legs -> "Both" (warn when the classifier said one leg);
-    * classifier "Both" (or none) and one leg clearly on one side of the midline -> that side
-      (warn when the classifier said "Both");
-    * classifier "Both" and one lobe straddling the midline (legs pressed together, pelvis)
-      -> "Both" (parts are named by columns, which is geometric);
-    * classifier "Left"/"Right" and one leg -> the midline side of the tissue; warn when it
-      contradicts the classifier;
-    * no classifier and one leg straddling the midline -> the side holding most tissue, with
-      a warning.
+    * two legs (a valley between two lobes) -> "Both"; warn when the classifier said one leg;
+    * one lobe clearly (>= ``confident_fraction``) on one side of the midline -> that side;
+      warn when the classifier said "Both" or the other side;
+    * one lobe across the midline: the classifier's side ("Both" included); without a
+      classifier, "Both" for regions centred on the midline (``midline_structure``: the hip),
+      the side holding most tissue when that is at least ``1 - ambiguous_fraction`` (with a
+      warning), and :class:`SideUndeterminedError` otherwise.
+
+    Raises:
+        SideUndeterminedError: see above.
     """
     if classifier_side not in (None, BOTH, LEFT, RIGHT):
         raise ValueError(f"unknown classifier side {classifier_side!r}")
-    warnings: list[str] = []
     geo = geometry
     where = f"{geo.right_fraction:.0%} of the body mask lies right of the midline"
     if geo.two_legs:
         if classifier_side in (LEFT, RIGHT):
-            warnings.append(
+            return SideDecision(BOTH, classifier_side, "geometry", (
                 f"classifier says one {classifier_side} leg but the body mask shows two legs "
-                f"(valley ratio {geo.valley_ratio:.2f} at the cut); splitting both legs"
-            )
-            return SideDecision(BOTH, classifier_side, "geometry", tuple(warnings))
+                f"(valley ratio {geo.valley_ratio:.2f} at the cut); splitting both legs",))
         source = "geometry" if classifier_side is None else "classifier+geometry"
-        return SideDecision(BOTH, classifier_side, source, ())
-    if classifier_side == BOTH and not geo.confident:
-        return SideDecision(BOTH, classifier_side, "classifier+geometry", ())
+        return SideDecision(BOTH, classifier_side, source)
     side = geo.single_side
-    if classifier_side == BOTH:
-        warnings.append(
-            f"classifier says both legs but the body mask is one leg on the patient's "
-            f"{side.lower()} ({where}); segmenting one {side} leg"
-        )
-    elif classifier_side is not None and classifier_side != side:
-        warnings.append(
-            f"classifier says {classifier_side} leg but {where}; naming it {side} from "
-            "the image geometry"
-        )
-    elif classifier_side is None and not geo.confident:
-        warnings.append(
-            f"one leg straddling the midline ({where}); named {side} from the side holding "
-            "most tissue"
-        )
-    source = "classifier+geometry" if classifier_side == side and not warnings else "geometry"
-    return SideDecision(side, classifier_side, source, tuple(warnings))
+    if geo.confident:
+        if classifier_side == BOTH:
+            return SideDecision(side, classifier_side, "geometry", (
+                f"classifier says both legs but the body mask is one leg on the patient's "
+                f"{side.lower()} ({where}); segmenting one {side} leg",))
+        if classifier_side is not None and classifier_side != side:
+            return SideDecision(side, classifier_side, "geometry", (
+                f"classifier says {classifier_side} leg but {where}; naming it {side} from "
+                "the image geometry",))
+        source = "geometry" if classifier_side is None else "classifier+geometry"
+        return SideDecision(side, classifier_side, source)
+    if classifier_side is not None:
+        return SideDecision(classifier_side, classifier_side, "classifier")
+    if midline_structure:
+        return SideDecision(BOTH, None, "geometry")
+    if abs(geo.right_fraction - 0.5) >= 0.5 - config.ambiguous_fraction:
+        return SideDecision(side, None, "geometry", (
+            f"one leg across the midline ({where}) and no side classifier installed; "
+            f"named {side} from the side holding most tissue",))
+    raise SideUndeterminedError(
+        f"cannot tell which leg this is: one leg lies across the scanner midline ({where}) "
+        "and no side classifier is installed; install the classifier model"
+    )
 
 
 def side_columns(nx: int, side: str, cut: int, overlap: float = 0.1) -> list[tuple[str, slice]]:

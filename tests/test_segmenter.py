@@ -19,7 +19,7 @@ from legseg_tf.segmenter import (
     required_roles,
     sideless_classes,
 )
-from legseg_tf.split import midline_column
+from legseg_tf.split import SideUndeterminedError, midline_column
 
 VASTUS_LATERALIS = 12  # class of N5_UpperLeg
 SOLEUS = 3             # class of N6_LowerLeg
@@ -358,3 +358,17 @@ def test_sideless_classes():
     fat = TRAIN_TABLES["N5_UpperLeg"].index("Subcutanious fat") + 1
     assert sideless_classes("N4_Hip") == {sacrum}
     assert sideless_classes("N5_UpperLeg") == {fat}
+
+
+def test_single_leg_at_the_isocentre_takes_the_classifier_side(tmp_path):
+    # one leg centred on world x = 0 (placed at the scanner isocentre): geometry cannot tell
+    volume, affine = world_phantom(right=False, left_radius=10)
+    affine[0, 3] = -34.0  # world x = 2 i - 34: the leg centre (i = 17) at x = 0
+    path = save_as(volume, affine, ("L", "P", "S"), tmp_path / "centred.nii.gz")
+    segmenter, _ = upper_segmenter(fake_classifier("Left"))
+    labels_ras, *_, result = run_on_file(segmenter, path)
+    assert set(np.unique(labels_ras)) == {0, VL_L}
+    assert result.report["side"]["source"] == "classifier"
+    without, _ = upper_segmenter(None)
+    with pytest.raises(SideUndeterminedError):
+        run_on_file(without, path)

@@ -3,6 +3,7 @@ import pytest
 
 from legseg_tf.split import (
     GeometrySide,
+    SideUndeterminedError,
     SplitConfig,
     crop_part,
     decide_side,
@@ -92,7 +93,10 @@ def geometry(two_legs=False, single="Right", confident=True, right_fraction=1.0)
         ("Right", geometry(single="Right", confident=True), "Right", False),
         ("Left", geometry(single="Left", right_fraction=0.0), "Left", False),
         (None, geometry(single="Left", right_fraction=0.0), "Left", False),
-        (None, geometry(single="Right", confident=False, right_fraction=0.6), "Right", True),
+        (None, geometry(single="Right", confident=False, right_fraction=0.7), "Right", True),
+        # one lobe across the midline: the classifier decides
+        ("Left", geometry(single="Right", confident=False, right_fraction=0.6), "Left", False),
+        ("Right", geometry(single="Left", confident=False, right_fraction=0.4), "Right", False),
     ],
 )
 def test_decide_side_rules(classifier, geo, side, warned):
@@ -100,6 +104,13 @@ def test_decide_side_rules(classifier, geo, side, warned):
     assert decision.side == side
     assert bool(decision.warnings) == warned
     assert decision.classifier_side == classifier
+
+
+def test_decide_side_without_classifier_for_a_leg_on_the_midline():
+    across = geometry(single="Right", confident=False, right_fraction=0.55)
+    with pytest.raises(SideUndeterminedError, match="classifier"):
+        decide_side(None, across)
+    assert decide_side(None, across, midline_structure=True).side == "Both"
 
 
 def test_decide_side_never_names_right_tissue_left():
