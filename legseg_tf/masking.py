@@ -81,8 +81,8 @@ def normalize_data(volume: np.ndarray, bins: int = 256) -> np.ndarray:
     """QMRITools ``NormalizeData`` (method "Set"): foreground median scaled to 100.
 
     Steps: subtract the global minimum; scale provisionally to 100 / median of the non-zero
-    voxels; rescale between 0 and the 99th percentile, clip to [0, 1] and Otsu-binarise to get
-    the foreground; return ``100 * (volume - min) / median(non-zero foreground voxels)``.
+    voxels; rescale between 0 and the 99th percentile (of all voxels), clip to [0, 1] and
+    Otsu-binarise (256-bin histogram) to get the foreground; return ``100 * (volume - min) / median(non-zero foreground voxels)``.
 
     Args:
         volume: (z, y, x) intensities, any units.

@@ -10,6 +10,18 @@ region network per part -> training labels renamed with the part's side -> merge
 The stages are pure functions in :mod:`legseg_tf.masking`, :mod:`legseg_tf.body_position`,
 :mod:`legseg_tf.split` and :mod:`legseg_tf.merge`; this module wires them to the installed
 models (:func:`load_segmenter`) and reports what was decided.
+
+Where this differs from QMRITools, on purpose:
+
+* region slice ranges refer to the classified slices of the uncropped volume (QMRITools
+  applies ranges found on the cropped stack to the uncropped one);
+* the side comes from the image geometry whenever it is conclusive, the classifier only
+  settles a single leg lying across the midline (:func:`legseg_tf.split.decide_side`);
+* within each side part, every sided label keeps its largest component *on the part's own
+  side of the cut*: the 10 % overlap reaches into the other leg, whose medial muscles
+  (gracilis, sartorius) would otherwise be renamed to this part's side;
+* a part whose only label is training class 1 is renamed like any other (QMRITools leaves
+  such a part unrenamed, which would give it a lower-leg label number).
 """
 from __future__ import annotations
 
