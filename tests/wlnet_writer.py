@@ -401,7 +401,7 @@ def _conv_unit(g: Graph, w: Weights, prefix: str, start: int, src, feat: int, ke
 
 def _resnet_block(g: Graph, w: Weights, src, feat: int, spec: UNetSpec):
     """ResNet block into g with nodes block/con/*, block/skip/*, block/tot/*."""
-    inner = int(math.floor(feat / 2 + 0.5))
+    inner = round(feat / 2)  # Wolfram Round: half to even, like Python round
     con, k = _conv_unit(g, w, "block/con", 1, src, inner, 3, spec.norm, True)
     con, k = _conv_unit(g, w, "block/con", k, con, feat, 3, spec.norm, spec.generation == "A")
     skip, _ = _conv_unit(g, w, "block/skip", 1, src, feat, 1, spec.norm, False)
@@ -434,7 +434,7 @@ def unet_net(spec: UNetSpec) -> dict:
     depth = len(spec.features)
     dims = len(spec.input_size)
     feats = list(spec.features)
-    f0 = feats[0] // 2
+    f0 = round(feats[0] / 2)
     ones = (1,) * dims
     top = Graph({"Input": (spec.in_channels,) + tuple(spec.input_size)})
     if spec.generation == "B":
@@ -515,12 +515,12 @@ def classifier_net(spec: ClassifierSpec) -> dict:
     steps = []
     for k, (ch, kernel, pool) in enumerate(spec.trunk):
         steps += [
-            (str(5 * k + 1), lambda s, ch=ch, kernel=kernel: conv(
+            (str(4 * k + 1), lambda s, ch=ch, kernel=kernel: conv(
                 w, s, ch, kernel, pad=math.ceil(kernel / 2) - 1)),
-            (str(5 * k + 2), lambda s: batch_norm(w, s)),
-            (str(5 * k + 3), lambda s: elementwise(s, "GELU")),
-            (str(5 * k + 4), lambda s, pool=pool: pooling(s, pool, pool))]
-    steps.append((str(5 * len(spec.trunk) + 1), flatten))
+            (str(4 * k + 2), lambda s: batch_norm(w, s)),
+            (str(4 * k + 3), lambda s: elementwise(s, "GELU")),
+            (str(4 * k + 4), lambda s, pool=pool: pooling(s, pool, pool))]
+    steps.append((str(4 * len(spec.trunk) + 1), flatten))
     top.add("Conv", chain(top.shape((None, "Input")), steps), {"Input": (None, "Input")})
     for port, labels in (("Side", spec.side_labels), ("Position", spec.position_labels)):
         hsteps = []
