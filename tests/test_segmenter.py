@@ -372,3 +372,41 @@ def test_single_leg_at_the_isocentre_takes_the_classifier_side(tmp_path):
     without, _ = upper_segmenter(None)
     with pytest.raises(SideUndeterminedError):
         run_on_file(without, path)
+
+
+def test_network_stride_from_configs():
+    from legseg_tf.networks.config import UNetConfig
+    from legseg_tf.segmenter import _network_stride
+
+    unet = UNetConfig(n_classes=3, features=(4, 8, 16),
+                      downsample=((1, 2, 2), (2, 2, 2), (1, 1, 1)), dropout_rate=0.0)
+    assert _network_stride(unet.to_dict()) == (2, 4, 4)
+    assert _network_stride({"kind": "wlnet_graph", "total_stride": [1, 16, 16]}) == (1, 16, 16)
+    with pytest.raises(NoModelError, match="total_stride"):
+        _network_stride({"kind": "wlnet_graph"})
+    with pytest.raises(NoModelError, match="3-D"):
+        _network_stride({"kind": "wlnet_graph", "total_stride": [16, 16]})
+
+
+def test_keras_slice_classifier_maps_outputs_to_class_names():
+    keras = pytest.importorskip("keras")
+    from legseg_tf.segmenter import KerasSliceClassifier
+
+    inputs = keras.Input(shape=(8, 8, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)
+    # mean +1 -> side "Both", position "Upper"; mean -1 -> "Left", "Lower"
+    side = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant([[-5, 0, 5]]),
+                              bias_initializer="zeros", activation="softmax")(mean)
+    position = keras.layers.Dense(
+        8, kernel_initializer=keras.initializers.Constant([[-5, 0, 5, 0, 0, 0, 0, 0]]),
+        bias_initializer="zeros", activation="softmax")(mean)
+    model = keras.Model(inputs, {"side": side, "position": position})
+    classifier = KerasSliceClassifier(model, ("Left", "Right", "Both"),
+                                      ("Lower", "Knee", "Upper", "Hip", "Torso", "Shoulder",
+                                       "Neck", "Head"), batch_size=2)
+    assert classifier.image_size == (8, 8)
+    images = np.stack([-np.ones((8, 8)), np.ones((8, 8)), np.ones((8, 8))]).astype(np.float32)
+    sides, positions = classifier(images)
+    assert sides == ["Left", "Both", "Both"] and positions == ["Lower", "Upper", "Upper"]
+    with pytest.raises(ValueError):
+        classifier(np.zeros((1, 4, 4), np.float32))
