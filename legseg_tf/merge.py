@@ -74,3 +74,43 @@ def merge_parts(
         target = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
         target[union & (target == 0)] = label
     return out
+
+
+ProbabilityCrop = tuple[np.ndarray, tuple[slice, ...], Sequence[int]]
+
+
+def merge_probabilities(
+    parts: Sequence[ProbabilityCrop], shape: tuple[int, ...], label_map: Sequence[int]
+) -> np.ndarray:
+    """Per-label probability volume from the parts' class probabilities.
+
+    Each part contributes its class channels at its global box under the final label of the
+    channel; where parts overlap the larger probability is kept.
+
+    Args:
+        parts: ``(probabilities, box, channel_labels)``: (z, y, x, n) float probabilities of
+            a part, its global box, and the final label of each of the n channels (0 = skip).
+        shape: spatial shape of the full volume.
+        label_map: final labels, one output channel each, in output order.
+
+    Returns:
+        float32 array ``shape + (len(label_map),)``; 0 where no part predicted a label.
+    """
+    shape = tuple(int(n) for n in shape)
+    channel_of = {int(label): k for k, label in enumerate(label_map)}
+    out = np.zeros(shape + (len(channel_of),), dtype=np.float32)
+    for index, (probabilities, box, channel_labels) in enumerate(parts):
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        extent = tuple(s.stop - s.start for s in box)
+        if probabilities.shape != extent + (len(channel_labels),):
+            raise ValueError(
+                f"part {index}: probabilities {probabilities.shape} do not fit box extent "
+                f"{extent} with {len(channel_labels)} channels"
+            )
+        for channel, label in enumerate(channel_labels):
+            k = channel_of.get(int(label))
+            if k is None:
+                continue
+            view = out[tuple(box) + (k,)]
+            np.maximum(view, probabilities[..., channel], out=view)
+    return out

@@ -45,9 +45,10 @@ from legseg_tf.body_position import (
 from legseg_tf.config import InferenceConfig
 from legseg_tf.labels import rename_train_labels, train_label_map
 from legseg_tf.masking import MaskConfig, apply_mask, body_mask
-from legseg_tf.merge import merge_parts
+from legseg_tf.merge import merge_parts, merge_probabilities
 from legseg_tf.postprocessing import largest_own_side_component_per_label
 from legseg_tf.split import (
+    Part,
     SplitConfig,
     decide_side,
     find_middle,
@@ -140,9 +141,10 @@ class RegionNetwork:
         model_id: manifest id.
         sha256: checksum of the weights.
         label_table: training-label table name (``legseg_tf.labels.TRAIN_TABLES`` key).
-        predict: (z, y, x) float32 part -> (z, y, x) integer training labels. Best without
-            the per-label largest-component step: the segmenter selects, per label, the
-            largest component on the part's own side of the left/right cut.
+        predict: (z, y, x) float32 part -> (z, y, x) integer training labels, or an object
+            with ``labels`` and optional ``probabilities`` ((z, y, x, n_classes)). Best
+            without the per-label largest-component step: the segmenter selects, per label,
+            the largest component on the part's own side of the left/right cut.
     """
 
     role: str
@@ -159,6 +161,29 @@ def sideless_classes(table: str) -> frozenset[int]:
     """Training classes of ``table`` whose final label has no side (sacrum, subcutaneous fat)."""
     left, right = train_label_map(table, "L"), train_label_map(table, "R")
     return frozenset(int(c) for c in np.flatnonzero(left == right) if c)
+
+
+def own_side_probabilities(
+    probabilities: np.ndarray, part: Part, table: str, own_columns: np.ndarray | None
+) -> tuple[np.ndarray, tuple[slice, ...], list[int]]:
+    """A part's class probabilities for :func:`merge_probabilities`, with final labels.
+
+    Sided classes are zeroed on the other side of the cut (``own_columns`` False), so the
+    other leg's tissue in the overlap never carries this part's side.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    lookup = train_label_map(table, part.side)
+    if probabilities.shape != part.data.shape + (lookup.size,):
+        raise RuntimeError(
+            f"probabilities of shape {probabilities.shape} for a part of shape "
+            f"{part.data.shape} and {lookup.size} classes of {table}"
+        )
+    if own_columns is not None and not own_columns.all():
+        probabilities = probabilities.copy()
+        sided = [c for c in range(1, lookup.size) if c not in sideless_classes(table)]
+        other = np.flatnonzero(~own_columns)
+        probabilities[:, :, other[:, None], sided] = 0.0
+    return probabilities, part.box, [int(v) for v in lookup]
 
 
 def required_roles(region: str, with_classifier: bool = True) -> list[str]:
@@ -182,6 +207,7 @@ class QMRIToolsSegmenter:
         classifier_model: {"id", "role", "sha256"} of the classifier, for the report.
         mask_config, classifier_config, split_config: stage parameters.
         device: the device the networks run on, for the report.
+        save_probabilities: also return per-label probabilities (when the networks give them).
 
     Raises:
         NoModelError: a needed network or the needed classifier is missing.
@@ -197,6 +223,7 @@ class QMRIToolsSegmenter:
         classifier_config: ClassifierConfig | None = None,
         split_config: SplitConfig = SplitConfig(),
         device: str | None = None,
+        save_probabilities: bool = False,
     ) -> None:
         if region not in REGION_PLANS:
             raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_PLANS)}")
@@ -224,6 +251,7 @@ class QMRIToolsSegmenter:
         self.classifier_config = classifier_config
         self.split_config = split_config
         self.device = device
+        self.save_probabilities = save_probabilities
 
     @property
     def models(self) -> list[dict]:
@@ -327,15 +355,17 @@ class QMRIToolsSegmenter:
         }
 
         clock = time.perf_counter()
-        crops, part_reports, used = [], [], []
+        crops, part_reports, used, probability_crops = [], [], [], []
         for part in parts:
             network = self.networks[REGION_ROLES[part.region]]
-            train = np.asarray(network.predict(part.data))
+            output = network.predict(part.data)
+            train = np.asarray(getattr(output, "labels", output))
             if train.shape != part.data.shape:
                 raise RuntimeError(
                     f"network {network.model_id} returned shape {train.shape} for a part of "
                     f"shape {part.data.shape}"
                 )
+            own = None
             if decision.side == "Both":
                 columns = np.arange(part.box[2].start, part.box[2].stop)
                 own = columns < cut if part.side == "R" else columns >= cut
@@ -343,6 +373,10 @@ class QMRIToolsSegmenter:
                     train, own, sideless=sideless_classes(network.label_table))
             final = rename_train_labels(train, network.label_table, part.side)
             crops.append((final, part.box))
+            probabilities = getattr(output, "probabilities", None)
+            if self.save_probabilities and probabilities is not None:
+                probability_crops.append(
+                    own_side_probabilities(probabilities, part, network.label_table, own))
             part_reports.append({
                 "region": part.region, "side": part.side, "model": network.model_id,
                 "box_zyx": part.box_report(),
@@ -355,10 +389,19 @@ class QMRIToolsSegmenter:
 
         clock = time.perf_counter()
         labels = merge_parts(crops, volume.shape) if crops else empty
+        label_map, probabilities = None, None
+        if self.save_probabilities:
+            if probability_crops:
+                label_map = sorted(int(v) for v in np.unique(labels) if v)
+                probabilities = merge_probabilities(probability_crops, volume.shape, label_map)
+            elif parts:
+                warnings.append("the networks returned no probabilities to save")
         timings["merge"] = time.perf_counter() - clock
         if self.classifier is not None and self.classifier_model:
             used.insert(0, dict(self.classifier_model))
-        return self._result(labels, report, timings, warnings, used)
+        result = self._result(labels, report, timings, warnings, used)
+        result.probabilities, result.label_map = probabilities, label_map
+        return result
 
     def _classify_side(self, masked: np.ndarray) -> str | None:
         """Classifier side vote for single-region volumes (positions are not used)."""
@@ -370,6 +413,7 @@ class QMRIToolsSegmenter:
 
     @staticmethod
     def _result(labels, report, timings, warnings, used) -> SegmentationResult:
+        """Result with the report's timings and warnings filled in (warnings are logged)."""
         for message in warnings:
             logger.warning("%s", message)
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
@@ -450,9 +494,8 @@ def _region_network(entry: ModelEntry, config: InferenceConfig) -> RegionNetwork
                if "largest_component" in inspect.signature(apply_segmentation_network).parameters
                else {})
 
-    def predict(part: np.ndarray) -> np.ndarray:
-        return apply_segmentation_network(part, model, n_classes, config, stride,
-                                          **options).labels
+    def predict(part: np.ndarray):
+        return apply_segmentation_network(part, model, n_classes, config, stride, **options)
 
     return RegionNetwork(entry.role, entry.id, entry.sha256, entry.label_table, predict)
 
@@ -518,4 +561,5 @@ def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
         logger.info("no classifier installed: the side of %r volumes comes from the image "
                     "geometry", config.region)
     return QMRIToolsSegmenter(config.region, networks, classifier, classifier_model,
-                              device=config.device)
+                              device=config.device,
+                              save_probabilities=config.save_probabilities)

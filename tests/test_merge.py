@@ -73,3 +73,26 @@ def test_empty_and_invalid_parts():
         merge_parts([(crop, (slice(3, 5), slice(0, 2), slice(0, 2)))], (4, 4, 4))
     with pytest.raises(ValueError):
         merge_parts([(crop.astype(float), (slice(0, 2),) * 3)], (4, 4, 4))
+
+
+def test_merge_probabilities_pastes_channels_under_final_labels():
+    from legseg_tf.merge import merge_probabilities
+
+    shape = (2, 4, 6)
+    right = np.zeros((2, 4, 4, 3), dtype=np.float32)   # columns 0..3; channels bg, A, B
+    right[..., 1] = 0.6
+    left = np.zeros((2, 4, 4, 3), dtype=np.float32)    # columns 2..5
+    left[..., 1] = 0.8
+    left[..., 2] = 0.1
+    out = merge_probabilities(
+        [(right, (slice(0, 2), slice(0, 4), slice(0, 4)), [0, 32, 34]),
+         (left, (slice(0, 2), slice(0, 4), slice(2, 6)), [0, 31, 33])],
+        shape, label_map=[31, 32, 33],
+    )
+    assert out.shape == shape + (3,) and out.dtype == np.float32
+    assert np.allclose(out[..., :2, 1], 0.6) and np.allclose(out[..., 4:, 1], 0)
+    assert np.allclose(out[..., 2:, 0], 0.8) and np.allclose(out[..., :2, 0], 0)
+    assert np.allclose(out[..., 2:, 2], 0.1)
+    with pytest.raises(ValueError):
+        merge_probabilities([(right, (slice(0, 2), slice(0, 4), slice(0, 3)), [0, 1, 2])],
+                            shape, [1])

@@ -410,3 +410,30 @@ def test_keras_slice_classifier_maps_outputs_to_class_names():
     assert sides == ["Left", "Both", "Both"] and positions == ["Lower", "Upper", "Upper"]
     with pytest.raises(ValueError):
         classifier(np.zeros((1, 4, 4), np.float32))
+
+
+def test_probabilities_follow_the_final_labels_and_stay_on_their_side():
+    from types import SimpleNamespace
+
+    volume = big_right_small_left()
+    n_classes = 22  # N5_UpperLeg + background
+
+    def predict(part):
+        labels = np.where(part > 0, VASTUS_LATERALIS, 0).astype(np.int32)
+        probabilities = np.zeros(part.shape + (n_classes,), dtype=np.float32)
+        probabilities[..., 0] = (part == 0)
+        probabilities[..., VASTUS_LATERALIS] = 0.9 * (part > 0)
+        return SimpleNamespace(labels=labels, probabilities=probabilities)
+
+    network = RegionNetwork("upper_leg", "fake", "0" * 64, "N5_UpperLeg", predict)
+    segmenter = QMRIToolsSegmenter("upper", {"upper_leg": network}, save_probabilities=True)
+    result = segmenter.segment(volume, (5.0, 1.0, 1.0))
+    assert result.label_map == [VL_L, VL_R]
+    assert result.probabilities.shape == volume.shape + (2,)
+    cut = result.report["split"]["cut_column"]
+    left_p, right_p = result.probabilities[..., 0], result.probabilities[..., 1]
+    assert not left_p[:, :, :cut].any() and not right_p[:, :, cut:].any()
+    assert np.allclose(right_p[result.labels == VL_R], 0.9)
+    assert np.allclose(left_p[result.labels == VL_L], 0.9)
+    without = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(volume, (5.0, 1, 1))
+    assert without.probabilities is None and without.label_map is None
