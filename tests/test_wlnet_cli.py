@@ -91,7 +91,8 @@ def test_paclet_installs_known_nets_into_manifest(tmp_path, capsys):
 
 def test_bad_file_exits_65_with_one_line_and_converts_the_rest(tmp_path, capsys):
     (tmp_path / "in").mkdir()
-    good = W.write_wlnet(tmp_path / "in" / "tiny.wlnet", W.chain((1, 4, 4), [("s", W.softmax)]).assoc)
+    good = W.write_wlnet(tmp_path / "in" / "tiny.wlnet",
+                         W.chain((1, 4, 4), [("s", W.softmax)]).assoc)
     (tmp_path / "in" / "broken.wlnet").write_bytes(good.read_bytes()[:300])
     assert main([str(tmp_path / "in"), "--out", str(tmp_path / "m")]) == 65
     captured = capsys.readouterr()

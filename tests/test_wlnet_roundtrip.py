@@ -104,16 +104,22 @@ def _zoo():
             ("c", lambda s: W.conv(w, s, 6, 3, dilation=2, groups=2, pad=2, bias=False))]),
         "conv3d-stride2-pad1": ((2, 5, 6, 7), [
             ("c", lambda s: W.conv(w, s, 3, 3, stride=2, pad=1))]),
-        "deconv2d": ((3, 5, 4), [("d", lambda s: W.deconv(w, s, 2, 3, stride=2, pad=[[1, 1], [0, 1]]))]),
+        "deconv2d": ((3, 5, 4), [
+            ("d", lambda s: W.deconv(w, s, 2, 3, stride=2, pad=[[1, 1], [0, 1]]))]),
         "deconv3d-k2s2": ((2, 3, 4, 5), [("d", lambda s: W.deconv(w, s, 3, 2, stride=2))]),
-        "deconv2d-k2s3": ((2, 4, 3), [("d", lambda s: W.deconv(w, s, 2, 2, stride=3, bias=False))]),
+        "deconv2d-k2s3": ((2, 4, 3), [
+            ("d", lambda s: W.deconv(w, s, 2, 2, stride=3, bias=False))]),
         "pool-mean-3d": ((2, 6, 6, 4), [("p", lambda s: W.pooling(s, 2, 2, "Mean"))]),
         "pool-max-overlap": ((2, 7, 9), [("p", lambda s: W.pooling(s, 3, 2, "Max"))]),
         "activations": ((3, 4, 5), [
             ("a", lambda s: W.elementwise(s, "Tanh")), ("b", lambda s: W.elementwise(s, "ELU")),
             ("c", lambda s: W.elementwise(s, "LogisticSigmoid")),
             ("d", lambda s: W.elementwise(s, "SELU")), ("e", lambda s: W.elementwise(s, "GELU")),
-            ("f", lambda s: W.conv(w, s, 2, 1))]),
+            ("f", lambda s: W.conv(w, s, 2, 1)), ("g", lambda s: W.elementwise(s, "SoftPlus")),
+            ("h", lambda s: W.elementwise(s, "Swish")),
+            ("i", lambda s: W.elementwise(s, "Ramp"))]),
+        "conv1d-stride-pad": ((3, 11), [
+            ("c", lambda s: W.conv(w, s, 2, 3, stride=2, pad=[[2, 1]]))]),
         "flatten-linear-nonsquare": ((3, 2, 5), [
             ("f", W.flatten), ("l", lambda s: W.linear(w, s, 7)), ("s", W.softmax)]),
         "linear-on-image-tensor": ((4, 3, 2), [("l", lambda s: W.linear(w, s, 5))]),
@@ -145,6 +151,9 @@ def test_graph_with_catenate_total_and_transpose_rules(tmp_path):
     swap = W._layer("Transpose", {"Specification": W.Call("ValidatedParameter", (
         [W.Call("TwoWayRule", (1, 3))],))}, {}, (5, 4, 6), (6, 4, 5))
     g.add("swap", swap, {"Input": ("sum", "Output")})
+    g.add("times", W.threading([(5, 4, 6)] * 2, "Times"),
+          {"Input": [("sum", "Output"), ("conv", "Output")]})
+    g.output("Product", ("times", "Output"))
     g.output("Output", ("swap", "Output"))
     g.output("Other", ("conv", "Output"))
     wl, model, config = _roundtrip(tmp_path, g.build().assoc, "graph")
@@ -153,9 +162,18 @@ def test_graph_with_catenate_total_and_transpose_rules(tmp_path):
     ref = run_net(wl.net, inputs)
     got = model.predict({k: to_keras_layout(v).astype(np.float32) for k, v in inputs.items()},
                         verbose=0)
-    for port in ("Output", "Other"):
+    for port in ("Output", "Other", "Product"):
         assert np.max(np.abs(np.asarray(got[port]) - ref[port])) <= TOL
     assert [i["port"] for i in config["inputs"]] == ["A", "B"]
+
+
+def test_unsupported_elementwise_function_is_refused(tmp_path):
+    from legseg_tf.wlnet.translator import TranslationError, translate
+
+    path = W.write_wlnet(tmp_path / "sin.wlnet",
+                         _chain_net((2, 3), [("a", lambda s: W.elementwise(s, "Sin"))]))
+    with pytest.raises(TranslationError, match=r"sin\.wlnet.*node a.*Sin"):
+        translate(read_wlnet(path))
 
 
 def test_config_and_weights_file_rebuild_identically(tmp_path):

@@ -153,6 +153,7 @@ def activation(name, x):
         "SELU": lambda v: 1.0507009873554805 * np.where(
             v > 0, v, 1.6732632423543772 * np.expm1(np.minimum(v, 0))),
         "SoftPlus": lambda v: np.logaddexp(0.0, v),
+        "Swish": lambda v: v / (1.0 + np.exp(-v)),
     }
     return table[name](x)
 
@@ -226,6 +227,9 @@ def _run_layer(layer: Layer, inputs: dict) -> dict:
         y = np.concatenate(x, axis=axis)
     elif t == "Total":
         y = np.sum(np.stack(x), axis=0)
+    elif t == "Threading":
+        func = _unwrap(p["Function"]).name
+        y = np.sum(np.stack(x), axis=0) if func == "Plus" else np.prod(np.stack(x), axis=0)
     elif t == "Dropout":
         y = x
     elif t == "Flatten":

@@ -20,7 +20,7 @@ import base64
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,8 @@ def deconv(w: Weights, in_shape, out_ch, kernel, *, stride=1, pad=None, bias=Tru
     cin = in_shape[0]
     out_sp = [(s - 1) * st + k - lo - hi
               for s, k, st, (lo, hi) in zip(in_shape[1:], kernel, stride, pad)]
-    arrays = {"Weights": w.normal([cin, out_ch] + kernel, 1.0 / math.sqrt(cin * math.prod(kernel))),
+    scale = 1.0 / math.sqrt(cin * math.prod(kernel))
+    arrays = {"Weights": w.normal([cin, out_ch] + kernel, scale),
               "Biases": w.normal([out_ch], 0.1) if bias else None}
     params = {"OutputChannels": out_ch, "KernelSize": kernel, "Stride": stride,
               "PaddingSize": pad, "Dilation": [1] * dims, "ChannelGroups": 1,
@@ -241,7 +242,7 @@ def norm(w: Weights, in_shape, kind: str) -> Built:
 def elementwise(in_shape, function: str) -> Built:
     # Classic functions are stored as symbols (ValidatedParameter[Ramp]); named activations
     # such as "GELU" are written as the string given to ElementwiseLayer (an assumption).
-    value = Sym(function) if function in ("Ramp", "Tanh", "LogisticSigmoid") else function
+    value = Sym(function) if function in ("Ramp", "Tanh", "LogisticSigmoid", "Sin") else function
     params = {"Function": Call("ValidatedParameter", (value,)), "$Dimensions": list(in_shape)}
     return _layer("Elementwise", params, {}, in_shape, in_shape)
 
@@ -277,6 +278,11 @@ def catenate(shapes) -> Built:
 def total(shapes) -> Built:
     return _layer("Total", {"$InputCount": len(shapes)}, {}, [list(s) for s in shapes],
                   shapes[0])
+
+
+def threading(shapes, function: str) -> Built:
+    params = {"Function": Sym(function), "$InputCount": len(shapes)}
+    return _layer("Threading", params, {}, [list(s) for s in shapes], shapes[0])
 
 
 def dropout(in_shape, rate) -> Built:

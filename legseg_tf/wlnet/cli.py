@@ -21,17 +21,17 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from legseg_tf import __version__
+from legseg_tf import SOURCE_ROOT, __version__
 from legseg_tf.wlnet.expr import WlnetError
 from legseg_tf.wlnet.reader import (
-    Container, TensorType, WlnetFile, count_parameters, iter_layers, layer_tree_lines,
-    read_wlnet,
+    WlnetFile, count_parameters, iter_layers, layer_tree_lines, read_wlnet,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "legseg Keras models (config JSON + .weights.h5 + manifest entry).")
     parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                         help="a .paclet file, a folder, or .wlnet files")
-    parser.add_argument("--out", type=Path, default=Path("models"), metavar="MODELS_DIR",
-                        help="models directory to write into (default: ./models)")
+    parser.add_argument("--out", type=Path, default=None, metavar="MODELS_DIR",
+                        help="models directory to write into (default: $LEGSEG_MODELS_DIR, "
+                             "else the models/ folder of the source tree)")
     parser.add_argument("--inspect", type=Path, metavar="FILE",
                         help="print the layer tree of one .wlnet file and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("legseg-import: give a .paclet, a folder or .wlnet files", file=sys.stderr)
         return EXIT_USAGE
+    if args.out is None:
+        args.out = default_models_dir()
     for path in args.paths:
         if not path.exists():
             print(f"legseg-import: {path}: no such file or directory", file=sys.stderr)
@@ -142,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_CANTCREATE
             print(summary)
     return EXIT_DATA if failures else EXIT_OK
+
+
+def default_models_dir() -> Path:
+    """``$LEGSEG_MODELS_DIR``, else ``<source tree>/models`` (as the app resolves it)."""
+    env = os.environ.get("LEGSEG_MODELS_DIR")
+    return Path(env).expanduser() if env else SOURCE_ROOT / "models"
 
 
 def main_entry() -> None:

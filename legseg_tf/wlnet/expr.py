@@ -75,7 +75,8 @@ class Expr:
 def to_wl_text(value: Any) -> str:
     """Render a decoded value in a compact Wolfram-like notation (for messages and --inspect)."""
     if isinstance(value, dict):
-        return "<|" + ", ".join(f"{to_wl_text(k)} -> {to_wl_text(v)}" for k, v in value.items()) + "|>"
+        items = (f"{to_wl_text(k)} -> {to_wl_text(v)}" for k, v in value.items())
+        return "<|" + ", ".join(items) + "|>"
     if isinstance(value, list):
         return "{" + ", ".join(to_wl_text(v) for v in value) + "}"
     if isinstance(value, str):
@@ -131,7 +132,8 @@ def decode_payload(payload: bytes) -> Any:
     value = reader.read(0)
     if reader.pos != len(payload):
         raise ExpressionError(
-            f"{len(payload) - reader.pos} trailing bytes after the expression at offset {reader.pos}"
+            f"{len(payload) - reader.pos} trailing bytes after the expression at offset "
+            f"{reader.pos}"
         )
     return value
 

@@ -174,7 +174,8 @@ class WlnetFile:
 
 def unwrap(value: Any) -> Any:
     """Strip ``ValidatedParameter[...]`` wrappers."""
-    while isinstance(value, Expr) and value.head_name == "ValidatedParameter" and len(value.args) == 1:
+    while (isinstance(value, Expr) and value.head_name == "ValidatedParameter"
+           and len(value.args) == 1):
         value = value.args[0]
     return value
 
@@ -418,14 +419,16 @@ def layer_tree_lines(node: Node, indent: int = 0) -> list[str]:
     if isinstance(node, Container):
         ins = ", ".join(f"{k}{_shape_text(v)}" for k, v in node.inputs.items())
         outs = ", ".join(f"{k}{_shape_text(v)}" for k, v in node.outputs.items())
-        lines.append(f"{pad}{name}: Net{node.type} ({len(node.nodes)} nodes) in: {ins} out: {outs}")
+        lines.append(f"{pad}{name}: Net{node.type} ({len(node.nodes)} nodes) in: {ins} "
+                     f"out: {outs}")
         for child in node.nodes.values():
             lines.extend(layer_tree_lines(child, indent + 1))
         return lines
     arrays = ", ".join(f"{k}{list(v.shape)}" for k, v in node.arrays.items() if v is not None)
     summary = _param_summary(node)
     out = ", ".join(_shape_text(v) for v in node.outputs.values())
-    lines.append(f"{pad}{name}: {node.type}{summary} -> {out}" + (f"  [{arrays}]" if arrays else ""))
+    suffix = f"  [{arrays}]" if arrays else ""
+    lines.append(f"{pad}{name}: {node.type}{summary} -> {out}{suffix}")
     if node.subnet is not None:
         lines.extend(layer_tree_lines(node.subnet, indent + 1))
     return lines

@@ -187,8 +187,8 @@ class _Walker:
 
     # -- helpers -----------------------------------------------------------------------------
     def fail(self, layer: Layer | Container, message: str) -> TranslationError:
-        return TranslationError(f"{self.source}: node {layer.name} ({getattr(layer, 'type', '')}): "
-                                f"{message}")
+        kind = getattr(layer, "type", "")
+        return TranslationError(f"{self.source}: node {layer.name} ({kind}): {message}")
 
     def unique(self, name: str) -> str:
         base, k = name, 1
@@ -497,7 +497,8 @@ class _Walker:
         x = self._single(layer, inputs)
         a = layer.arrays
         return self._instance_norm(layer, name, x, float(layer.parameters.get("Epsilon", 1e-3)),
-                                   a.get("Gamma", a.get("Scaling")), a.get("Beta", a.get("Biases")))
+                                   a.get("Gamma", a.get("Scaling")),
+                                   a.get("Beta", a.get("Biases")))
 
     def _instance_norm(self, layer, name, x, eps, gamma, beta) -> _Tensor:
         x = self.to_order(x, _channels_last(len(x.shape)), name)
@@ -644,7 +645,8 @@ class _Walker:
         weights = _required(self, layer, "Weights")
         bias = layer.arrays.get("Biases")
         out_dims = layer.parameters.get("OutputDimensions", [weights.shape[0]])
-        out_dims = tuple(int(d) for d in out_dims) if isinstance(out_dims, list) else (int(out_dims),)
+        out_dims = (tuple(int(d) for d in out_dims) if isinstance(out_dims, list)
+                    else (int(out_dims),))
         units = int(np.prod(out_dims))
         w2 = weights.reshape(units, -1)
         n_in = int(np.prod(x.shape)) if x.shape else 1
@@ -706,7 +708,7 @@ def _int_list(walker: _Walker, layer: Layer, value: Any, dims: int, what: str) -
 
 
 def _padding(walker: _Walker, layer: Layer, value: Any, dims: int) -> list[tuple[int, int]]:
-    """PaddingSize as (before, after) per spatial axis: 11.x ``{p, ...}``, 12+ ``{{lo, hi}, ...}``."""
+    """PaddingSize as (before, after) per axis: 11.x ``{p, ...}``, 12+ ``{{lo, hi}, ...}``."""
     value = unwrap(value)
     if isinstance(value, int):
         return [(value, value)] * dims
