@@ -49,6 +49,7 @@ from legseg_tf.merge import merge_parts, merge_probabilities
 from legseg_tf.postprocessing import largest_own_side_component_per_label
 from legseg_tf.split import (
     Part,
+    SideDecision,
     SplitConfig,
     decide_side,
     find_middle,
@@ -285,7 +286,6 @@ class QMRIToolsSegmenter:
             raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
         if len(spacing_zyx) != 3 or any(not s > 0 for s in spacing_zyx):
             raise ValueError(f"spacing_zyx must be three positive sizes, got {spacing_zyx}")
-        nz, _, nx = volume.shape
         timings: dict[str, float] = {}
         warnings: list[str] = []
         report: dict[str, Any] = {
@@ -306,86 +306,19 @@ class QMRIToolsSegmenter:
             return self._result(empty, report, timings, warnings, used=[])
 
         clock = time.perf_counter()
-        classification = None
-        classifier_side = None
-        if self.plan.needs_positions:
-            classification = classify_body(masked, self.classifier, self.plan.regions,
-                                           self.classifier_config)
-            classifier_side = classification.side
-            ranges = dict(classification.ranges)
-            report["positions"] = classification.to_report()
-        else:
-            if self.classifier is not None:
-                classifier_side = self._classify_side(masked)
-            ranges = {region: (0, nz - 1) for region in self.plan.regions}
+        classifier_side, ranges = self._locate(masked, report, warnings)
         timings["classify"] = time.perf_counter() - clock
-        report["region_ranges"] = {name: [int(a), int(b)] for name, (a, b) in ranges.items()}
-        if self.plan.needs_positions and not ranges:
-            warnings.append(
-                f"the classifier found none of {list(self.plan.regions)} in this volume"
-            )
 
         clock = time.perf_counter()
-        cut = find_middle(masked, self.split_config) if self.plan.find_middle else max(
-            1, min(nx - 1, int(np.rint(0.5 * nx))))
-        midline, midline_warning = resolve_midline(midline_column, nx)
-        if midline_warning:
-            warnings.append(midline_warning)
-        geometry = geometric_side(mask, cut, midline, self.split_config)
-        decision = decide_side(classifier_side, geometry,
-                               midline_structure=not self.plan.find_middle,
-                               config=self.split_config)
-        warnings.extend(decision.warnings)
+        decision, cut = self._decide_side(classifier_side, mask, masked, midline_column,
+                                          report, warnings)
         parts = split_parts(masked, decision.side, cut, ranges, self.split_config.overlap)
         timings["split"] = time.perf_counter() - clock
-        report["side"] = {
-            "decision": decision.side,
-            "source": decision.source,
-            "classifier": classifier_side,
-            "geometry": geometry.to_report(),
-            "midline": "world x = 0" if midline_column is not None and not midline_warning
-            else "image centre",
-        }
-        report["split"] = {
-            "cut_column": int(cut),
-            "part_labels": "largest component on the part's own side of the cut",
-            "method": "find_middle" if self.plan.find_middle else "image centre",
-            "parts_columns": [[code, c.start, c.stop] for code, c in
-                              side_columns(nx, decision.side, cut, self.split_config.overlap)],
-        }
 
         clock = time.perf_counter()
-        crops, part_reports, used, probability_crops = [], [], [], []
-        for part in parts:
-            network = self.networks[REGION_ROLES[part.region]]
-            output = network.predict(part.data)
-            train = np.asarray(getattr(output, "labels", output))
-            if train.shape != part.data.shape:
-                raise RuntimeError(
-                    f"network {network.model_id} returned shape {train.shape} for a part of "
-                    f"shape {part.data.shape}"
-                )
-            own = None
-            if decision.side == "Both":
-                columns = np.arange(part.box[2].start, part.box[2].stop)
-                own = columns < cut if part.side == "R" else columns >= cut
-                train = largest_own_side_component_per_label(
-                    train, own, sideless=sideless_classes(network.label_table))
-            final = rename_train_labels(train, network.label_table, part.side)
-            crops.append((final, part.box))
-            probabilities = getattr(output, "probabilities", None)
-            if self.save_probabilities and probabilities is not None:
-                probability_crops.append(
-                    own_side_probabilities(probabilities, part, network.label_table, own))
-            part_reports.append({
-                "region": part.region, "side": part.side, "model": network.model_id,
-                "box_zyx": part.box_report(),
-                "labels": sorted(int(v) for v in np.unique(final) if v),
-            })
-            if network.describe() not in used:
-                used.append(network.describe())
+        own_side_cut = cut if decision.side == "Both" else None
+        crops, probability_crops, used = self._run_networks(parts, own_side_cut, report)
         timings["networks"] = time.perf_counter() - clock
-        report["parts"] = part_reports
 
         clock = time.perf_counter()
         labels = merge_parts(crops, volume.shape) if crops else empty
@@ -402,6 +335,102 @@ class QMRIToolsSegmenter:
         result = self._result(labels, report, timings, warnings, used)
         result.probabilities, result.label_map = probabilities, label_map
         return result
+
+    def _locate(
+        self, masked: np.ndarray, report: dict, warnings: list[str]
+    ) -> tuple[str | None, dict[str, tuple[int, int]]]:
+        """Classifier side vote and the slice range of every region."""
+        nz = masked.shape[0]
+        if self.plan.needs_positions:
+            classification = classify_body(masked, self.classifier, self.plan.regions,
+                                           self.classifier_config)
+            report["positions"] = classification.to_report()
+            classifier_side, ranges = classification.side, dict(classification.ranges)
+            if not ranges:
+                warnings.append(
+                    f"the classifier found none of {list(self.plan.regions)} in this volume")
+        else:
+            classifier_side = self._classify_side(masked) if self.classifier else None
+            ranges = {region: (0, nz - 1) for region in self.plan.regions}
+        report["region_ranges"] = {name: [int(a), int(b)] for name, (a, b) in ranges.items()}
+        return classifier_side, ranges
+
+    def _decide_side(
+        self,
+        classifier_side: str | None,
+        mask: np.ndarray,
+        masked: np.ndarray,
+        midline_column: float | None,
+        report: dict,
+        warnings: list[str],
+    ) -> tuple[SideDecision, int]:
+        """Cut column and the side decision (classifier vote cross-checked with geometry)."""
+        nx = masked.shape[2]
+        if self.plan.find_middle:
+            cut = find_middle(masked, self.split_config)
+        else:
+            cut = max(1, min(nx - 1, int(np.rint(0.5 * nx))))
+        midline, midline_warning = resolve_midline(midline_column, nx)
+        if midline_warning:
+            warnings.append(midline_warning)
+        geometry = geometric_side(mask, cut, midline, self.split_config)
+        decision = decide_side(classifier_side, geometry,
+                               midline_structure=not self.plan.find_middle,
+                               config=self.split_config)
+        warnings.extend(decision.warnings)
+        report["side"] = {
+            "decision": decision.side,
+            "source": decision.source,
+            "classifier": classifier_side,
+            "geometry": geometry.to_report(),
+            "midline": "world x = 0" if midline_column is not None and not midline_warning
+            else "image centre",
+        }
+        report["split"] = {
+            "cut_column": int(cut),
+            "method": "find_middle" if self.plan.find_middle else "image centre",
+            "overlap": self.split_config.overlap,
+            "part_labels": "largest component on the part's own side of the cut",
+            "parts_columns": [[code, c.start, c.stop] for code, c in
+                              side_columns(nx, decision.side, cut, self.split_config.overlap)],
+        }
+        return decision, cut
+
+    def _run_networks(
+        self, parts: list[Part], own_side_cut: int | None, report: dict
+    ) -> tuple[list, list, list[dict]]:
+        """Region network on every part; final-label crops, probability crops, models used."""
+        crops, probability_crops, used, part_reports = [], [], [], []
+        for part in parts:
+            network = self.networks[REGION_ROLES[part.region]]
+            output = network.predict(part.data)
+            train = np.asarray(getattr(output, "labels", output))
+            if train.shape != part.data.shape:
+                raise RuntimeError(
+                    f"network {network.model_id} returned shape {train.shape} for a part of "
+                    f"shape {part.data.shape}"
+                )
+            own = None
+            if own_side_cut is not None:
+                columns = np.arange(part.box[2].start, part.box[2].stop)
+                own = columns < own_side_cut if part.side == "R" else columns >= own_side_cut
+                train = largest_own_side_component_per_label(
+                    train, own, sideless=sideless_classes(network.label_table))
+            final = rename_train_labels(train, network.label_table, part.side)
+            crops.append((final, part.box))
+            probabilities = getattr(output, "probabilities", None)
+            if self.save_probabilities and probabilities is not None:
+                probability_crops.append(
+                    own_side_probabilities(probabilities, part, network.label_table, own))
+            part_reports.append({
+                "region": part.region, "side": part.side, "model": network.model_id,
+                "box_zyx": part.box_report(),
+                "labels": sorted(int(v) for v in np.unique(final) if v),
+            })
+            if network.describe() not in used:
+                used.append(network.describe())
+        report["parts"] = part_reports
+        return crops, probability_crops, used
 
     def _classify_side(self, masked: np.ndarray) -> str | None:
         """Classifier side vote for single-region volumes (positions are not used)."""
