@@ -142,10 +142,12 @@ def test_layer_zoo_matches_reference(tmp_path, case):
     assert max(diffs.values()) <= TOL
 
 
-def test_graph_with_catenate_total_and_transpose_rules(tmp_path):
+@pytest.mark.parametrize("indexed", [False, True], ids=["list-edge", "indexed-edges"])
+def test_graph_with_catenate_total_and_transpose_rules(tmp_path, indexed):
     w = W.Weights(9)
     g = W.Graph({"A": (2, 4, 6), "B": (3, 4, 6)})
-    g.add("cat", W.catenate([(2, 4, 6), (3, 4, 6)]), {"Input": [(None, "A"), (None, "B")]})
+    g.add("cat", W.catenate([(2, 4, 6), (3, 4, 6)]), {"Input": [(None, "A"), (None, "B")]},
+          indexed=indexed)
     g.add("conv", W.conv(w, (5, 4, 6), 5, 3, pad=1), {"Input": ("cat", "Output")})
     g.add("sum", W.total([(5, 4, 6)] * 2), {"Input": [("cat", "Output"), ("conv", "Output")]})
     swap = W._layer("Transpose", {"Specification": W.Call("ValidatedParameter", (
@@ -165,6 +167,31 @@ def test_graph_with_catenate_total_and_transpose_rules(tmp_path):
     for port in ("Output", "Other", "Product"):
         assert np.max(np.abs(np.asarray(got[port]) - ref[port])) <= TOL
     assert [i["port"] for i in config["inputs"]] == ["A", "B"]
+
+
+def _slot():
+    return W.Call("Slot", (1,))
+
+
+GELU_FUNCTION = W.Call("Function", (W.Call("Times", (0.5, _slot(), W.Call("Plus", (1, W.Call(
+    "Erf", (W.Call("Times", (_slot(), W.Call("Power", (2, W.Call("Rational", (-1, 2)))))),)))))),))
+
+
+@pytest.mark.parametrize("function, expected", [
+    (GELU_FUNCTION, "gelu"),
+    (W.Call("Function", (W.Call("Max", (0, _slot())),)), "relu"),
+    (W.Sym("Ramp"), "relu"),
+    ("ScaledExponentialLinearUnit", "selu"),
+    (W.Call("Function", (W.Call("Times", (_slot(), W.Call("LogisticSigmoid", (_slot(),)))),)),
+     "silu"),
+    (W.Call("Function", (W.Call("Sin", (_slot(),)),)), None),
+    (W.Call("Function", (W.Call("Times", (0.5, _slot())),)), None),
+])
+def test_identify_activation(tmp_path, function, expected):
+    from legseg_tf.wlnet.expr import uncompress
+    from legseg_tf.wlnet.translator import identify_activation
+
+    assert identify_activation(uncompress(W.compress(function))) == expected
 
 
 def test_unsupported_elementwise_function_is_refused(tmp_path):

@@ -340,11 +340,20 @@ class Graph:
         node, port = src
         return netpath("Inputs", port) if node is None else netpath("Nodes", node, "Outputs", port)
 
-    def add(self, name: str, built: Built, feeds: dict[str, Any]) -> None:
+    def add(self, name: str, built: Built, feeds: dict[str, Any], *,
+            indexed: bool = False) -> None:
+        """Add a node; a list of sources feeds a list-valued port, either as one edge with a
+        list on its right-hand side or (``indexed``) as one edge per ``NetPath[..., k]``."""
         self.nodes[name] = built
         for port, src in feeds.items():
+            dest = netpath("Nodes", name, "Inputs", port)
+            if isinstance(src, list) and indexed:
+                for k, one in enumerate(src, start=1):
+                    self.edges.append(Call("Rule", (netpath("Nodes", name, "Inputs", port, k),
+                                                    self._path(one))))
+                continue
             rhs = [self._path(s) for s in src] if isinstance(src, list) else self._path(src)
-            self.edges.append(Call("Rule", (netpath("Nodes", name, "Inputs", port), rhs)))
+            self.edges.append(Call("Rule", (dest, rhs)))
 
     def output(self, port: str, src, port_type=None) -> None:
         self.outputs[port] = self.shape(src)

@@ -45,10 +45,12 @@ CONFIG_KIND = "wlnet_graph"
 CONFIG_VERSION = 1
 SEP = "__"
 
-#: Wolfram ``ElementwiseLayer`` functions -> Keras activation names.
+#: Wolfram ``ElementwiseLayer`` functions (symbols or names) -> Keras activation names.
 ACTIVATIONS = {
-    "Ramp": "relu", "ReLU": "relu", "Tanh": "tanh", "LogisticSigmoid": "sigmoid",
-    "Sigmoid": "sigmoid", "ELU": "elu", "SELU": "selu", "GELU": "gelu", "SoftPlus": "softplus",
+    "Ramp": "relu", "ReLU": "relu", "RectifiedLinearUnit": "relu", "Tanh": "tanh",
+    "LogisticSigmoid": "sigmoid", "Sigmoid": "sigmoid", "ELU": "elu",
+    "ExponentialLinearUnit": "elu", "SELU": "selu", "ScaledExponentialLinearUnit": "selu",
+    "GELU": "gelu", "GaussianErrorLinearUnit": "gelu", "SoftPlus": "softplus",
     "Softplus": "softplus", "Swish": "silu", "SiLU": "silu", "Exp": "exponential",
     "SoftSign": "softsign", "Identity": "linear",
 }
@@ -513,12 +515,12 @@ class _Walker:
     def _l_Elementwise(self, layer: Layer, name: str, inputs: dict) -> _Tensor:
         x = self._single(layer, inputs)
         func = unwrap(layer.parameters.get("Function"))
-        key = func.name if isinstance(func, Symbol) else func if isinstance(func, str) else None
-        if key not in ACTIVATIONS:
+        activation = identify_activation(func)
+        if activation is None:
             raise self.fail(layer, f"elementwise function {to_wl_text(func)[:80]} is not "
-                                   f"supported (known: {', '.join(sorted(ACTIVATIONS))})")
-        return self.emit(name, "activation", [x], {"activation": ACTIVATIONS[key]},
-                         x.shape, x.order)
+                                   f"supported (known: {', '.join(sorted(ACTIVATIONS))}, or a "
+                                   f"pure function equal to one of them)")
+        return self.emit(name, "activation", [x], {"activation": activation}, x.shape, x.order)
 
     def _l_Function(self, layer: Layer, name: str, inputs: dict) -> dict[str, _Tensor]:
         if layer.subnet is None:
@@ -656,6 +658,99 @@ class _Walker:
         y = self.emit(name, "dense", [flat], {"units": units, "use_bias": bias is not None},
                       (units,), (0,), [w2.T] + ([bias.reshape(units)] if bias is not None else []))
         return self._reshape(y, out_dims, f"{name}_reshape") if len(out_dims) != 1 else y
+
+
+_PROBE = np.linspace(-4.0, 4.0, 81)
+#: Reference curves used to recognise pure functions (``Function[...]``) numerically.
+_CURVES = {
+    "relu": np.maximum(_PROBE, 0.0),
+    "tanh": np.tanh(_PROBE),
+    "sigmoid": 1.0 / (1.0 + np.exp(-_PROBE)),
+    "elu": np.where(_PROBE > 0, _PROBE, np.expm1(np.minimum(_PROBE, 0.0))),
+    "selu": 1.0507009873554805 * np.where(
+        _PROBE > 0, _PROBE, 1.6732632423543772 * np.expm1(np.minimum(_PROBE, 0.0))),
+    "softplus": np.logaddexp(0.0, _PROBE),
+    "silu": _PROBE / (1.0 + np.exp(-_PROBE)),
+    "linear": _PROBE,
+}
+
+
+def identify_activation(func: Any) -> str | None:
+    """Keras activation name equal to a Wolfram elementwise function, or None.
+
+    Named functions (``Ramp``, ``"GELU"``, ...) are looked up in :data:`ACTIVATIONS`. A pure
+    function ``Function[body]`` of one argument is evaluated numerically on [-4, 4] and
+    recognised when it matches one activation to 1e-6 (e.g. ``0.5 # (1 + Erf[#/Sqrt[2]])``
+    is the exact GELU).
+    """
+    if isinstance(func, Symbol):
+        return ACTIVATIONS.get(func.name)
+    if isinstance(func, str):
+        return ACTIVATIONS.get(func)
+    if not (isinstance(func, Expr) and func.head_name == "Function" and func.args):
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            values = np.broadcast_to(
+                np.asarray(_evaluate(func.args[-1], _PROBE), dtype=np.float64), _PROBE.shape)
+    except (_Unevaluable, TypeError, ValueError, OverflowError):
+        return None
+    if not np.all(np.isfinite(values)):
+        return None
+    curves = dict(_CURVES)
+    from scipy.special import erf  # only needed here
+
+    curves["gelu"] = 0.5 * _PROBE * (1.0 + erf(_PROBE / math.sqrt(2.0)))
+    matches = [k for k, ref in curves.items() if np.max(np.abs(values - ref)) <= 1e-6]
+    return matches[0] if len(matches) == 1 else None
+
+
+class _Unevaluable(Exception):
+    """A pure-function body uses something outside the small numeric subset."""
+
+
+def _evaluate(expr: Any, x: np.ndarray) -> Any:
+    if isinstance(expr, bool) or expr is None:
+        raise _Unevaluable(expr)
+    if isinstance(expr, (int, float)):
+        return float(expr)
+    if isinstance(expr, Symbol):
+        constants = {"Pi": math.pi, "E": math.e}
+        if expr.name in constants:
+            return constants[expr.name]
+        raise _Unevaluable(expr.name)
+    if not isinstance(expr, Expr) or expr.head_name is None:
+        raise _Unevaluable(expr)
+    head, args = expr.head_name, expr.args
+    if head == "Slot" and args in ((1,), ()):
+        return x
+    if head == "Rational" and len(args) == 2:
+        return args[0] / args[1]
+    values = [_evaluate(a, x) for a in args]
+    from scipy.special import erf, erfc
+
+    unary = {"Erf": erf, "Erfc": erfc, "Tanh": np.tanh, "Exp": np.exp, "Log": np.log,
+             "Sqrt": np.sqrt, "Abs": np.abs, "Ramp": lambda v: np.maximum(v, 0.0),
+             "LogisticSigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)), "Sinh": np.sinh,
+             "Cosh": np.cosh}
+    if head in unary and len(values) == 1:
+        return unary[head](values[0])
+    if head == "Plus":
+        return sum(values[1:], values[0])
+    if head == "Times":
+        out = values[0]
+        for v in values[1:]:
+            out = out * v
+        return out
+    if head == "Power" and len(values) == 2:
+        return np.power(values[0], values[1])
+    if head in ("Max", "Min") and values:
+        fn = np.maximum if head == "Max" else np.minimum
+        out = values[0]
+        for v in values[1:]:
+            out = fn(out, v)
+        return out
+    raise _Unevaluable(head)
 
 
 def transpose_axes(spec: Any, rank: int) -> list[int] | None:
