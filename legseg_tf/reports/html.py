@@ -1,0 +1,96 @@
+"""Small HTML building blocks for self-contained report pages (no external resources)."""
+from __future__ import annotations
+
+import base64
+import math
+from html import escape
+from typing import Iterable, Sequence
+
+from legseg_tf.labels import BY_INDEX
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1300px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+h3 { font-size: 1.1em; margin-top: 1.2em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+th { background: #f0f0f0; } td.text, th.text { text-align: left; }
+img.figure { max-width: 100%; border: 1px solid #ddd; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 0.85em; margin: 0.4em 0; }
+.legend span.swatch { display: inline-block; width: 12px; height: 12px; border: 1px solid #555;
+  margin-right: 4px; vertical-align: middle; }
+ul.warnings li { color: #a40000; } .ok { color: #176317; }
+.note { font-size: 0.85em; color: #555; }
+nav a { margin-right: 1em; }
+"""
+
+
+def page(title: str, body: str) -> str:
+    """A complete HTML5 document with the shared style sheet."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"{body}\n</body>\n</html>\n"
+    )
+
+
+def png_img(png: bytes, alt: str, css_class: str = "figure") -> str:
+    """An <img> element embedding PNG bytes as a base64 data URI."""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="{css_class}" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def format_value(value) -> str:
+    """Table cell text: floats with 4 significant digits, NaN/None as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(rows: Sequence[dict], columns: Sequence[str], text_columns: Iterable[str] = (),
+          css_class: str = "") -> str:
+    """An HTML table of ``rows`` (dicts) restricted to ``columns``."""
+    text = set(text_columns)
+    head = "".join(f'<th class="{"text" if c in text else ""}">{escape(c)}</th>' for c in columns)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="{"text" if c in text else ""}">{escape(format_value(row.get(c)))}</td>'
+            for c in columns
+        )
+        body.append(f"<tr>{cells}</tr>")
+    attribute = f' class="{css_class}"' if css_class else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def legend(label_values: Iterable[int]) -> str:
+    """Colour legend of label values (table colours and names), one item per label."""
+    items = []
+    for value in sorted(set(int(v) for v in label_values)):
+        entry = BY_INDEX.get(value)
+        colour = entry.color_hex if entry else "#ff00ff"
+        name = f"{entry.abbreviation} {entry.full_name}" if entry else f"unknown label {value}"
+        items.append(
+            f'<span class="item" data-label="{value}"><span class="swatch" '
+            f'style="background:{colour}"></span>{value} {escape(name)}</span>'
+        )
+    return f'<div class="legend">{"".join(items)}</div>'
+
+
+def bullet_list(items: Sequence[str], css_class: str = "") -> str:
+    """An unordered list of plain-text items (escaped)."""
+    attribute = f' class="{css_class}"' if css_class else ""
+    return f"<ul{attribute}>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
+
+
+def key_values(pairs: Sequence[tuple[str, object]]) -> str:
+    """A two-column table of key/value pairs."""
+    rows = "".join(
+        f'<tr><th class="text">{escape(k)}</th><td class="text">{escape(format_value(v))}</td></tr>'
+        for k, v in pairs
+    )
+    return f"<table>{rows}</table>"

@@ -1,0 +1,414 @@
+"""Participant-level outputs after segmentation: per-image tables and the subject's QC report.
+
+For every segmented (or previously segmented) image, next to its label map::
+
+    <source entities>_desc-muscles_morph.tsv     one row per label (see MORPH_COLUMNS, FF_COLUMNS)
+    <source entities>_desc-muscles_morph.json    column descriptions and the fat-fraction source
+
+Naming: ``_morph.tsv`` is the suffix the BIDS structural-derivatives proposal (BEP011) uses
+for morphometry tables of a segmentation; the table keeps the label map's source entities
+and ``desc-muscles`` so that it pairs with its ``_dseg.nii.gz`` by name. The suffix is not in
+the released specification yet, hence its ``.bidsignore`` entry.
+
+And one self-contained page per subject, all sessions inside, at the output root::
+
+    OUTPUT_DIR/sub-<label>.html
+
+The page covers every label map of the subject found in OUTPUT_DIR, so running one session
+at a time still leaves a complete report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from legseg_tf import nifti_io
+from legseg_tf.fatfraction import FF_COLUMNS, FatFractionResult, parse_entities, session_fat_fraction
+from legseg_tf.morphometry import MORPH_COLUMNS, label_morphometry
+from legseg_tf.reports import html, plotting, qc
+from legseg_tf.results import ImageResult, InputImage
+
+logger = logging.getLogger(__name__)
+
+DSEG_SUFFIX = "_dseg.nii.gz"
+MORPH_SUFFIX = "_morph.tsv"
+
+#: Column descriptions written to the JSON sidecar of every morphometry table.
+COLUMN_DESCRIPTIONS = {
+    "label": "Label value in the _dseg.nii.gz (Muscles_leg numbering, see dseg.tsv).",
+    "name": "Structure name with side.",
+    "abbreviation": "Short name with side suffix (_L / _R).",
+    "muscle": "Structure name without side.",
+    "side": "Patient side (L, R, n/a), from the image affine (RAS).",
+    "region": "lower_leg, upper_leg, hip, bone or other.",
+    "voxels": "Number of voxels with this label.",
+    "volume_ml": {"Description": "Label volume.", "Units": "ml"},
+    "slices": "Number of axial slices (z of the canonical RAS grid) containing the label.",
+    "first_slice": "Lowest z index (canonical RAS, 0 = most inferior) containing the label.",
+    "last_slice": "Highest z index containing the label.",
+    "max_csa_cm2": {"Description": "Largest cross-sectional area over the axial slices of the "
+                                   "acquired grid (not resliced perpendicular to the muscle).",
+                    "Units": "cm^2"},
+    "max_csa_slice": "z index of the largest cross-sectional area.",
+    "centroid_x_mm": {"Description": "Centroid, RAS world x.", "Units": "mm"},
+    "centroid_y_mm": {"Description": "Centroid, RAS world y.", "Units": "mm"},
+    "centroid_z_mm": {"Description": "Centroid, RAS world z.", "Units": "mm"},
+    "components": "Number of 26-connected pieces of the label.",
+    "largest_component_fraction": "Fraction of the voxels in the largest piece.",
+    "ff_mean": {"Description": "Mean voxel fat fraction 100*F/(F+W) over the label.", "Units": "%"},
+    "ff_median": {"Description": "Median voxel fat fraction over the label.", "Units": "%"},
+    "ff_iqr": {"Description": "Inter-quartile range (P75-P25) of the voxel fat fraction.", "Units": "%"},
+    "ff_voxels": "Voxels with a defined fat fraction (inside the water/fat field of view).",
+    "ff_eroded_mean": {"Description": "Mean fat fraction over the label eroded in-plane.", "Units": "%"},
+    "ff_eroded_median": {"Description": "Median fat fraction over the eroded label.", "Units": "%"},
+    "ff_eroded_iqr": {"Description": "Inter-quartile range over the eroded label.", "Units": "%"},
+    "ff_eroded_voxels": "Voxels of the eroded label with a defined fat fraction.",
+}
+
+
+@dataclass
+class ImageSummary:
+    """Everything the report shows about one label map."""
+
+    result: ImageResult
+    labels_ras: np.ndarray
+    volume_ras: np.ndarray | None
+    affine_ras: np.ndarray
+    zooms_mm: tuple[float, float, float]
+    rows: list[dict]
+    morph_path: Path
+    fat_fraction: FatFractionResult | None
+    sidecar: dict
+    warnings: list[str] = field(default_factory=list)
+    confidence: tuple[dict, dict] | None = None
+    fat_source: dict = field(default_factory=dict)
+
+
+def morph_path(dseg_path: Path) -> Path:
+    """The morphometry table next to a ``..._dseg.nii.gz``."""
+    name = Path(dseg_path).name
+    if not name.endswith(DSEG_SUFFIX):
+        raise ValueError(f"not a label map name ending in {DSEG_SUFFIX}: {name}")
+    return Path(dseg_path).with_name(name[: -len(DSEG_SUFFIX)] + MORPH_SUFFIX)
+
+
+def report_path(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html``."""
+    return Path(output_dir) / f"sub-{subject}.html"
+
+
+def write_participant_outputs(results: list[ImageResult], bids_dir: Path, output_dir: Path,
+                              ff_erosion: int = 1) -> list[Path]:
+    """Write the morphometry tables of the images and the subjects' HTML reports.
+
+    Args:
+        results: per-image results of one run (only "done" and "skipped" are used; skipped
+            images are re-read from disk).
+        bids_dir: the BIDS dataset (source images, water/fat images).
+        output_dir: the derivatives folder.
+        ff_erosion: in-plane erosion (voxels) for the eroded fat-fraction columns; 0 disables.
+
+    Returns:
+        The files written.
+    """
+    if int(ff_erosion) != ff_erosion or ff_erosion < 0:
+        raise ValueError(f"ff_erosion must be a whole number >= 0, got {ff_erosion!r}")
+    bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    usable = [r for r in results if r.status in ("done", "skipped") and r.dseg_path is not None]
+    written: list[Path] = []
+    for subject in sorted({r.image.subject for r in usable}):
+        mine = [r for r in usable if r.image.subject == subject]
+        known = {Path(r.dseg_path).resolve() for r in mine}
+        mine += [r for r in disk_results(output_dir, bids_dir, subject) if Path(r.dseg_path).resolve() not in known]
+        summaries = []
+        for result in sorted(mine, key=lambda r: (r.image.session or "", r.image.relpath)):
+            summary = summarise_image(result, bids_dir, int(ff_erosion))
+            written += write_morph_table(summary, bids_dir, output_dir)
+            summaries.append(summary)
+        target = report_path(output_dir, subject)
+        from legseg_tf.derivatives import atomic_write_text
+
+        atomic_write_text(target, subject_page(subject, summaries, output_dir))
+        written.append(target)
+        logger.info("wrote %s", target)
+    return written
+
+
+def disk_results(output_dir: Path, bids_dir: Path, subject: str) -> list[ImageResult]:
+    """Label maps of a subject already in OUTPUT_DIR, as "skipped" results (source from the sidecar)."""
+    found = []
+    for dseg in sorted((Path(output_dir) / f"sub-{subject}").glob(f"**/*_desc-muscles{DSEG_SUFFIX}")):
+        sidecar = dseg.with_name(dseg.name[: -len(".nii.gz")] + ".json")
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            source = meta["Sources"][0]
+        except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+            logger.warning("%s has no readable sidecar with Sources; left out of the report", dseg)
+            continue
+        relpath = source.split(":", 2)[-1] if source.startswith("bids:") else source
+        entities, _ = parse_entities(Path(relpath))
+        image = InputImage(subject=entities.get("sub", subject), session=entities.get("ses"),
+                           path=bids_dir / relpath, relpath=relpath)
+        found.append(ImageResult(image, "skipped", dseg_path=dseg, sidecar_path=sidecar))
+    return found
+
+
+def _read_sidecar(result: ImageResult) -> dict:
+    path = result.sidecar_path
+    if path is None or not Path(path).exists():
+        return {}
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("cannot read %s: %s", path, error)
+        return {}
+
+
+def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> ImageSummary:
+    """Measures, fat fraction and QC warnings of one label map (re-read from disk if needed)."""
+    warnings: list[str] = []
+    if result.labels_ras is not None and result.affine_ras is not None:
+        labels = np.asarray(result.labels_ras)
+        affine = np.asarray(result.affine_ras, dtype=np.float64)
+    else:
+        data, geometry = nifti_io.load_canonical(result.dseg_path)
+        labels = np.rint(data).astype(np.uint16)
+        affine = geometry.ras_affine
+    zooms = tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    volume = result.volume_ras
+    if volume is None:
+        try:
+            volume, geometry = nifti_io.load_canonical(result.image.path)
+            if volume.shape != labels.shape:
+                warnings.append(f"source image {result.image.relpath} no longer matches the label map grid")
+                volume = None
+        except Exception as error:  # noqa: BLE001 - the report shows labels alone then
+            warnings.append(f"source image unavailable for the figures: {error}")
+            volume = None
+    rows = label_morphometry(labels, affine)
+    fat = None
+    try:
+        fat = session_fat_fraction(labels, affine, bids_dir, result.image.subject,
+                                   result.image.session, ff_erosion, result.image.entities)
+    except Exception as error:  # noqa: BLE001 - a broken water/fat pair must not lose the table
+        logger.debug("fat fraction failure", exc_info=True)
+        warnings.append(f"fat fraction not computed: {type(error).__name__}: {error}")
+    if fat is not None:
+        for row in rows:
+            row.update(fat.per_label.get(row["label"], dict.fromkeys(FF_COLUMNS, np.nan)))
+        warnings += fat.warnings
+    report = result.report or {}
+    warnings = list(report.get("warnings", [])) + qc.morphometry_warnings(rows, report) + warnings
+    confidence = None
+    if result.probseg_path is not None and Path(result.probseg_path).exists():
+        try:
+            confidence = qc.label_confidence(result.dseg_path, result.probseg_path)
+            names = {row["label"]: row["abbreviation"] for row in rows}
+            warnings += qc.confidence_warnings(*confidence, names)
+        except (OSError, ValueError, json.JSONDecodeError) as error:
+            warnings.append(f"probability map not usable for confidence checks: {error}")
+    return ImageSummary(result, labels, volume, affine, zooms, rows, morph_path(result.dseg_path),
+                        fat, _read_sidecar(result), warnings, confidence,
+                        fat.source.describe(bids_dir) if fat is not None else {})
+
+
+def morph_frame(rows: list[dict], with_fat_fraction: bool) -> pd.DataFrame:
+    """The morphometry rows as a DataFrame with the fixed column order."""
+    columns = list(MORPH_COLUMNS) + (list(FF_COLUMNS) if with_fat_fraction else [])
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in ("ff_voxels", "ff_eroded_voxels"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def write_morph_table(summary: ImageSummary, bids_dir: Path, output_dir: Path) -> list[Path]:
+    """Write the TSV and its JSON sidecar; return both paths."""
+    from legseg_tf.derivatives import atomic_write_text, write_json
+
+    frame = morph_frame(summary.rows, summary.fat_fraction is not None)
+    text = frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n")
+    path = atomic_write_text(summary.morph_path, text)
+    meta: dict = {key: COLUMN_DESCRIPTIONS[key] for key in frame.columns}
+    meta["Sources"] = [f"bids::{_relative(summary.result.dseg_path, output_dir)}"]
+    if summary.fat_fraction is not None:
+        meta["FatFraction"] = {
+            **summary.fat_fraction.source.describe(bids_dir),
+            "ErosionVoxels": summary.fat_fraction.erosion,
+            "Erosion": "per label, in-plane (4-neighbourhood within each axial slice)",
+            "ResampledToLabelGrid": summary.fat_fraction.resampled,
+        }
+    sidecar = write_json(path.with_name(path.name[: -len(".tsv")] + ".json"), meta)
+    logger.info("wrote %s (%d labels)", path, len(frame))
+    return [path, sidecar]
+
+
+# --------------------------------------------------------------------------- HTML page
+
+def subject_page(subject: str, summaries: list[ImageSummary], output_dir: Path) -> str:
+    """The self-contained HTML report of one subject."""
+    sessions = sorted({s.result.image.session or "" for s in summaries})
+    parts = [f"<h1>legseg report: sub-{html.escape(subject)}</h1>"]
+    parts.append('<p class="note">Figures are in the radiological convention: the patient\'s '
+                 'right (R) is on the left of each image; R/L, A/P and S/I are marked on every '
+                 'panel (from the image affine). Slices are numbered along the canonical RAS z '
+                 'axis, 0 = most inferior.</p>')
+    overview = []
+    for s in summaries:
+        overview.append({
+            "session": s.result.image.session or "n/a", "image": s.result.image.relpath,
+            "status": "segmented" if s.result.status == "done" else "existing output",
+            "labels": len(s.rows), "warnings": len(s.warnings),
+            "fat fraction": s.fat_fraction.source.method if s.fat_fraction else "n/a",
+        })
+    parts.append("<h2>Overview</h2>")
+    parts.append(html.table(overview, ["session", "image", "status", "labels", "warnings", "fat fraction"],
+                            text_columns=["session", "image", "status", "fat fraction"]))
+    for session in sessions:
+        title = f"ses-{session}" if session else "no session"
+        parts.append(f'<h2 id="ses-{html.escape(session or "none")}">{html.escape(title)}</h2>')
+        for number, s in enumerate(x for x in summaries if (x.result.image.session or "") == session):
+            parts.append(image_section(s, output_dir, f"{session or 'none'}-{number}"))
+    return html.page(f"legseg: sub-{subject}", "\n".join(parts))
+
+
+def _relative(path: Path, output_dir: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(output_dir).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
+    """Report section of one label map."""
+    result, report = s.result, s.result.report or {}
+    legseg_meta = s.sidecar.get("legseg", {}) if isinstance(s.sidecar.get("legseg"), dict) else {}
+    dseg_rel = _relative(result.dseg_path, output_dir)
+    morph_rel = _relative(s.morph_path, output_dir)
+    parts = [f'<section class="image" id="image-{html.escape(anchor)}">',
+             f"<h3>{html.escape(result.image.relpath)}</h3>",
+             html.key_values([
+                 ("status", "segmented in this run" if result.status == "done"
+                  else "existing label map (not re-segmented)"),
+                 ("label map", dseg_rel), ("table", morph_rel),
+                 ("grid (x, y, z)", " x ".join(str(n) for n in s.labels_ras.shape)),
+                 ("voxel size (mm)", " x ".join(f"{z:.3g}" for z in s.zooms_mm)),
+             ])]
+    parts.append("<h4>Warnings</h4>")
+    parts.append(html.bullet_list(s.warnings, "warnings") if s.warnings
+                 else '<p class="ok">No warnings.</p>')
+    parts.append("<h4>Side decision</h4>" + side_section(report, result.status))
+    present = [row["label"] for row in s.rows]
+    volume = s.volume_ras if s.volume_ras is not None else np.zeros(s.labels_ras.shape, np.float32)
+    slices = plotting.mosaic_slices(s.labels_ras)
+    parts.append(f"<h4>Axial slices {slices[0]}-{slices[-1]}"
+                 f"{f', every {slices[1] - slices[0]}' if len(slices) > 1 else ''}</h4>")
+    parts.append(html.png_img(plotting.axial_mosaic(volume, s.labels_ras, s.zooms_mm, slices),
+                              f"axial mosaic of {result.image.relpath}"))
+    parts.append(html.legend(present))
+    coronal, _ = plotting.coronal_figure(volume, s.labels_ras, s.zooms_mm)
+    parts.append("<h4>Coronal view</h4>" + html.png_img(coronal, f"coronal view of {result.image.relpath}"))
+    parts.append("<h4>Body position and regions</h4>" + positions_section(report, s.labels_ras.shape[2], result.status))
+    if s.confidence is not None:
+        from legseg_tf.reports.qc import LOW_CONFIDENCE
+
+        parts.append("<h4>Confidence per slice</h4>" + html.png_img(
+            plotting.confidence_figure(s.confidence[1], s.labels_ras.shape[2], LOW_CONFIDENCE),
+            "mean probability per slice"))
+    parts.append("<h4>Muscles</h4>")
+    columns = ["label", "abbreviation", "name", "voxels", "volume_ml", "slices", "max_csa_cm2",
+               "components"]
+    if s.fat_fraction is not None:
+        columns += ["ff_mean", "ff_median", "ff_iqr", "ff_eroded_mean", "ff_eroded_median", "ff_eroded_iqr"]
+    parts.append(html.table(s.rows, columns, text_columns=["abbreviation", "name"], css_class="muscles"))
+    if s.fat_fraction is not None:
+        parts.append('<p class="note">Fat fraction in %: ' + html.escape(
+            "; ".join(f"{k}: {v}" for k, v in s.fat_source.items())
+            + f"; eroded columns: {s.fat_fraction.erosion} voxel(s) in-plane"
+            + ("; water/fat interpolated onto the label grid" if s.fat_fraction.resampled else "")) + "</p>")
+    parts.append("<h4>Models and software</h4>" + models_section(result, s.sidecar, legseg_meta))
+    timings = report.get("timings_s") or legseg_meta.get("timings_s") or {}
+    parts.append("<h4>Timings (s)</h4>" + (html.key_values(list(timings.items())) if timings
+                                           else '<p class="note">not recorded</p>'))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def side_section(report: dict, status: str = "done") -> str:
+    """Side decision, its sources and whether the classifier and the geometry agree."""
+    side = report.get("side")
+    if not side:
+        return '<p class="note">' + _not_recorded(status) + "</p>"
+    geometry = side.get("geometry") or {}
+    classifier = side.get("classifier")
+    geometric = ("Both" if geometry.get("two_legs") else
+                 {"L": "Left", "R": "Right"}.get(geometry.get("single_side"), geometry.get("single_side")))
+    if classifier is None:
+        check = "no classifier vote: decided from geometry alone"
+    elif geometric is None:
+        check = f"classifier {classifier}; geometry not conclusive"
+    elif classifier == geometric:
+        check = f"agree ({classifier})"
+    else:
+        check = f"DISAGREE: classifier {classifier}, geometry {geometric}"
+    pairs = [("decision", side.get("decision")), ("decided by", side.get("source")),
+             ("classifier vote", classifier), ("cross-check", check), ("midline", side.get("midline"))]
+    pairs += [(f"geometry: {k}", v) for k, v in geometry.items()]
+    split = report.get("split") or {}
+    if split:
+        pairs.append(("cut column (QMRITools layout)", split.get("cut_column")))
+    return html.key_values(pairs)
+
+
+def _not_recorded(status: str) -> str:
+    if status == "done":
+        return "Not reported by the segmenter."
+    return "Not recorded: this label map comes from an earlier run (only its sidecar is read)."
+
+
+def positions_section(report: dict, n_slices: int, status: str = "done") -> str:
+    """Per-slice positions figure and region ranges table."""
+    from legseg_tf.body_position import POSITION_CLASSES
+
+    ranges = report.get("region_ranges") or {}
+    positions = report.get("positions")
+    parts = []
+    if positions:
+        parts.append(html.png_img(plotting.positions_figure(positions, ranges, n_slices, POSITION_CLASSES),
+                                  "per-slice body positions"))
+        votes = positions.get("side_votes")
+        if votes:
+            parts.append('<p class="note">Classifier side votes: ' + html.escape(
+                ", ".join(f"{k} {v}" for k, v in sorted(votes.items()))) + "</p>")
+    elif report:
+        parts.append('<p class="note">No per-slice classification (single region segmented).</p>')
+    if ranges:
+        rows = [{"region": k, "first slice": v[0], "last slice": v[1]} for k, v in sorted(ranges.items())]
+        parts.append(html.table(rows, ["region", "first slice", "last slice"], text_columns=["region"]))
+    if not parts:
+        parts.append('<p class="note">' + _not_recorded(status) + "</p>")
+    return "\n".join(parts)
+
+
+def models_section(result: ImageResult, sidecar: dict, legseg_meta: dict) -> str:
+    """Models (id, role, checksum) and software versions."""
+    models = result.models or sidecar.get("Models") or []
+    rows = [{"id": m.get("id"), "role": m.get("role"),
+             "sha256": (m.get("sha256") or "")[:16] + ("..." if m.get("sha256") else "")} for m in models]
+    parts = [html.table(rows, ["id", "role", "sha256"], text_columns=["id", "role", "sha256"])
+             if rows else '<p class="note">not recorded</p>']
+    software = legseg_meta.get("software") or {}
+    if not software:
+        from legseg_tf.derivatives import software_versions
+
+        software = software_versions()
+    parts.append(html.key_values(sorted(software.items())))
+    device = (result.report or {}).get("device") or legseg_meta.get("device")
+    if device:
+        parts.append(f'<p class="note">device: {html.escape(str(device))}</p>')
+    return "\n".join(parts)
