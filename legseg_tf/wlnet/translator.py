@@ -20,7 +20,8 @@ rank 0/1 inputs as is. Output ports are returned in Wolfram axis order (the QMRI
 already end with a transpose to ``(z, y, x, classes)``). One input/output port gives a plain
 tensor, several give dicts keyed by the Wolfram port names.
 
-Padding is reproduced exactly with explicit ``ZeroPadding`` + ``"valid"`` layers.
+Padding is reproduced exactly: explicit ``ZeroPadding`` + ``"valid"`` layers, except for
+stride-1 convolutions with symmetric padding ``(k - 1) / 2``, which are exactly ``"same"``.
 Keras layer names are the Wolfram node paths joined by ``__`` (``enc_1__block__con__1``);
 helper layers without Wolfram counterpart append a suffix such as ``_pad`` or ``_crop``.
 """
@@ -344,13 +345,21 @@ class _Walker:
         if x.shape[0] is not None and x.shape[0] != in_per_group * groups:
             raise self.fail(layer, f"input channels {x.shape[0]} != weights {in_per_group} x "
                                    f"groups {groups}")
-        x = self._pad(x, pads, name)
-        spatial = tuple(None if s is None else (s - d * (k - 1) - 1) // st + 1
-                        for s, k, st, d in zip(x.shape[1:], kernel, stride, dilation))
+        # Stride 1 with symmetric padding (k_eff - 1) / 2 is exactly Keras "same" (no copy of
+        # the padded tensor); every other case gets an explicit ZeroPadding + "valid".
+        same = max(stride) == 1 and all(
+            lo == hi and 2 * lo == d * (k - 1) for (lo, hi), k, d in zip(pads, kernel, dilation))
+        if not same:
+            x = self._pad(x, pads, name)
+            pads = [(0, 0)] * dims
+        spatial = tuple(None if s is None else (s + lo + hi - d * (k - 1) - 1) // st + 1
+                        for s, (lo, hi), k, st, d in zip(x.shape[1:], pads, kernel, stride,
+                                                         dilation))
         bias = layer.arrays.get("Biases")
         kernel_arr = np.transpose(weights, tuple(range(2, dims + 2)) + (1, 0))
         cfg = {"rank": dims, "filters": int(out_ch), "kernel_size": kernel, "strides": stride,
-               "dilation_rate": dilation, "groups": groups, "use_bias": bias is not None}
+               "dilation_rate": dilation, "groups": groups, "use_bias": bias is not None,
+               "padding": "same" if same else "valid"}
         return self.emit(name, "conv", [x], cfg, (out_ch,) + spatial, _channels_last(dims + 1),
                          [kernel_arr] + ([bias] if bias is not None else []))
 
@@ -873,7 +882,7 @@ def _keras_layer(keras, op: dict):
     if kind == "conv":
         cls = {1: L.Conv1D, 2: L.Conv2D, 3: L.Conv3D}[c["rank"]]
         return cls(c["filters"], tuple(c["kernel_size"]), strides=tuple(c["strides"]),
-                   padding="valid", dilation_rate=tuple(c["dilation_rate"]),
+                   padding=c.get("padding", "valid"), dilation_rate=tuple(c["dilation_rate"]),
                    groups=c["groups"], use_bias=c["use_bias"], name=name)
     if kind == "conv_transpose":
         cls = {1: L.Conv1DTranspose, 2: L.Conv2DTranspose, 3: L.Conv3DTranspose}[c["rank"]]
