@@ -200,6 +200,17 @@ def test_unsupported_elementwise_function_is_refused(tmp_path):
         translate(read_wlnet(path))
 
 
+def test_dangling_branch_is_dropped(tmp_path):
+    w = W.Weights(3)
+    g = W.Graph({"Input": (2, 5)})
+    g.add("used", W.conv(w, (2, 5), 3, 1), {"Input": (None, "Input")})
+    g.add("unused", W.conv(w, (2, 5), 4, 1), {"Input": (None, "Input")})
+    g.output("Output", ("used", "Output"))
+    wl, model, config = _roundtrip(tmp_path, g.build().assoc, "dangling")
+    assert [op["op"] for op in config["ops"]] == ["conv", "permute"]  # no "unused" conv
+    assert max(_max_diff(model, wl, np.random.default_rng(2)).values()) <= TOL
+
+
 def test_config_and_weights_file_rebuild_identically(tmp_path):
     from legseg_tf.wlnet.translator import build_from_config
 

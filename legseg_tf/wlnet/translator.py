@@ -135,12 +135,32 @@ def describe(wl: WlnetFile, *, free_spatial: bool = False) -> Description:
         if isinstance(spec, TensorType) and spec.coder:
             entry["decoder"] = coder_summary(spec)
         outputs_cfg.append(entry)
+    ops = _prune(walker.ops, [o["name"] for o in outputs_cfg])
+    kept = {op["name"] for op in ops}
     config = {
         "kind": CONFIG_KIND, "config_version": CONFIG_VERSION,
         "source": {"file": wl.path.name, "wolfram_version": wl.version},
-        "inputs": inputs_cfg, "outputs": outputs_cfg, "ops": walker.ops,
+        "inputs": inputs_cfg, "outputs": outputs_cfg, "ops": ops,
     }
-    return Description(config=config, weights=walker.weights)
+    weights = {k: v for k, v in walker.weights.items() if k in kept}
+    return Description(config=config, weights=weights)
+
+
+def _prune(ops: list[dict], outputs: list[str]) -> list[dict]:
+    """Drop ops that no net output depends on (dangling branches), keeping the order."""
+    producer = {op["name"]: op for op in ops}
+    needed, stack = set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in producer:
+            continue
+        needed.add(name)
+        stack.extend(producer[name]["inputs"])
+    dropped = [op["name"] for op in ops if op["name"] not in needed]
+    if dropped:
+        LOGGER.info("dropping %d layer(s) no output depends on: %s", len(dropped),
+                    ", ".join(dropped[:5]))
+    return [op for op in ops if op["name"] in needed]
 
 
 def coder_summary(spec: TensorType) -> dict:
