@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"legseg-import: cannot write model for {source.path.name}: {exc}",
                       file=sys.stderr)
                 return EXIT_CANTCREATE
+            except Exception as exc:  # noqa: BLE001 - one line per file, details with -v
+                LOGGER.debug("conversion of %s failed", source.path, exc_info=True)
+                print(f"legseg-import: {source.path}: conversion failed "
+                      f"({type(exc).__name__}: {_one_line(exc)})", file=sys.stderr)
+                failures += 1
+                continue
             print(summary)
     return EXIT_DATA if failures else EXIT_OK
 
