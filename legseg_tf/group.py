@@ -1,0 +1,186 @@
+"""Group level: gather the participant outputs of OUTPUT_DIR into group tables and a report.
+
+Reads only what the participant level wrote: the label maps
+``sub-*/[ses-*/]<datatype>/*_desc-muscles_dseg.nii.gz`` and their ``*_desc-muscles_morph.tsv``
+tables (a missing table is recomputed from the label map, without fat fraction). Writes, at
+the output root, replacing earlier versions (so re-running after more participants updates
+everything)::
+
+    group_muscles.tsv         long format: one row per image x label
+    group_muscles_wide.tsv    one row per image, columns <ABBR>_<measure>
+    group_asymmetry.tsv       one row per image x bilateral muscle: left/right asymmetry
+    group.html                distributions, asymmetry, outliers, links to subject reports
+
+Outliers: for each label and measure (volume, maximum cross-sectional area, median fat
+fraction) across images, the robust z-score ``0.6745 * (x - median) / MAD`` (Iglewicz and
+Hoaglin); ``|z| > 3.5`` flags the row. Needs at least :data:`MIN_IMAGES_FOR_Z` values and a
+non-zero MAD, else z is n/a.
+
+Asymmetry: ``100 * (L - R) / ((L + R) / 2)`` in % for volume and cross-sectional area;
+``L - R`` in percentage points for fat fraction.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from legseg_tf.fatfraction import FF_COLUMNS, parse_entities
+from legseg_tf.morphometry import MORPH_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+DSEG_GLOBS = ("sub-*/*/*_desc-muscles_dseg.nii.gz", "sub-*/ses-*/*/*_desc-muscles_dseg.nii.gz")
+ID_COLUMNS = ("participant", "session", "source")
+#: Measures checked for outliers and spread into the wide table.
+OUTLIER_MEASURES = ("volume_ml", "max_csa_cm2", "ff_median")
+WIDE_MEASURES = ("volume_ml", "max_csa_cm2", "ff_median", "ff_eroded_median")
+ROBUST_Z_LIMIT = 3.5
+MIN_IMAGES_FOR_Z = 3
+#: Scale factor making the MAD a consistent estimator of the standard deviation (normal data).
+MAD_SCALE = 0.6745
+
+
+def find_label_maps(output_dir: Path) -> list[Path]:
+    """Label maps written by the participant level, sorted."""
+    found = set()
+    for pattern in DSEG_GLOBS:
+        found.update(Path(output_dir).glob(pattern))
+    return sorted(found)
+
+
+def image_table(dseg_path: Path) -> pd.DataFrame:
+    """The morphometry rows of one label map with participant/session/source columns."""
+    from legseg_tf.reports.participant import morph_path
+
+    table_path = morph_path(dseg_path)
+    if table_path.exists():
+        frame = pd.read_csv(table_path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    else:
+        from legseg_tf import nifti_io
+        from legseg_tf.morphometry import label_morphometry
+
+        logger.warning("%s missing; measuring %s without fat fraction", table_path.name, dseg_path.name)
+        data, geometry = nifti_io.load_canonical(dseg_path)
+        frame = pd.DataFrame(label_morphometry(np.rint(data).astype(np.uint16), geometry.ras_affine),
+                             columns=list(MORPH_COLUMNS))
+    entities, _ = parse_entities(dseg_path)
+    source = dseg_path.name[: -len("_desc-muscles_dseg.nii.gz")]
+    frame.insert(0, "source", source)
+    frame.insert(0, "session", f"ses-{entities['ses']}" if "ses" in entities else "n/a")
+    frame.insert(0, "participant", f"sub-{entities.get('sub', '')}")
+    return frame
+
+
+def robust_z(values: pd.Series) -> pd.Series:
+    """Robust z-scores ``0.6745 (x - median) / MAD``; NaN if too few values or MAD = 0."""
+    x = values.astype(float)
+    finite = x[np.isfinite(x)]
+    if finite.size < MIN_IMAGES_FOR_Z:
+        return pd.Series(np.nan, index=values.index)
+    median = finite.median()
+    mad = (finite - median).abs().median()
+    if not mad > 0:
+        return pd.Series(np.nan, index=values.index)
+    return MAD_SCALE * (x - median) / mad
+
+
+def long_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate per-image tables; add robust z-scores per label and an outlier flag."""
+    table = pd.concat(frames, ignore_index=True)
+    for column in FF_COLUMNS:
+        if column not in table:
+            table[column] = np.nan
+    flags = pd.Series(False, index=table.index)
+    for measure in OUTLIER_MEASURES:
+        z = table.groupby("label")[measure].transform(robust_z)
+        table[f"{measure}_robust_z"] = z
+        flags |= z.abs() > ROBUST_Z_LIMIT
+    table["outlier"] = flags
+    return table
+
+
+def wide_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per image; columns ``<abbreviation>_<measure>`` ordered by label value."""
+    keys = list(ID_COLUMNS)
+    images = table[keys].drop_duplicates().reset_index(drop=True)
+    order = table[["label", "abbreviation"]].drop_duplicates().sort_values("label")
+    measures = [m for m in WIDE_MEASURES if table[m].notna().any()]
+    pivot = table.pivot_table(index=keys, columns="abbreviation", values=measures, aggfunc="first",
+                              dropna=False)
+    columns = []
+    for abbreviation in order["abbreviation"]:
+        for measure in measures:
+            if (measure, abbreviation) in pivot.columns:
+                columns.append((measure, abbreviation))
+    pivot = pivot[columns]
+    pivot.columns = [f"{abbreviation}_{measure}" for measure, abbreviation in columns]
+    return images.merge(pivot.reset_index(), on=keys, how="left")
+
+
+def asymmetry_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Left/right asymmetry per image and bilateral muscle (see the module docstring)."""
+    sided = table[table["side"].isin(["L", "R"])]
+    keys = list(ID_COLUMNS) + ["muscle"]
+    left = sided[sided["side"] == "L"].set_index(keys)
+    right = sided[sided["side"] == "R"].set_index(keys)
+    both = left.join(right, how="inner", lsuffix="_left", rsuffix="_right")
+    out = pd.DataFrame(index=both.index)
+    for measure in ("volume_ml", "max_csa_cm2"):
+        l, r = both[f"{measure}_left"].astype(float), both[f"{measure}_right"].astype(float)
+        out[f"{measure}_left"], out[f"{measure}_right"] = l, r
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{measure}_asymmetry_pct"] = 100.0 * (l - r) / ((l + r) / 2.0)
+    if "ff_median_left" in both:
+        l, r = both["ff_median_left"].astype(float), both["ff_median_right"].astype(float)
+        out["ff_median_left"], out["ff_median_right"] = l, r
+        out["ff_median_difference"] = l - r
+    return out.reset_index()
+
+
+def write_tsv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write a TSV atomically with n/a for missing values."""
+    from legseg_tf.derivatives import atomic_write_text
+
+    text = frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n")
+    return atomic_write_text(path, text)
+
+
+def run_group(output_dir: Path) -> int:
+    """Build the group tables and page from OUTPUT_DIR; return the exit code (0)."""
+    output_dir = Path(output_dir)
+    maps = find_label_maps(output_dir) if output_dir.is_dir() else []
+    if not maps:
+        logger.warning("no participant outputs (*_desc-muscles_dseg.nii.gz) in %s: nothing to do "
+                       "(run the participant level first)", output_dir)
+        return 0
+    frames = []
+    for dseg in maps:
+        try:
+            frames.append(image_table(dseg))
+        except Exception as error:  # noqa: BLE001 - one unreadable file must not stop the group
+            logger.error("cannot read %s: %s", dseg, error)
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        logger.warning("the participant outputs in %s hold no labels: nothing to do", output_dir)
+        return 0
+    table = long_table(frames)
+    wide = wide_table(table)
+    asymmetry = asymmetry_table(table)
+    written = [
+        write_tsv(table, output_dir / "group_muscles.tsv"),
+        write_tsv(wide, output_dir / "group_muscles_wide.tsv"),
+        write_tsv(asymmetry, output_dir / "group_asymmetry.tsv"),
+    ]
+    from legseg_tf.derivatives import atomic_write_text
+    from legseg_tf.reports.group_report import group_page
+
+    written.append(atomic_write_text(output_dir / "group.html", group_page(table, asymmetry, output_dir)))
+    n_images = len(wide)
+    n_outliers = int(table["outlier"].sum())
+    logger.info("group level: %d image(s) of %d participant(s), %d outlier row(s); wrote %s",
+                n_images, table["participant"].nunique(), n_outliers,
+                ", ".join(p.name for p in written))
+    return 0
