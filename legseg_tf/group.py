@@ -126,7 +126,7 @@ def asymmetry_table(table: pd.DataFrame) -> pd.DataFrame:
     keys = list(ID_COLUMNS) + ["muscle"]
     left = sided[sided["side"] == "L"].set_index(keys)
     right = sided[sided["side"] == "R"].set_index(keys)
-    both = left.join(right, how="inner", lsuffix="_left", rsuffix="_right")
+    both = left.add_suffix("_left").join(right.add_suffix("_right"), how="inner")
     out = pd.DataFrame(index=both.index)
     for measure in ("volume_ml", "max_csa_cm2"):
         l, r = both[f"{measure}_left"].astype(float), both[f"{measure}_right"].astype(float)
