@@ -1,0 +1,271 @@
+#!/usr/bin/env python
+"""The exact recipe of the default models shipped in ``models/``.
+
+Reads the real data in ``../shared/data`` (relative to the repository root; override with
+``--data``), trains into ``training_runs/<model>/`` (git-ignored) and installs the result
+into ``models/`` with a manifest entry (``legseg_tf.model_store.write_entry``).
+
+    python tools/train_default_models.py classifier            # ~10 min on 2 cores
+    python tools/train_default_models.py upper [--resume] [--rounds N] [--max-steps N]
+    python tools/train_default_models.py lower [--resume] [--rounds N] [--max-steps N]
+    python tools/train_default_models.py evaluate upper|lower  # held-out leg, sliding window
+    python tools/train_default_models.py install upper|lower|classifier
+
+Data (QMRITools, BSD-3-Clause, (c) 2016 Martijn Froeling; Froeling, JOSS 2019, 4:1204):
+
+* upper leg: ``scripts_test_data/test.nii.gz`` with QMRITools' own automatic segmentation
+  ``out.nii.gz``, final labels mapped to the side-less N5_UpperLeg classes, split at the
+  inter-leg valley into the right leg (training) and the left leg (held out).
+* lower leg: ``DemoData/twoLegs.nii.gz`` with the manual ``labels.nii.gz`` (7 muscles per
+  leg, mapping :data:`CALF_LABELS`), resampled to 1.5 x 1.5 mm in-plane, split into the
+  right leg (training) and the left leg (held out).
+* classifier: slices of ``Join_1..7``, the calf ``twoLegs``/``fat`` stacks (training) and
+  ``test.nii.gz``, the calf ``water`` stack and the two UCL stacks (held out), with the
+  per-slice positions of :data:`JOIN_POSITIONS`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from legseg_tf.networks.config import UNetConfig  # noqa: E402
+from legseg_tf.training.augmentation import HEAVY_AUGMENTATION, AugmentConfig  # noqa: E402
+from legseg_tf.training.data import (  # noqa: E402
+    TrainingCase,
+    crop_to_body,
+    final_to_training_map,
+    load_case,
+    load_volume,
+    resample_case,
+    split_legs,
+)
+from legseg_tf.training.sampling import PatchConfig  # noqa: E402
+from legseg_tf.training.train import TrainConfig  # noqa: E402
+
+logger = logging.getLogger("train_default_models")
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+RUNS = ROOT / "training_runs"
+MODELS = ROOT / "models"
+
+#: DemoData labels.nii.gz -> N6_LowerLeg classes. Names checked on the images: by centroid
+#: (QMRITools layout, right leg) 19/20 is the most anterior (tibialis anterior), 21/22 the most
+#: lateral (fibularis longus + brevis, one label), 23/24 small antero-lateral (extensor
+#: digitorum longus), 25/26 small, deep, between tibia and fibula (tibialis posterior),
+#: 13/14 large, medial-posterior (medial gastrocnemius), 15/16 the most posterior, lateral of
+#: it (lateral gastrocnemius), 17/18 the largest, central-posterior (soleus).
+CALF_LABELS = {
+    13: 2, 14: 2,    # Medial gastrocnemius
+    15: 1, 16: 1,    # Lateral gastrocnemius
+    17: 3, 18: 3,    # Soleus
+    19: 11, 20: 11,  # Tibialis anterior
+    21: 9, 22: 9,    # Fibularis longus (with brevis)
+    23: 12, 24: 12,  # Extensor digitorum longus
+    25: 8, 26: 8,    # Tibialis posterior
+}
+
+#: Per-slice body positions (inclusive slice ranges, slice 0 = most inferior) assigned by
+#: looking at sagittal and axial views of each stack. Join_1 (foot) has no class of its own
+#: and is "Lower", the lowest level.
+JOIN_POSITIONS = {
+    "Join_1": [(0, 30, "Lower")],
+    "Join_2": [(0, 30, "Lower")],
+    "Join_3": [(0, 30, "Lower")],
+    "Join_4": [(0, 13, "Lower"), (14, 30, "Knee")],
+    "Join_5": [(0, 4, "Knee"), (5, 30, "Upper")],
+    "Join_6": [(0, 30, "Upper")],
+    "Join_7": [(0, 2, "Upper"), (3, 30, "Hip")],
+}
+
+#: Network and training recipe per region (small networks for CPU training).
+SMALL_FEATURES = (8, 16, 32, 48, 64)
+REGIONS = {
+    "upper": {"table": "N5_UpperLeg", "role": "upper_leg", "id": "legseg-upperleg-small-v1",
+              "files": "upperleg"},
+    "lower": {"table": "N6_LowerLeg", "role": "lower_leg", "id": "legseg-lowerleg-small-v1",
+              "files": "lowerleg"},
+}
+
+
+def region_train_config(region: str, rounds: int) -> TrainConfig:
+    """The training configuration of ``region`` ("upper" or "lower")."""
+    from legseg_tf.labels import TRAIN_TABLES
+
+    n_classes = len(TRAIN_TABLES[REGIONS[region]["table"]]) + 1
+    network = UNetConfig(n_classes=n_classes, features=SMALL_FEATURES, dropout_rate=0.1)
+    augmentation = HEAVY_AUGMENTATION if region == "upper" else AugmentConfig(p_geometric=0.7)
+    return TrainConfig(
+        network=network,
+        patch=PatchConfig(patch_size=(16, 64, 64), foreground_fraction=0.7),
+        augmentation=augmentation,
+        batch_size=2,
+        round_length=64,
+        rounds=rounds,
+        validation_patches=24,
+        seed=20261124,
+        threads=2,
+    )
+
+
+def region_cases(region: str, data: Path) -> tuple[TrainingCase, TrainingCase]:
+    """(training leg, held-out leg) of ``region``."""
+    q = data / "qmritools"
+    if region == "upper":
+        case = load_case(q / "scripts_test_data" / "test.nii.gz",
+                         q / "scripts_test_data" / "out.nii.gz", name="test",
+                         label_map=final_to_training_map("N5_UpperLeg"))
+    else:
+        case = load_case(q / "DemoData" / "twoLegs.nii.gz", q / "DemoData" / "labels.nii.gz",
+                         name="twoLegs", label_map=CALF_LABELS)
+        case = resample_case(case, (case.spacing[0], 1.5, 1.5))
+    right, left = split_legs(crop_to_body(case))
+    return right, left
+
+
+def classifier_stacks(data: Path):
+    from legseg_tf.training.classifier import SliceStack, positions_from_ranges
+
+    q = data / "qmritools"
+    train, held_out = [], []
+    for name, ranges in JOIN_POSITIONS.items():
+        volume, _ = load_volume(q / "DemoData" / f"{name}.nii.gz")
+        train.append(SliceStack(name, volume, positions_from_ranges(volume.shape[0], ranges)))
+    for name in ("twoLegs", "fat"):
+        volume, _ = load_volume(q / "DemoData" / f"{name}.nii.gz")
+        train.append(SliceStack(name, volume, ("Lower",) * volume.shape[0]))
+    held = [
+        ("test", q / "scripts_test_data" / "test.nii.gz", "Upper"),
+        ("water", q / "DemoData" / "water.nii.gz", "Lower"),
+        ("ucl_thigh_TE345", data / "swastling_musclemap" / "ff" / "siemens" / "thigh" / "input"
+         / "0006-Dixon_TE_345_th.nii.gz", "Upper"),
+        ("ucl_calf_TE345", data / "swastling_musclemap" / "t2" / "input"
+         / "0007-Dixon_TE_345_cf.nii.gz", "Lower"),
+    ]
+    for name, path, position in held:
+        volume, _ = load_volume(path)
+        held_out.append(SliceStack(name, volume, (position,) * volume.shape[0]))
+    return train, held_out
+
+
+def cmd_classifier(args) -> int:
+    from legseg_tf.training.classifier import ClassifierTrainConfig, train_classifier
+
+    train, held_out = classifier_stacks(args.data)
+    config = ClassifierTrainConfig(epochs=args.epochs)
+    report = train_classifier(config, train, held_out, RUNS / "classifier",
+                              progress=not args.no_progress)
+    print(json.dumps({k: report[k] for k in ("n_train_examples", "wall_seconds", "validation")},
+                     indent=1))
+    return 0
+
+
+def cmd_region(args) -> int:
+    from legseg_tf.training.train import train
+
+    train_case, held_case = region_cases(args.region, args.data)
+    config = region_train_config(args.region, args.rounds)
+    logger.info("train %s %s, held out %s %s", train_case.name, train_case.image.shape,
+                held_case.name, held_case.image.shape)
+    result = train(config, [train_case], [held_case], RUNS / args.region, resume=args.resume,
+                   progress=not args.no_progress, max_steps=args.max_steps)
+    print(json.dumps(result.last_row, indent=1))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from legseg_tf.training.evaluate import evaluate_case
+
+    _, held_case = region_cases(args.region, args.data)
+    run = RUNS / args.region
+    config = UNetConfig.from_json((run / "network.json").read_text())
+    weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
+    report = evaluate_case(config, weights, held_case, REGIONS[args.region]["table"],
+                           patch_size=(16, 64, 64))
+    (run / "heldout_evaluation.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["summary"], indent=1))
+    return 0
+
+
+def cmd_install(args) -> int:
+    from legseg_tf.model_store import write_entry
+
+    MODELS.mkdir(exist_ok=True)
+    if args.region == "classifier":
+        run = RUNS / "classifier"
+        report = json.loads((run / "report.json").read_text())
+        shutil.copyfile(run / "classifier.json", MODELS / "classifier.json")
+        shutil.copyfile(run / "classifier.weights.h5", MODELS / "classifier.weights.h5")
+        entry = {"id": "legseg-classifier-small-v1", "role": "classifier",
+                 "config": "classifier.json", "weights": "classifier.weights.h5",
+                 "label_table": None,
+                 "provenance": {"source": "legseg-train", "recipe":
+                                "tools/train_default_models.py classifier",
+                                "card": "cards/legseg-classifier-small-v1.md",
+                                "training_stacks": report["train_stacks"],
+                                "data_licence": "QMRITools data BSD-3-Clause (c) 2016 "
+                                                "Martijn Froeling"}}
+    else:
+        spec = REGIONS[args.region]
+        run = RUNS / args.region
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+        weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
+        config = UNetConfig.from_json((run / "network.json").read_text())
+        (MODELS / f"{spec['files']}.json").write_text(config.to_json() + "\n")
+        shutil.copyfile(weights, MODELS / f"{spec['files']}.weights.h5")
+        entry = {"id": spec["id"], "role": spec["role"], "config": f"{spec['files']}.json",
+                 "weights": f"{spec['files']}.weights.h5", "label_table": spec["table"],
+                 "provenance": {"source": "legseg-train",
+                                "recipe": f"tools/train_default_models.py {args.region}",
+                                "card": f"cards/{spec['id']}.md",
+                                "steps": state["step"], "rounds": state["round"],
+                                "weights_from": "best" if args.best else "last",
+                                "data_licence": "QMRITools data BSD-3-Clause (c) 2016 "
+                                                "Martijn Froeling"}}
+    manifest = write_entry(MODELS, entry)
+    print(f"installed {entry['id']}: {len(manifest.entries)} models in {manifest.path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--no-progress", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("classifier")
+    p.add_argument("--epochs", type=int, default=8)
+    for region in ("upper", "lower"):
+        p = sub.add_parser(region)
+        p.add_argument("--resume", action="store_true")
+        p.add_argument("--rounds", type=int, default=80)
+        p.add_argument("--max-steps", type=int, default=None)
+        p.set_defaults(region=region)
+    p = sub.add_parser("evaluate")
+    p.add_argument("region", choices=("upper", "lower"))
+    p.add_argument("--best", action="store_true")
+    p = sub.add_parser("install")
+    p.add_argument("region", choices=("upper", "lower", "classifier"))
+    p.add_argument("--best", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.data.is_dir():
+        parser.error(f"data folder {args.data} not found")
+    handlers = {"classifier": cmd_classifier, "upper": cmd_region, "lower": cmd_region,
+                "evaluate": cmd_evaluate, "install": cmd_install}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
