@@ -153,3 +153,38 @@ def test_split_rename_merge_reproduce_the_reference(thighs, network_keeps_larges
         assert set(np.unique(merged[differs])) == {0}
     else:
         np.testing.assert_array_equal(merged, labels)
+
+
+def test_segmenter_with_an_oracle_network_reproduces_the_reference(thighs, monkeypatch):
+    """Whole SegmentData flow on the real thighs; the 'network' returns the side-less reference
+    classes of the part it is given, so every difference comes from the pipeline."""
+    from legseg_tf import segmenter as segmenter_module
+    from legseg_tf.segmenter import QMRIToolsSegmenter, RegionNetwork
+
+    volume, labels, _, _, geometry, shape_ras = thighs
+    train = reference_as_train_labels(labels)
+    boxes = []
+
+    def recording_split_parts(*args, **kwargs):
+        parts = split_parts(*args, **kwargs)
+        boxes.extend(part.box for part in parts)
+        return parts
+
+    monkeypatch.setattr(segmenter_module, "split_parts", recording_split_parts)
+    calls = iter(range(10))
+
+    def oracle(part):
+        box = boxes[next(calls)]
+        assert part.shape == train[box].shape
+        return train[box]
+
+    network = RegionNetwork("upper_leg", "oracle", "0" * 64, "N5_UpperLeg", oracle)
+    result = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(
+        volume, nifti_io.qmri_spacing(geometry),
+        midline_column=midline_column(geometry.ras_affine, shape_ras))
+    assert result.report["side"]["decision"] == "Both" and len(boxes) == 2
+    assert (result.labels == labels).mean() > 0.9999
+    for label in set(np.unique(labels)) - {0}:
+        a, b = labels == label, result.labels == label
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice > 0.99, f"label {label}: Dice {dice:.4f}"
