@@ -47,6 +47,8 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path) -
                  "<th>images</th><th>outlier rows</th></tr></thead><tbody>" + "".join(rows)
                  + "</tbody></table>")
 
+    parts.append("<h2>Per-muscle summary</h2>")
+    parts.append(summary_table(muscles))
     parts.append("<h2>Per-muscle distributions</h2>")
     parts.append('<p class="note">Boxes: quartiles and median; whiskers 1.5 IQR; one point per '
                  f"image, red = outlier (|robust z| &gt; {ROBUST_Z_LIMIT}).</p>")
@@ -88,3 +90,21 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path) -
         parts.append(f'<p class="ok">No value with |robust z| &gt; {ROBUST_Z_LIMIT} '
                      "(needs at least 3 images per label).</p>")
     return html.page("legseg group report", "\n".join(parts))
+
+
+def summary_table(muscles: pd.DataFrame) -> str:
+    """Median [P25-P75] over images of volume, cross-section and fat fraction, per label."""
+    rows = []
+    for (label, abbreviation), group in muscles.groupby(["label", "abbreviation"], sort=True):
+        row = {"label": int(label), "abbreviation": abbreviation, "images": len(group)}
+        for measure in ("volume_ml", "max_csa_cm2", "ff_median"):
+            values = group[measure].astype(float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                q25, q50, q75 = np.percentile(values, [25, 50, 75])
+                row[measure] = f"{q50:.4g} [{q25:.4g}-{q75:.4g}]"
+        rows.append(row)
+    return ('<p class="note">Median [25th-75th percentile] over images.</p>'
+            + html.table(rows, ["label", "abbreviation", "images", "volume_ml", "max_csa_cm2", "ff_median"],
+                         text_columns=["abbreviation", "volume_ml", "max_csa_cm2", "ff_median"],
+                         css_class="summary"))

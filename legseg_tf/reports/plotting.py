@@ -23,6 +23,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from legseg_tf.labels import BY_INDEX  # noqa: E402
 
@@ -95,12 +96,34 @@ def mosaic_slices(labels_ras: np.ndarray, max_panels: int = MAX_PANELS) -> list[
 
 
 def _orientation_letters(axis, top: str, bottom: str) -> None:
-    style = dict(color="yellow", fontsize=9, fontweight="bold", transform=axis.transAxes,
-                 ha="center", va="center")
-    axis.text(0.03, 0.5, "R", **style)
-    axis.text(0.97, 0.5, "L", **style)
-    axis.text(0.5, 0.96, top, **style)
-    axis.text(0.5, 0.04, bottom, **style)
+    """Patient directions just outside the panel: R left, L right, ``top``/``bottom``."""
+    style = dict(color="black", fontsize=9, fontweight="bold", transform=axis.transAxes)
+    axis.text(-0.01, 0.5, "R", ha="right", va="center", **style)
+    axis.text(1.01, 0.5, "L", ha="left", va="center", **style)
+    axis.text(0.5, 1.01, top, ha="center", va="bottom", **style)
+    axis.text(0.5, -0.01, bottom, ha="center", va="top", **style)
+
+
+def _panel_title(axis, text: str) -> None:
+    axis.text(0.02, 0.03, text, color="yellow", fontsize=8, transform=axis.transAxes,
+              ha="left", va="bottom")
+
+
+def in_plane_box(volume_ras: np.ndarray, labels_ras: np.ndarray, threshold: float,
+                 margin: int = 10) -> tuple[slice, slice, slice]:
+    """(x, y) bounding box of the labels and of the image above ``threshold``, plus a margin.
+
+    Cropping keeps the axes' direction, so the orientation letters stay true.
+    """
+    content = (np.asarray(labels_ras) > 0) | (np.asarray(volume_ras) > threshold)
+    if not content.any():
+        return (slice(None), slice(None), slice(None))
+    spans = []
+    for axis in (0, 1):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(content.any(axis=other))
+        spans.append(slice(max(0, hits[0] - margin), min(content.shape[axis], hits[-1] + 1 + margin)))
+    return spans[0], spans[1], slice(None)
 
 
 def axial_mosaic(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, slices: list[int],
@@ -116,6 +139,8 @@ def axial_mosaic(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, slice
         raise ValueError(f"image {volume_ras.shape} and labels {labels_ras.shape} differ in shape")
     rows = max(1, math.ceil(len(slices) / columns))
     low, high = display_range(volume_ras)
+    box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    volume_ras, labels_ras = volume_ras[box], labels_ras[box]
     aspect = float(zooms_mm[1]) / float(zooms_mm[0])
     nx, ny = volume_ras.shape[0], volume_ras.shape[1] * aspect
     width = 3.0
@@ -128,8 +153,8 @@ def axial_mosaic(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, slice
                     interpolation="nearest")
         axis.imshow(label_rgba(axial_view(labels_ras, k)), aspect=aspect, interpolation="nearest")
         _orientation_letters(axis, "A", "P")
-        axis.set_title(f"slice {k}", fontsize=9)
-    figure.subplots_adjust(wspace=0.02, hspace=0.12)
+        _panel_title(axis, f"slice {k}")
+    figure.subplots_adjust(wspace=0.12, hspace=0.3)
     return figure_png(figure)
 
 
@@ -145,7 +170,7 @@ def coronal_figure(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm) -> 
                 interpolation="nearest")
     axis.imshow(label_rgba(coronal_view(labels_ras, j)), aspect=aspect, interpolation="nearest")
     _orientation_letters(axis, "S", "I")
-    axis.set_title(f"coronal, y index {j}", fontsize=9)
+    _panel_title(axis, f"coronal, y index {j}")
     axis.axis("off")
     return figure_png(figure), j
 
@@ -170,6 +195,7 @@ def positions_figure(positions: dict, region_ranges: dict, n_slices: int,
     axis.set_yticklabels(classes, fontsize=8)
     axis.set_xlim(-0.5, n_slices - 0.5)
     axis.set_xlabel("slice (z index, inferior to superior)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize=7, loc="upper left", ncols=2)
     axis.grid(alpha=0.3)
     return figure_png(figure)
@@ -184,6 +210,7 @@ def confidence_figure(per_slice: dict[int, float], n_slices: int, threshold: flo
     axis.set_ylim(0, 1)
     axis.set_xlim(-0.5, n_slices - 0.5)
     axis.set_xlabel("slice (z index)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("mean probability")
     axis.legend(fontsize=7)
     return figure_png(figure)

@@ -1,0 +1,228 @@
+"""The report pages in a real browser: headless Chromium driven over the DevTools protocol.
+
+Each page must load without console errors or uncaught exceptions, every image must decode
+(``naturalWidth > 0``), and the legend must list exactly the labels present. A full-page PNG
+screenshot of each page is kept under the pytest temporary folder, or under
+``$LEGSEG_TEST_ARTIFACTS`` when that is set.
+
+The DevTools protocol is spoken over ``--remote-debugging-pipe`` (file descriptors 3 and 4,
+NUL-separated JSON), so no client library is needed. Skipped when no Chromium is installed
+(Debian: ``apt-get install chromium``).
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from legseg_tf import group
+from legseg_tf.reports.participant import write_participant_outputs
+from tests.test_reports import build_outputs
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+TIMEOUT_S = 60.0
+VIEW_WIDTH = 1300
+
+INSPECT = """(() => {
+  const images = Array.from(document.images).map(i => ({complete: i.complete, width: i.naturalWidth,
+                                                         alt: i.alt}));
+  const legends = Array.from(document.querySelectorAll('.legend')).map(
+      l => Array.from(l.querySelectorAll('[data-label]')).map(e => Number(e.dataset.label)));
+  const external = Array.from(document.querySelectorAll('[src],link[href]')).map(
+      e => e.getAttribute('src') || e.getAttribute('href')).filter(u => !u.startsWith('data:'));
+  return JSON.stringify({images, legends, external, height: document.documentElement.scrollHeight});
+})()"""
+
+
+def find_browser() -> str | None:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class DevToolsPipe:
+    """Minimal Chrome DevTools protocol client over ``--remote-debugging-pipe``."""
+
+    def __init__(self, browser: str, profile: Path):
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        # move the child's ends clear of 3/4 before dup2 puts them there
+        high_r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10)
+        high_w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
+        os.close(to_child_r)
+        os.close(from_child_w)
+
+        def wire():
+            os.dup2(high_r, 3)
+            os.dup2(high_w, 4)
+
+        self.process = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-extensions", "--hide-scrollbars", "--remote-debugging-pipe",
+             f"--user-data-dir={profile}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=wire, pass_fds=(3, 4),
+        )
+        os.close(high_r)
+        os.close(high_w)
+        self.writer, self.reader = to_child_w, from_child_r
+        self.buffer = b""
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer from the browser")
+            ready, _, _ = select.select([self.reader], [], [], remaining)
+            if ready:
+                chunk = os.read(self.reader, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("the browser closed the DevTools pipe")
+                self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.next_id += 1
+        command = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            command["sessionId"] = session
+        os.write(self.writer, json.dumps(command).encode() + b"\0")
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            message = self._read_message(deadline)
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_for(self, method: str, session: str) -> dict:
+        deadline = time.monotonic() + TIMEOUT_S
+        for event in self.events:
+            if event.get("method") == method and event.get("sessionId") == session:
+                return event
+        while True:
+            message = self._read_message(deadline)
+            self.events.append(message)
+            if message.get("method") == method and message.get("sessionId") == session:
+                return message
+
+    def close(self):
+        try:
+            self.send("Browser.close")
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.writer)
+        os.close(self.reader)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    path = find_browser()
+    if path is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install -y chromium)")
+    client = DevToolsPipe(path, tmp_path_factory.mktemp("chromium-profile"))
+    yield client
+    client.close()
+
+
+def render(client: DevToolsPipe, page: Path, screenshot: Path) -> dict:
+    """Load ``page``; return console errors, exceptions, image and legend facts; save a PNG."""
+    target = client.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = client.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+        client.send(domain, session=session)
+    client.send("Emulation.setDeviceMetricsOverride",
+                {"width": VIEW_WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+    start = len(client.events)
+    client.send("Page.navigate", {"url": page.resolve().as_uri()}, session)
+    client.wait_for("Page.loadEventFired", session)
+    facts = json.loads(client.send("Runtime.evaluate", {"expression": INSPECT, "returnByValue": True},
+                                   session)["result"]["value"])
+    client.send("Emulation.setDeviceMetricsOverride",
+                {"width": VIEW_WIDTH, "height": int(facts["height"]), "deviceScaleFactor": 1, "mobile": False},
+                session)
+    shot = client.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session)
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+    events = [e for e in client.events[start:] if e.get("sessionId") == session]
+    facts["errors"] = [
+        json.dumps(e["params"])[:300] for e in events
+        if (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+        or e["method"] == "Runtime.exceptionThrown"
+        or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]
+    client.send("Target.closeTarget", {"targetId": target})
+    return facts
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = os.environ.get("LEGSEG_TEST_ARTIFACTS")
+    return Path(folder) if folder else tmp_path_factory.mktemp("report-screenshots")
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    bids, out, results = build_outputs(root, subjects=3, probabilities=True)
+    write_participant_outputs(results, bids, out, ff_erosion=1)
+    assert group.run_group(out) == 0
+    return out, results
+
+
+def test_checker_sees_broken_pages(browser, tmp_path):
+    """Control: a console error and an undecodable image are caught (the checks can fail)."""
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><body><img src="data:image/png;base64,AAAA">'
+                    "<script>console.error('boom'); undefinedFunction();</script></body></html>")
+    facts = render(browser, page, tmp_path / "broken.png")
+    assert len(facts["errors"]) >= 2
+    assert facts["images"][0]["width"] == 0
+
+
+def test_subject_report_in_the_browser(browser, outputs, artifacts):
+    out, results = outputs
+    for result in results:
+        subject = result.image.subject
+        facts = render(browser, out / f"sub-{subject}.html", artifacts / f"sub-{subject}.png")
+        assert facts["errors"] == []
+        assert facts["external"] == []
+        assert len(facts["images"]) >= 4           # mosaic, coronal, positions, confidence
+        assert all(image["complete"] and image["width"] > 0 for image in facts["images"])
+        present = sorted(int(v) for v in np.unique(result.labels_ras) if v)
+        assert facts["legends"] == [present]
+        assert (artifacts / f"sub-{subject}.png").stat().st_size > 10_000
+
+
+def test_group_report_in_the_browser(browser, outputs, artifacts):
+    out, _ = outputs
+    facts = render(browser, out / "group.html", artifacts / "group.png")
+    assert facts["errors"] == []
+    assert facts["external"] == []
+    assert len(facts["images"]) >= 4
+    assert all(image["complete"] and image["width"] > 0 for image in facts["images"])
+    page = (out / "group.html").read_text()
+    links = re.findall(r'href="(sub-\d+\.html)"', page)
+    assert links == ["sub-01.html", "sub-02.html", "sub-03.html"]
+    assert all((out / link).exists() for link in links)
