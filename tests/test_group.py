@@ -108,3 +108,13 @@ def test_sessions_are_kept_apart(tmp_path):
     wide = read_table(out / "group_muscles_wide.tsv")
     assert list(wide["session"]) == ["ses-a", "ses-b"]
     assert set(read_table(out / "group_muscles.tsv")["label"]) == {*VL, *VM, *BFL, *SM, *FEM}
+
+
+def test_group_level_from_the_command_line(tmp_path):
+    from legseg_tf import cli
+
+    bids, out, results = build_outputs(tmp_path, subjects=2)
+    write_participant_outputs(results, bids, out, ff_erosion=1)
+    assert cli.main([str(bids), str(out), "group"]) == 0
+    assert len(read_table(out / "group_muscles_wide.tsv")) == 2
+    assert (out / "group.html").exists()

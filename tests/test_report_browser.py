@@ -226,3 +226,23 @@ def test_group_report_in_the_browser(browser, outputs, artifacts):
     links = re.findall(r'href="(sub-\d+\.html)"', page)
     assert links == ["sub-01.html", "sub-02.html", "sub-03.html"]
     assert all((out / link).exists() for link in links)
+
+
+def test_demo_dataset_reports_in_the_browser(browser, tmp_path_factory, artifacts, monkeypatch):
+    """The demo dataset through the command line (participant, then group), test segmenter."""
+    from legseg_tf import cli, demo, pipeline
+    from tests.fakes import ThresholdPlaceholderSegmenter
+
+    root = tmp_path_factory.mktemp("demo")
+    bids, out = root / "bids", root / "out"
+    demo.write_demo(bids, subjects=2)
+    monkeypatch.setattr(pipeline, "load_segmenter",
+                        lambda config, models_dir: ThresholdPlaceholderSegmenter())
+    assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator"]) == 0
+    assert cli.main([str(bids), str(out), "group"]) == 0
+    for name in ("sub-01", "sub-02", "group"):
+        facts = render(browser, out / f"{name}.html", artifacts / f"demo-{name}.png")
+        assert facts["errors"] == [] and facts["external"] == []
+        assert facts["images"] and all(i["complete"] and i["width"] > 0 for i in facts["images"])
+        if name != "group":
+            assert facts["legends"] == [[55, 56]]

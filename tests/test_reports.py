@@ -270,3 +270,52 @@ def test_demo_dataset_through_the_participant_level(tmp_path, monkeypatch):
     assert set(table["label"]) == {55, 56}
     assert table["ff_median"].between(0, 100).all()
     assert (out / "sub-01.html").exists()
+
+
+def test_megre_series_gives_two_point_fat_fraction(tiny_dataset, tmp_path, monkeypatch):
+    """A MEGRE input: the in-phase/out-of-phase echoes of its series give a two-point estimate."""
+    from legseg_tf import cli, pipeline
+    from tests.fakes import ThresholdPlaceholderSegmenter
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: ThresholdPlaceholderSegmenter())
+    assert cli.main([str(tiny_dataset), str(out), "participant", "--skip_bids_validator",
+                     "--participant_label", "02"]) == 0
+    tables = sorted(out.glob("sub-02/anat/*_morph.tsv"))
+    assert len(tables) == 1
+    table = read_table(tables[0])
+    assert table["ff_median"].between(0, 50).all()       # two-point magnitude rule: FF <= 50 %
+    meta = json.loads(tables[0].with_suffix(".json").read_text())
+    assert meta["FatFraction"]["EchoTimes"] == [0.0023, 0.00345]
+    assert "echo-1_part-mag" in meta["FatFraction"]["InPhase"]
+    assert "echo-2_part-mag" in meta["FatFraction"]["OutOfPhase"]
+
+
+@pytest.mark.realdata
+def test_qmritools_thigh_labels_measured_with_sides_from_the_affine(tmp_path):
+    """QMRITools' own segmentation of its test thighs: odd (Left) labels lie at smaller RAS x."""
+    from tests.conftest import shared_file
+
+    labels_path = shared_file("data", "qmritools", "scripts_test_data", "out.nii.gz")
+    image_path = shared_file("data", "qmritools", "scripts_test_data", "test.nii.gz")
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    relpath = "sub-r/anat/sub-r_acq-outphase_T1w.nii.gz"
+    (bids / relpath).parent.mkdir(parents=True)
+    (bids / relpath).symlink_to(image_path)
+    dseg = out / "sub-r/anat/sub-r_acq-outphase_desc-muscles_dseg.nii.gz"
+    dseg.parent.mkdir(parents=True)
+    dseg.symlink_to(labels_path)
+    image = InputImage("r", None, bids / relpath, relpath)
+    write_participant_outputs([ImageResult(image, "skipped", dseg)], bids, out, ff_erosion=1)
+    table = read_table(morph_path(dseg)).set_index("label")
+    assert len(table) == 29 and "ff_median" not in table          # no water/fat images here
+    pairs = [v for v in table.index if v % 2 == 1 and v + 1 in table.index and v < 100]
+    assert len(pairs) >= 12
+    for left in pairs:
+        assert table.loc[left, "centroid_x_mm"] < table.loc[left + 1, "centroid_x_mm"]
+    # thigh muscles span most of the 31 slices; the large ones are single pieces
+    assert table.loc[55, "slices"] >= 25 and table.loc[55, "components"] == 1
+    assert 20 < table.loc[55, "max_csa_cm2"] < 80
+    page = (out / "sub-r.html").read_text()
+    legend = sorted(int(v) for v in re.findall(r'class="item" data-label="(\d+)"', page))
+    assert legend == sorted(table.index)

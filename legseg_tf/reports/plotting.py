@@ -143,7 +143,7 @@ def axial_mosaic(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, slice
     volume_ras, labels_ras = volume_ras[box], labels_ras[box]
     aspect = float(zooms_mm[1]) / float(zooms_mm[0])
     nx, ny = volume_ras.shape[0], volume_ras.shape[1] * aspect
-    width = 3.0
+    width = 4.0
     figure, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * width * ny / nx + 0.1),
                                 squeeze=False)
     for axis in axes.ravel():
