@@ -119,6 +119,33 @@ def region_train_config(region: str, rounds: int) -> TrainConfig:
     )
 
 
+def interim_uniform_normalise(patch: np.ndarray) -> np.ndarray:
+    """Spec 2.4 "Uniform" normalisation, used only while legseg_tf.normalization is absent."""
+    patch = np.asarray(patch, dtype=np.float32)
+    lo, hi = float(patch.min()), float(patch.max())
+    if hi == lo:
+        return patch
+    scaled = (patch.astype(np.float64) - lo) / (hi - lo)
+    bins = np.floor(scaled * 1024).astype(np.int64)
+    counts = np.bincount(bins[bins < 1024].ravel(), minlength=1024).astype(np.float64)
+    counts[0] = 0
+    if counts.sum() == 0:
+        return patch
+    cdf = np.cumsum(counts) / counts.sum()
+    index = np.clip(np.floor(1023 * scaled + 1).astype(np.int64), 1, 1024) - 1
+    return cdf[index].astype(np.float32)
+
+
+def patch_normaliser():
+    """The project's "Uniform" normalisation (spec 2.4)."""
+    try:
+        from legseg_tf.normalization import uniform_normalise
+    except ImportError:
+        logger.warning("legseg_tf.normalization not available; using the spec 2.4 recipe here")
+        return interim_uniform_normalise
+    return uniform_normalise
+
+
 def region_cases(region: str, data: Path) -> tuple[TrainingCase, TrainingCase]:
     """(training leg, held-out leg) of ``region``."""
     q = data / "qmritools"
@@ -179,7 +206,8 @@ def cmd_region(args) -> int:
     logger.info("train %s %s, held out %s %s", train_case.name, train_case.image.shape,
                 held_case.name, held_case.image.shape)
     result = train(config, [train_case], [held_case], RUNS / args.region, resume=args.resume,
-                   progress=not args.no_progress, max_steps=args.max_steps)
+                   normalise=patch_normaliser(), progress=not args.no_progress,
+                   max_steps=args.max_steps)
     print(json.dumps(result.last_row, indent=1))
     return 0
 
@@ -192,7 +220,7 @@ def cmd_evaluate(args) -> int:
     config = UNetConfig.from_json((run / "network.json").read_text())
     weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
     report = evaluate_case(config, weights, held_case, REGIONS[args.region]["table"],
-                           patch_size=(16, 64, 64))
+                           patch_size=(16, 64, 64), normalise=patch_normaliser())
     (run / "heldout_evaluation.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report["summary"], indent=1))
     return 0

@@ -1,0 +1,75 @@
+"""Acceptance on real data: the shipped default models segment the QMRITools thighs.
+
+``test.nii.gz`` is put into a BIDS dataset and run through the participant level with the
+models in ``models/``; the result is compared per label with QMRITools' own segmentation
+``out.nii.gz`` (Dice with the QMRITools +1 smoothing). The shipped upper-leg network saw
+the patient's right leg of this volume in training and not the left leg, so the figures are
+reported per side.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, shared_file
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+logger = logging.getLogger(__name__)
+
+MODELS = REPO_ROOT / "models"
+
+
+def _require_models():
+    manifest = MODELS / "manifest.json"
+    if not manifest.is_file():
+        pytest.skip("no shipped models (models/manifest.json missing)")
+    roles = {m["role"] for m in json.loads(manifest.read_text())["models"]}
+    if "upper_leg" not in roles:
+        pytest.skip("no shipped upper-leg model in models/manifest.json")
+    try:
+        import legseg_tf.inference  # noqa: F401
+    except ImportError:
+        pytest.skip("legseg_tf.inference (the sliding-window network runner) is not available")
+
+
+def test_participant_level_on_the_qmritools_thighs(tmp_path):
+    image = shared_file("data", "qmritools", "scripts_test_data", "test.nii.gz")
+    reference = shared_file("data", "qmritools", "scripts_test_data", "out.nii.gz")
+    _require_models()
+    from legseg_tf.cli import main
+    from legseg_tf.labels import BY_INDEX
+    from legseg_tf.training.data import load_volume
+    from legseg_tf.training.metrics import dice
+
+    bids = tmp_path / "bids"
+    anat = bids / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(json.dumps(
+        {"Name": "QMRITools thighs", "BIDSVersion": "1.10.0"}))
+    shutil.copyfile(image, anat / "sub-01_acq-outphase_T1w.nii.gz")
+    (anat / "sub-01_acq-outphase_T1w.json").write_text(json.dumps(
+        {"MagneticFieldStrength": 3, "EchoTime": 0.00115}))
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--models", str(MODELS),
+                 "--region", "upper", "--skip-bids-validator"])
+    assert code == 0
+    result = out / "sub-01" / "anat" / "sub-01_acq-outphase_T1w_desc-muscles_dseg.nii.gz"
+    assert result.is_file()
+    predicted, _ = load_volume(result)
+    expected, _ = load_volume(reference)
+    predicted, expected = np.rint(predicted).astype(int), np.rint(expected).astype(int)
+    scores = {int(label): dice(expected == label, predicted == label)
+              for label in np.unique(expected) if label}
+    report = {BY_INDEX[k].full_name: round(v, 3) for k, v in scores.items()}
+    logger.info("Dice per label vs out.nii.gz: %s", report)
+    (tmp_path / "dice.json").write_text(json.dumps(report, indent=1))
+    left = [v for k, v in scores.items() if BY_INDEX[k].side == "L"]
+    right = [v for k, v in scores.items() if BY_INDEX[k].side == "R"]
+    # left/right must not be swapped: a swap would give near-zero Dice on every label
+    assert np.mean(right) > 0.5, report
+    assert np.mean(left) > 0.4, report
