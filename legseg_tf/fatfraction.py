@@ -31,6 +31,7 @@ When the water/fat grid differs from the label grid, water and fat are sampled a
 centres of the labelled voxels (world coordinates from both affines) by linear
 interpolation (``scipy.ndimage.map_coordinates``, order 1); no label is ever resampled.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,14 @@ logger = logging.getLogger(__name__)
 
 #: Columns added to the morphometry table (percent; voxel counts are integers).
 FF_COLUMNS = (
-    "ff_mean", "ff_median", "ff_iqr", "ff_voxels",
-    "ff_eroded_mean", "ff_eroded_median", "ff_eroded_iqr", "ff_eroded_voxels",
+    "ff_mean",
+    "ff_median",
+    "ff_iqr",
+    "ff_voxels",
+    "ff_eroded_mean",
+    "ff_eroded_median",
+    "ff_eroded_iqr",
+    "ff_eroded_voxels",
 )
 #: How far (in cycles of the fat-water frequency difference) an echo may lie from an exact
 #: in-phase or out-of-phase time and still be used for the two-point estimate.
@@ -79,6 +86,7 @@ class FatWaterSource:
 
     def describe(self, bids_dir: Path | None = None) -> dict:
         """JSON-ready description (paths relative to ``bids_dir`` when given)."""
+
         def rel(path: Path) -> str:
             if bids_dir is None:
                 return str(path)
@@ -90,9 +98,12 @@ class FatWaterSource:
         if self.method == "dixon":
             info = {"Method": "dixon", "Water": rel(self.first), "Fat": rel(self.second)}
         else:
-            info = {"Method": "two-point magnitude Dixon", "InPhase": rel(self.first),
-                    "OutOfPhase": rel(self.second),
-                    "Rule": "water=(IP+OP)/2, fat=(IP-OP)/2; assumes FF <= 50 %"}
+            info = {
+                "Method": "two-point magnitude Dixon",
+                "InPhase": rel(self.first),
+                "OutOfPhase": rel(self.second),
+                "Rule": "water=(IP+OP)/2, fat=(IP-OP)/2; assumes FF <= 50 %",
+            }
             if self.echo_times_s is not None:
                 info["EchoTimes"] = list(self.echo_times_s)
         return info
@@ -118,6 +129,7 @@ class FatFractionResult:
 
 
 # --------------------------------------------------------------------------- finding images
+
 
 def parse_entities(path: Path) -> tuple[dict[str, str], str]:
     """BIDS key-value entities and suffix of a file name (``sub-01_acq-x_T1w.nii.gz``)."""
@@ -145,7 +157,9 @@ def read_metadata(path: Path, bids_dir: Path) -> dict:
         folders.append(folder)
     merged: dict = {}
     for directory in reversed(folders):
-        for candidate in sorted(directory.glob(f"*_{suffix}.json")) + sorted(directory.glob(f"{suffix}.json")):
+        for candidate in sorted(directory.glob(f"*_{suffix}.json")) + sorted(
+            directory.glob(f"{suffix}.json")
+        ):
             found, cand_suffix = parse_entities(candidate)
             if cand_suffix != suffix or any(entities.get(k) != v for k, v in found.items()):
                 continue
@@ -171,6 +185,7 @@ def session_images(bids_dir: Path, subject: str, session: str | None) -> list[Pa
 
 def _acq_pairs(files: list[Path], first_end: str, second_end: str) -> list[tuple[Path, Path]]:
     """Pairs of files identical but for an ``acq`` ending in ``first_end`` / ``second_end``."""
+
     def key(path: Path, ending: str):
         entities, suffix = parse_entities(path)
         acq = entities.get("acq", "")
@@ -210,13 +225,20 @@ def _megre_pairs(files: list[Path], bids_dir: Path) -> list[tuple[Path, Path, fl
         series.setdefault((rest, float(field_t)), []).append((float(echo_time), path))
     pairs = []
     for (_, field_t), echoes in sorted(series.items()):
-        in_phase = [(te, p) for te, p in echoes
-                    if out_of_phase_distance(te, field_t) >= 0.5 - PHASE_TOLERANCE_CYCLES]
-        out_phase = [(te, p) for te, p in echoes
-                     if out_of_phase_distance(te, field_t) <= PHASE_TOLERANCE_CYCLES]
+        in_phase = [
+            (te, p)
+            for te, p in echoes
+            if out_of_phase_distance(te, field_t) >= 0.5 - PHASE_TOLERANCE_CYCLES
+        ]
+        out_phase = [
+            (te, p)
+            for te, p in echoes
+            if out_of_phase_distance(te, field_t) <= PHASE_TOLERANCE_CYCLES
+        ]
         candidates = sorted(
             (abs(ti - to), min(ti, to), ti, to, pi, po)
-            for ti, pi in in_phase for to, po in out_phase
+            for ti, pi in in_phase
+            for to, po in out_phase
         )
         if candidates:
             _, _, ti, to, pi, po = candidates[0]
@@ -224,8 +246,9 @@ def _megre_pairs(files: list[Path], bids_dir: Path) -> list[tuple[Path, Path, fl
     return pairs
 
 
-def find_fat_water(bids_dir: Path, subject: str, session: str | None,
-                   prefer_entities: dict | None = None) -> FatWaterSource | None:
+def find_fat_water(
+    bids_dir: Path, subject: str, session: str | None, prefer_entities: dict | None = None
+) -> FatWaterSource | None:
     """Water/fat (or in-phase/out-of-phase) images of a session, or None (module docstring).
 
     Args:
@@ -239,8 +262,12 @@ def find_fat_water(bids_dir: Path, subject: str, session: str | None,
 
     def score(path: Path) -> tuple:
         entities, _ = parse_entities(path)
-        return (-sum(entities.get(k) == str(prefer.get(k)) for k in ("run", "rec", "ce")
-                     if k in prefer), str(path))
+        return (
+            -sum(
+                entities.get(k) == str(prefer.get(k)) for k in ("run", "rec", "ce") if k in prefer
+            ),
+            str(path),
+        )
 
     dixon = sorted(_acq_pairs(files, "water", "fat"), key=lambda pair: score(pair[0]))
     if dixon:
@@ -259,16 +286,20 @@ def find_fat_water(bids_dir: Path, subject: str, session: str | None,
 
 # --------------------------------------------------------------------------- array functions
 
+
 def two_point_dixon(in_phase: np.ndarray, out_phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Water and fat from in-phase and out-of-phase magnitudes (water-dominant assumption).
 
     Returns:
-        ``(water, fat)`` float32 arrays, ``water = (IP + OP) / 2``, ``fat = max((IP - OP) / 2, 0)``.
+        ``(water, fat)`` float32 arrays: ``water = (IP + OP) / 2``,
+        ``fat = max((IP - OP) / 2, 0)``.
     """
     in_phase = np.asarray(in_phase, dtype=np.float32)
     out_phase = np.asarray(out_phase, dtype=np.float32)
     if in_phase.shape != out_phase.shape:
-        raise ValueError(f"in-phase {in_phase.shape} and out-of-phase {out_phase.shape} differ in shape")
+        raise ValueError(
+            f"in-phase {in_phase.shape} and out-of-phase {out_phase.shape} differ in shape"
+        )
     water = 0.5 * (in_phase + out_phase)
     fat = np.maximum(0.5 * (in_phase - out_phase), 0.0)
     return water, fat
@@ -308,23 +339,35 @@ def erode_labels(labels: np.ndarray, iterations: int) -> np.ndarray:
         return out
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    for index, box in enumerate(ndimage.find_objects(labels.astype(np.int64, copy=False)), start=1):
+    for index, box in enumerate(
+        ndimage.find_objects(labels.astype(np.int64, copy=False)), start=1
+    ):
         if box is None:
             continue
         mask = labels[box] == index
-        eroded = ndimage.binary_erosion(mask, structure=structure, iterations=iterations, border_value=0)
+        eroded = ndimage.binary_erosion(
+            mask, structure=structure, iterations=iterations, border_value=0
+        )
         out[box][eroded] = index
     return out
 
 
-def same_grid(shape_a, affine_a, shape_b, affine_b, tolerance_mm: float = GRID_TOLERANCE_MM) -> bool:
+def same_grid(
+    shape_a, affine_a, shape_b, affine_b, tolerance_mm: float = GRID_TOLERANCE_MM
+) -> bool:
     """Whether two (shape, affine) grids coincide."""
     return tuple(shape_a[:3]) == tuple(shape_b[:3]) and np.allclose(
-        np.asarray(affine_a), np.asarray(affine_b), atol=tolerance_mm)
+        np.asarray(affine_a), np.asarray(affine_b), atol=tolerance_mm
+    )
 
 
-def sample_at_voxels(image: np.ndarray, image_affine: np.ndarray, voxels_ijk: np.ndarray,
-                     grid_affine: np.ndarray, order: int = 1) -> np.ndarray:
+def sample_at_voxels(
+    image: np.ndarray,
+    image_affine: np.ndarray,
+    voxels_ijk: np.ndarray,
+    grid_affine: np.ndarray,
+    order: int = 1,
+) -> np.ndarray:
     """Values of ``image`` at the world positions of voxel indices of another grid.
 
     Args:
@@ -338,10 +381,13 @@ def sample_at_voxels(image: np.ndarray, image_affine: np.ndarray, voxels_ijk: np
         (n,) float64 values; NaN where the point lies outside ``image``.
     """
     voxels = np.asarray(voxels_ijk, dtype=np.float64).reshape(-1, 3)
-    mapping = np.linalg.inv(np.asarray(image_affine, dtype=np.float64)) @ np.asarray(grid_affine, dtype=np.float64)
+    mapping = np.linalg.inv(np.asarray(image_affine, dtype=np.float64)) @ np.asarray(
+        grid_affine, dtype=np.float64
+    )
     coords = (mapping[:3, :3] @ voxels.T) + mapping[:3, 3:4]
-    return ndimage.map_coordinates(np.asarray(image, dtype=np.float64), coords, order=order,
-                                   mode="constant", cval=np.nan)
+    return ndimage.map_coordinates(
+        np.asarray(image, dtype=np.float64), coords, order=order, mode="constant", cval=np.nan
+    )
 
 
 def _stats(values: np.ndarray) -> tuple[float, float, float, int]:
@@ -352,9 +398,14 @@ def _stats(values: np.ndarray) -> tuple[float, float, float, int]:
     return float(values.mean()), float(median), float(q75 - q25), int(values.size)
 
 
-def label_fat_fraction(labels_ras: np.ndarray, label_affine: np.ndarray, water: np.ndarray,
-                       fat: np.ndarray, image_affine: np.ndarray, erosion: int = 1
-                       ) -> tuple[dict[int, dict[str, float]], bool]:
+def label_fat_fraction(
+    labels_ras: np.ndarray,
+    label_affine: np.ndarray,
+    water: np.ndarray,
+    fat: np.ndarray,
+    image_affine: np.ndarray,
+    erosion: int = 1,
+) -> tuple[dict[int, dict[str, float]], bool]:
     """Fat fraction statistics (percent) per label, plain and eroded.
 
     Args:
@@ -392,8 +443,13 @@ def label_fat_fraction(labels_ras: np.ndarray, label_affine: np.ndarray, water: 
         mean, median, iqr, count = _stats(ff[in_label])
         e_mean, e_median, e_iqr, e_count = _stats(ff[in_label & kept])
         per_label[int(value)] = {
-            "ff_mean": mean, "ff_median": median, "ff_iqr": iqr, "ff_voxels": count,
-            "ff_eroded_mean": e_mean, "ff_eroded_median": e_median, "ff_eroded_iqr": e_iqr,
+            "ff_mean": mean,
+            "ff_median": median,
+            "ff_iqr": iqr,
+            "ff_voxels": count,
+            "ff_eroded_mean": e_mean,
+            "ff_eroded_median": e_median,
+            "ff_eroded_iqr": e_iqr,
             "ff_eroded_voxels": e_count,
         }
     return per_label, resampled
@@ -411,22 +467,35 @@ def load_fat_water(source: FatWaterSource) -> tuple[np.ndarray, np.ndarray, np.n
     return water, fat, geometry_a.ras_affine
 
 
-def session_fat_fraction(labels_ras: np.ndarray, label_affine: np.ndarray, bids_dir: Path,
-                         subject: str, session: str | None, erosion: int = 1,
-                         prefer_entities: dict | None = None) -> FatFractionResult | None:
+def session_fat_fraction(
+    labels_ras: np.ndarray,
+    label_affine: np.ndarray,
+    bids_dir: Path,
+    subject: str,
+    session: str | None,
+    erosion: int = 1,
+    prefer_entities: dict | None = None,
+) -> FatFractionResult | None:
     """Find the session's water/fat images and compute per-label fat fraction; None if none."""
     source = find_fat_water(bids_dir, subject, session, prefer_entities)
     if source is None:
         return None
     water, fat, affine = load_fat_water(source)
-    per_label, resampled = label_fat_fraction(labels_ras, label_affine, water, fat, affine, erosion)
+    per_label, resampled = label_fat_fraction(
+        labels_ras, label_affine, water, fat, affine, erosion
+    )
     warnings = []
     for value, stats in sorted(per_label.items()):
         if stats["ff_voxels"] == 0:
             warnings.append(f"label {value}: no voxel inside the water/fat field of view")
         elif erosion and stats["ff_eroded_voxels"] == 0:
             warnings.append(f"label {value}: nothing left after {erosion}-voxel erosion")
-    logger.info("fat fraction for sub-%s%s from %s (%s)%s", subject,
-                f" ses-{session}" if session else "", source.first.name, source.method,
-                ", resampled onto the label grid" if resampled else "")
+    logger.info(
+        "fat fraction for sub-%s%s from %s (%s)%s",
+        subject,
+        f" ses-{session}" if session else "",
+        source.first.name,
+        source.method,
+        ", resampled onto the label grid" if resampled else "",
+    )
     return FatFractionResult(source, erosion, per_label, resampled, warnings)

@@ -19,6 +19,7 @@ non-zero MAD, else z is n/a.
 Asymmetry: ``100 * (L - R) / ((L + R) / 2)`` in % for volume and cross-sectional area;
 ``L - R`` in percentage points for fat fraction.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,10 +63,14 @@ def image_table(dseg_path: Path) -> pd.DataFrame:
         from legseg_tf import nifti_io
         from legseg_tf.morphometry import label_morphometry
 
-        logger.warning("%s missing; measuring %s without fat fraction", table_path.name, dseg_path.name)
+        logger.warning(
+            "%s missing; measuring %s without fat fraction", table_path.name, dseg_path.name
+        )
         data, geometry = nifti_io.load_canonical(dseg_path)
-        frame = pd.DataFrame(label_morphometry(np.rint(data).astype(np.uint16), geometry.ras_affine),
-                             columns=list(MORPH_COLUMNS))
+        frame = pd.DataFrame(
+            label_morphometry(np.rint(data).astype(np.uint16), geometry.ras_affine),
+            columns=list(MORPH_COLUMNS),
+        )
     entities, _ = parse_entities(dseg_path)
     source = dseg_path.name[: -len("_desc-muscles_dseg.nii.gz")]
     frame.insert(0, "source", source)
@@ -108,8 +113,9 @@ def wide_table(table: pd.DataFrame) -> pd.DataFrame:
     images = table[keys].drop_duplicates().reset_index(drop=True)
     order = table[["label", "abbreviation"]].drop_duplicates().sort_values("label")
     measures = [m for m in WIDE_MEASURES if table[m].notna().any()]
-    pivot = table.pivot_table(index=keys, columns="abbreviation", values=measures, aggfunc="first",
-                              dropna=False)
+    pivot = table.pivot_table(
+        index=keys, columns="abbreviation", values=measures, aggfunc="first", dropna=False
+    )
     columns = []
     for abbreviation in order["abbreviation"]:
         for measure in measures:
@@ -129,14 +135,18 @@ def asymmetry_table(table: pd.DataFrame) -> pd.DataFrame:
     both = left.add_suffix("_left").join(right.add_suffix("_right"), how="inner")
     out = pd.DataFrame(index=both.index)
     for measure in ("volume_ml", "max_csa_cm2"):
-        l, r = both[f"{measure}_left"].astype(float), both[f"{measure}_right"].astype(float)
-        out[f"{measure}_left"], out[f"{measure}_right"] = l, r
+        left_v = both[f"{measure}_left"].astype(float)
+        right_v = both[f"{measure}_right"].astype(float)
+        out[f"{measure}_left"], out[f"{measure}_right"] = left_v, right_v
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"{measure}_asymmetry_pct"] = 100.0 * (l - r) / ((l + r) / 2.0)
+            out[f"{measure}_asymmetry_pct"] = (
+                100.0 * (left_v - right_v) / ((left_v + right_v) / 2.0)
+            )
     if "ff_median_left" in both:
-        l, r = both["ff_median_left"].astype(float), both["ff_median_right"].astype(float)
-        out["ff_median_left"], out["ff_median_right"] = l, r
-        out["ff_median_difference"] = l - r
+        left_v = both["ff_median_left"].astype(float)
+        right_v = both["ff_median_right"].astype(float)
+        out["ff_median_left"], out["ff_median_right"] = left_v, right_v
+        out["ff_median_difference"] = left_v - right_v
     return out.reset_index()
 
 
@@ -144,7 +154,9 @@ def write_tsv(frame: pd.DataFrame, path: Path) -> Path:
     """Write a TSV atomically with n/a for missing values."""
     from legseg_tf.derivatives import atomic_write_text
 
-    text = frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n")
+    text = frame.to_csv(
+        sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n"
+    )
     return atomic_write_text(path, text)
 
 
@@ -153,8 +165,11 @@ def run_group(output_dir: Path) -> int:
     output_dir = Path(output_dir)
     maps = find_label_maps(output_dir) if output_dir.is_dir() else []
     if not maps:
-        logger.warning("no participant outputs (*_desc-muscles_dseg.nii.gz) in %s: nothing to do "
-                       "(run the participant level first)", output_dir)
+        logger.warning(
+            "no participant outputs (*_desc-muscles_dseg.nii.gz) in %s: nothing to do "
+            "(run the participant level first)",
+            output_dir,
+        )
         return 0
     frames = []
     for dseg in maps:
@@ -177,10 +192,16 @@ def run_group(output_dir: Path) -> int:
     from legseg_tf.derivatives import atomic_write_text
     from legseg_tf.reports.group_report import group_page
 
-    written.append(atomic_write_text(output_dir / "group.html", group_page(table, asymmetry, output_dir)))
+    written.append(
+        atomic_write_text(output_dir / "group.html", group_page(table, asymmetry, output_dir))
+    )
     n_images = len(wide)
     n_outliers = int(table["outlier"].sum())
-    logger.info("group level: %d image(s) of %d participant(s), %d outlier row(s); wrote %s",
-                n_images, table["participant"].nunique(), n_outliers,
-                ", ".join(p.name for p in written))
+    logger.info(
+        "group level: %d image(s) of %d participant(s), %d outlier row(s); wrote %s",
+        n_images,
+        table["participant"].nunique(),
+        n_outliers,
+        ", ".join(p.name for p in written),
+    )
     return 0

@@ -6,6 +6,7 @@ slices of that grid, i.e. the slices of the acquired grid along the axis closest
 superior-inferior. They are perpendicular to the muscle's long axis only as far as the
 acquisition was; no reslicing along the muscle's line of action is attempted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,11 +21,24 @@ logger = logging.getLogger(__name__)
 
 #: Column order of the morphometry table (FF columns are appended by :mod:`legseg_tf.fatfraction`).
 MORPH_COLUMNS = (
-    "label", "name", "abbreviation", "muscle", "side", "region",
-    "voxels", "volume_ml", "slices", "first_slice", "last_slice",
-    "max_csa_cm2", "max_csa_slice",
-    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "components", "largest_component_fraction",
+    "label",
+    "name",
+    "abbreviation",
+    "muscle",
+    "side",
+    "region",
+    "voxels",
+    "volume_ml",
+    "slices",
+    "first_slice",
+    "last_slice",
+    "max_csa_cm2",
+    "max_csa_slice",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "components",
+    "largest_component_fraction",
 )
 
 #: 3-D connectivity used to count the pieces of a label (26-neighbourhood).
@@ -47,10 +61,17 @@ def identify(value: int) -> LabelIdentity:
     """Table names of a label value; values outside the table get "unknown_<value>"."""
     entry = BY_INDEX.get(int(value))
     if entry is None:
-        return LabelIdentity(int(value), f"unknown_{value}", f"UNK{value}", f"unknown_{value}",
-                             "n/a", "unknown")
-    return LabelIdentity(entry.index, entry.full_name, entry.abbreviation, entry.name,
-                         entry.side or "n/a", entry.region)
+        return LabelIdentity(
+            int(value), f"unknown_{value}", f"UNK{value}", f"unknown_{value}", "n/a", "unknown"
+        )
+    return LabelIdentity(
+        entry.index,
+        entry.full_name,
+        entry.abbreviation,
+        entry.name,
+        entry.side or "n/a",
+        entry.region,
+    )
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -96,7 +117,9 @@ def label_morphometry(labels_ras: np.ndarray, affine: np.ndarray) -> list[dict]:
     voxel_ml = voxel_volume_ml(affine)
     face_cm2 = in_plane_area_cm2(affine)
     rows = []
-    boxes = ndimage.find_objects(labels.astype(np.int64, copy=False)) if labels.max(initial=0) else []
+    boxes = (
+        ndimage.find_objects(labels.astype(np.int64, copy=False)) if labels.max(initial=0) else []
+    )
     for index, box in enumerate(boxes, start=1):
         if box is None:
             continue
@@ -113,26 +136,28 @@ def label_morphometry(labels_ras: np.ndarray, affine: np.ndarray) -> list[dict]:
         pieces, count = ndimage.label(mask, structure=COMPONENT_STRUCTURE)
         sizes = np.bincount(pieces.ravel())[1:]
         identity = identify(index)
-        rows.append({
-            "label": identity.label,
-            "name": identity.name,
-            "abbreviation": identity.abbreviation,
-            "muscle": identity.muscle,
-            "side": identity.side,
-            "region": identity.region,
-            "voxels": voxels,
-            "volume_ml": voxels * voxel_ml,
-            "slices": int(occupied.size),
-            "first_slice": int(z0 + occupied[0]),
-            "last_slice": int(z0 + occupied[-1]),
-            "max_csa_cm2": float(per_slice[peak]) * face_cm2,
-            "max_csa_slice": int(z0 + peak),
-            "centroid_x_mm": float(centroid[0]),
-            "centroid_y_mm": float(centroid[1]),
-            "centroid_z_mm": float(centroid[2]),
-            "components": int(count),
-            "largest_component_fraction": float(sizes.max() / voxels),
-        })
+        rows.append(
+            {
+                "label": identity.label,
+                "name": identity.name,
+                "abbreviation": identity.abbreviation,
+                "muscle": identity.muscle,
+                "side": identity.side,
+                "region": identity.region,
+                "voxels": voxels,
+                "volume_ml": voxels * voxel_ml,
+                "slices": int(occupied.size),
+                "first_slice": int(z0 + occupied[0]),
+                "last_slice": int(z0 + occupied[-1]),
+                "max_csa_cm2": float(per_slice[peak]) * face_cm2,
+                "max_csa_slice": int(z0 + peak),
+                "centroid_x_mm": float(centroid[0]),
+                "centroid_y_mm": float(centroid[1]),
+                "centroid_z_mm": float(centroid[2]),
+                "components": int(count),
+                "largest_component_fraction": float(sizes.max() / voxels),
+            }
+        )
         if identity.region == "unknown":
             logger.warning("label value %d is not in the Muscles_leg table", index)
     return rows

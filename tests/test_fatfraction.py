@@ -1,4 +1,5 @@
 """Fat fraction: image discovery in BIDS, two-point rule, erosion, resampling, per-label stats."""
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,12 @@ def test_two_point_recovers_water_dominant_and_folds_fat_dominant():
 
 def test_erosion_is_in_plane_and_per_label():
     labels = np.zeros((12, 9, 4), dtype=np.uint16)
-    labels[1:6, 1:6, :] = 55          # 5x5 block on every slice
-    labels[6:11, 1:6, :] = 56         # touching neighbour, eroded on its own
+    labels[1:6, 1:6, :] = 55  # 5x5 block on every slice
+    labels[6:11, 1:6, :] = 56  # touching neighbour, eroded on its own
     eroded = ff.erode_labels(labels, 1)
     for value, (x0, x1) in ((55, (2, 5)), (56, (7, 10))):
         inside = eroded == value
-        assert inside.sum() == 3 * 3 * 4          # every slice kept: no erosion along z
+        assert inside.sum() == 3 * 3 * 4  # every slice kept: no erosion along z
         xs = np.nonzero(inside)[0]
         assert (xs.min(), xs.max() + 1) == (x0, x1)
     assert ff.erode_labels(labels, 2).astype(bool).sum() == 2 * 1 * 4
@@ -52,9 +53,9 @@ def test_erosion_is_in_plane_and_per_label():
 def test_sampling_between_grids_is_exact_for_linear_images_and_nan_outside():
     fine = np.diag([1.0, 1.0, 3.0, 1.0])
     x, y, z = np.meshgrid(np.arange(20.0), np.arange(16.0), np.arange(6.0), indexing="ij")
-    image = 2.0 * x + 3.0 * y + 5.0 * (3.0 * z)          # linear in world mm
+    image = 2.0 * x + 3.0 * y + 5.0 * (3.0 * z)  # linear in world mm
     coarse = np.diag([2.0, 2.0, 6.0, 1.0])
-    coarse[:3, 3] = [0.5, 0.5, 1.5]                      # voxel centres between fine centres
+    coarse[:3, 3] = [0.5, 0.5, 1.5]  # voxel centres between fine centres
     voxels = np.array([[0, 0, 0], [3, 2, 1], [8, 6, 1], [30, 0, 0]])
     values = ff.sample_at_voxels(image, fine, voxels, coarse)
     world = (coarse[:3, :3] @ voxels[:3].T).T + coarse[:3, 3]
@@ -85,11 +86,13 @@ def test_label_statistics_match_direct_numpy_on_the_same_grid():
     for value in (55, 56):
         mean, median, iqr = _direct(voxel_ff[labels == value])
         stats = per_label[value]
-        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx((mean, median, iqr))
+        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx(
+            (mean, median, iqr)
+        )
         assert stats["ff_voxels"] == (labels == value).sum()
         core = np.zeros_like(labels, dtype=bool)
         sl = np.nonzero(labels == value)
-        core[sl[0].min() + 1:sl[0].max(), sl[1].min() + 1:sl[1].max(), :] = True
+        core[sl[0].min() + 1 : sl[0].max(), sl[1].min() + 1 : sl[1].max(), :] = True
         e_mean, e_median, e_iqr = _direct(voxel_ff[core])
         assert stats["ff_eroded_mean"] == pytest.approx(e_mean)
         assert stats["ff_eroded_median"] == pytest.approx(e_median)
@@ -100,19 +103,25 @@ def test_label_statistics_match_direct_numpy_on_the_same_grid():
 def test_label_statistics_on_a_coarser_label_grid_sample_the_fine_images():
     labels, water, fat = _labels_and_images((16, 12, 4))
     fine = np.diag([1.0, 1.0, 6.0, 1.0])
-    coarse = np.diag([2.0, 2.0, 6.0, 1.0])           # coarse centres = every 2nd fine centre
+    coarse = np.diag([2.0, 2.0, 6.0, 1.0])  # coarse centres = every 2nd fine centre
     coarse_labels = labels[::2, ::2, :]
-    per_label, resampled = ff.label_fat_fraction(coarse_labels, coarse, water, fat, fine, erosion=0)
+    per_label, resampled = ff.label_fat_fraction(
+        coarse_labels, coarse, water, fat, fine, erosion=0
+    )
     assert resampled
     expected = 100 * fat[::2, ::2] / (water[::2, ::2] + fat[::2, ::2])
     for value in (55, 56):
         mean, median, iqr = _direct(expected[coarse_labels == value])
         stats = per_label[value]
-        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx((mean, median, iqr))
-        assert stats["ff_eroded_mean"] == pytest.approx(mean)   # erosion 0 = same voxels
+        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx(
+            (mean, median, iqr)
+        )
+        assert stats["ff_eroded_mean"] == pytest.approx(mean)  # erosion 0 = same voxels
 
 
-def _dataset(tmp_path, files: dict[str, dict | None], root_sidecars: dict[str, dict] | None = None):
+def _dataset(
+    tmp_path, files: dict[str, dict | None], root_sidecars: dict[str, dict] | None = None
+):
     bids = tmp_path / "bids"
     shape = (16, 12, 4)
     labels, water, fat = _labels_and_images(shape)
@@ -125,23 +134,31 @@ def _dataset(tmp_path, files: dict[str, dict | None], root_sidecars: dict[str, d
 
 
 def test_finds_dixon_pair_of_the_session(tmp_path):
-    bids = _dataset(tmp_path, {
-        "sub-01/ses-a/anat/sub-01_ses-a_acq-water_T1w.nii.gz": None,
-        "sub-01/ses-a/anat/sub-01_ses-a_acq-fat_T1w.nii.gz": None,
-        "sub-01/ses-b/anat/sub-01_ses-b_acq-fatfrac_T1w.nii.gz": None,
-    })
+    bids = _dataset(
+        tmp_path,
+        {
+            "sub-01/ses-a/anat/sub-01_ses-a_acq-water_T1w.nii.gz": None,
+            "sub-01/ses-a/anat/sub-01_ses-a_acq-fat_T1w.nii.gz": None,
+            "sub-01/ses-b/anat/sub-01_ses-b_acq-fatfrac_T1w.nii.gz": None,
+        },
+    )
     source = ff.find_fat_water(bids, "01", "a")
     assert source.method == "dixon"
-    assert source.first.name.endswith("acq-water_T1w.nii.gz") and source.second.name.endswith("acq-fat_T1w.nii.gz")
+    assert source.first.name.endswith("acq-water_T1w.nii.gz") and source.second.name.endswith(
+        "acq-fat_T1w.nii.gz"
+    )
     assert ff.find_fat_water(bids, "01", "b") is None
     assert ff.find_fat_water(bids, "02", None) is None
 
 
 def test_finds_vendor_in_and_out_of_phase_pair(tmp_path):
-    bids = _dataset(tmp_path, {
-        "sub-01/anat/sub-01_acq-inphase_T1w.nii.gz": None,
-        "sub-01/anat/sub-01_acq-outphase_T1w.nii.gz": None,
-    })
+    bids = _dataset(
+        tmp_path,
+        {
+            "sub-01/anat/sub-01_acq-inphase_T1w.nii.gz": None,
+            "sub-01/anat/sub-01_acq-outphase_T1w.nii.gz": None,
+        },
+    )
     source = ff.find_fat_water(bids, "01", None)
     assert source.method == "two-point"
     assert "inphase" in source.first.name and "outphase" in source.second.name
@@ -152,7 +169,10 @@ def test_megre_echoes_chosen_by_phase_at_the_field_strength(tmp_path, field_t, i
     files = {}
     for echo, te in ((1, 0.0023), (2, 0.00345), (3, 0.0046)):
         files[f"sub-01/anat/sub-01_echo-{echo}_part-mag_MEGRE.nii.gz"] = {"EchoTime": te}
-        files[f"sub-01/anat/sub-01_echo-{echo}_part-phase_MEGRE.nii.gz"] = {"EchoTime": te, "Units": "rad"}
+        files[f"sub-01/anat/sub-01_echo-{echo}_part-phase_MEGRE.nii.gz"] = {
+            "EchoTime": te,
+            "Units": "rad",
+        }
     # field strength inherited from a dataset-level sidecar
     bids = _dataset(tmp_path, files, {"MEGRE.json": {"MagneticFieldStrength": field_t}})
     source = ff.find_fat_water(bids, "01", None)
@@ -163,25 +183,37 @@ def test_megre_echoes_chosen_by_phase_at_the_field_strength(tmp_path, field_t, i
 
 
 def test_session_fat_fraction_end_to_end_and_grid_mismatch(tmp_path):
-    bids = _dataset(tmp_path, {
-        "sub-01/anat/sub-01_acq-water_T1w.nii.gz": None,
-        "sub-01/anat/sub-01_acq-fat_T1w.nii.gz": None,
-    })
+    bids = _dataset(
+        tmp_path,
+        {
+            "sub-01/anat/sub-01_acq-water_T1w.nii.gz": None,
+            "sub-01/anat/sub-01_acq-fat_T1w.nii.gz": None,
+        },
+    )
     labels, water, fat = _labels_and_images()
     result = ff.session_fat_fraction(labels, AFFINE, bids, "01", None, erosion=1)
     expected = 100 * fat / (water + fat)
-    assert result.per_label[55]["ff_mean"] == pytest.approx(expected[labels == 55].mean(), rel=1e-5)
+    assert result.per_label[55]["ff_mean"] == pytest.approx(
+        expected[labels == 55].mean(), rel=1e-5
+    )
     assert not result.resampled and result.source.method == "dixon"
     # a label grid far away from the water/fat field of view: no voxel, a warning
     shifted = AFFINE.copy()
     shifted[:3, 3] = [500.0, 0.0, 0.0]
     far = ff.session_fat_fraction(labels, shifted, bids, "01", None)
-    assert far.resampled and far.per_label[55]["ff_voxels"] == 0 and np.isnan(far.per_label[55]["ff_mean"])
+    assert (
+        far.resampled
+        and far.per_label[55]["ff_voxels"] == 0
+        and np.isnan(far.per_label[55]["ff_mean"])
+    )
     assert any("field of view" in w for w in far.warnings)
 
 
 def test_metadata_inheritance_prefers_the_file_sidecar(tmp_path):
-    bids = _dataset(tmp_path, {"sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz": {"EchoTime": 0.002}},
-                    {"MEGRE.json": {"EchoTime": 9.0, "MagneticFieldStrength": 1.5}})
+    bids = _dataset(
+        tmp_path,
+        {"sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz": {"EchoTime": 0.002}},
+        {"MEGRE.json": {"EchoTime": 9.0, "MagneticFieldStrength": 1.5}},
+    )
     meta = ff.read_metadata(bids / "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz", bids)
     assert meta == {"EchoTime": 0.002, "MagneticFieldStrength": 1.5}

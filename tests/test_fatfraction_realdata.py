@@ -9,6 +9,7 @@ the water grid itself: water-dominant voxels of the body, split into the patient
 values of tibialis anterior (21/22) and soleus (5/6). These labels are not anatomical; they
 exercise the arithmetic on real intensities, partial volume and noise.
 """
+
 from __future__ import annotations
 
 import nibabel as nib
@@ -26,7 +27,7 @@ def demo():
     water_path = shared_file("data", "qmritools", "DemoData", "water.nii.gz")
     fat_path = shared_file("data", "qmritools", "DemoData", "fat.nii.gz")
     water_image, fat_image = nib.load(str(water_path)), nib.load(str(fat_path))
-    assert nib.aff2axcodes(water_image.affine) == ("R", "A", "S")   # canonical as stored
+    assert nib.aff2axcodes(water_image.affine) == ("R", "A", "S")  # canonical as stored
     water = np.asarray(water_image.dataobj, dtype=np.float64)
     fat = np.asarray(fat_image.dataobj, dtype=np.float64)
     return water_path, fat_path, water, fat, water_image.affine
@@ -59,9 +60,11 @@ def direct_in_plane_erosion(labels: np.ndarray) -> np.ndarray:
     """Keep a voxel when its 4 in-plane neighbours carry the same label (numpy shifts only)."""
     padded = np.pad(labels, ((1, 1), (1, 1), (0, 0)))
     core = padded[1:-1, 1:-1]
-    same = (core > 0)
+    same = core > 0
     for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        same &= padded[1 + dx:padded.shape[0] - 1 + dx, 1 + dy:padded.shape[1] - 1 + dy] == core
+        same &= (
+            padded[1 + dx : padded.shape[0] - 1 + dx, 1 + dy : padded.shape[1] - 1 + dy] == core
+        )
     return np.where(same, labels, 0)
 
 
@@ -87,11 +90,16 @@ def test_ff_per_label_matches_direct_numpy_on_the_water_grid(demo, tmp_path):
     for value in (5, 6, 21, 22):
         stats = result.per_label[value]
         mean, median, iqr, count = summary(voxel_ff[labels == value])
-        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx((mean, median, iqr), rel=1e-9)
+        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx(
+            (mean, median, iqr), rel=1e-9
+        )
         assert stats["ff_voxels"] == count
         e_mean, e_median, e_iqr, e_count = summary(voxel_ff[eroded == value])
-        assert (stats["ff_eroded_mean"], stats["ff_eroded_median"], stats["ff_eroded_iqr"]) == pytest.approx(
-            (e_mean, e_median, e_iqr), rel=1e-9)
+        assert (
+            stats["ff_eroded_mean"],
+            stats["ff_eroded_median"],
+            stats["ff_eroded_iqr"],
+        ) == pytest.approx((e_mean, e_median, e_iqr), rel=1e-9)
         assert stats["ff_eroded_voxels"] == e_count
         for key in ("ff_mean", "ff_median", "ff_eroded_mean", "ff_eroded_median"):
             assert 0.0 <= stats[key] <= 100.0
@@ -103,15 +111,19 @@ def test_ff_on_a_coarser_label_grid_samples_the_water_grid(demo):
     _, _, water, fat, affine = demo
     labels = threshold_labels(water, fat)
     coarse_affine = affine.copy()
-    coarse_affine[:3, :3] = np.diag([3.0, 3.0, 6.0])   # centres on every 2nd water voxel
+    coarse_affine[:3, :3] = np.diag([3.0, 3.0, 6.0])  # centres on every 2nd water voxel
     coarse = labels[::2, ::2, :]
-    per_label, resampled = ff.label_fat_fraction(coarse, coarse_affine, water, fat, affine, erosion=0)
+    per_label, resampled = ff.label_fat_fraction(
+        coarse, coarse_affine, water, fat, affine, erosion=0
+    )
     assert resampled
     expected = direct_ff(water[::2, ::2], fat[::2, ::2])
     for value in (5, 6, 21, 22):
         mean, median, iqr, count = summary(expected[coarse == value])
         stats = per_label[value]
-        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx((mean, median, iqr), rel=1e-6)
+        assert (stats["ff_mean"], stats["ff_median"], stats["ff_iqr"]) == pytest.approx(
+            (mean, median, iqr), rel=1e-6
+        )
         assert stats["ff_voxels"] == count
 
 
@@ -119,6 +131,8 @@ def test_manual_labels_do_not_overlap_the_water_grid_in_world_space(demo):
     _, _, water, fat, affine = demo
     label_image = nib.load(str(shared_file("data", "qmritools", "DemoData", "labels.nii.gz")))
     labels = np.asarray(label_image.dataobj).astype(np.uint16)
-    per_label, resampled = ff.label_fat_fraction(labels, label_image.affine, water, fat, affine, erosion=1)
+    per_label, resampled = ff.label_fat_fraction(
+        labels, label_image.affine, water, fat, affine, erosion=1
+    )
     assert resampled and sorted(per_label) == list(range(13, 27))
     assert all(stats["ff_voxels"] == 0 for stats in per_label.values())

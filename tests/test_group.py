@@ -1,4 +1,5 @@
 """Group level: long/wide/asymmetry tables, outliers, the page, re-runs and nothing-to-do."""
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ def test_robust_z_matches_formula():
     z = group.robust_z(values)
     median, mad = 12.0, 1.0
     np.testing.assert_allclose(z, 0.6745 * (values - median) / mad)
-    assert group.robust_z(pd.Series([1.0, 2.0])).isna().all()          # too few
+    assert group.robust_z(pd.Series([1.0, 2.0])).isna().all()  # too few
     assert group.robust_z(pd.Series([5.0, 5.0, 5.0, 9.0])).isna().all()  # MAD = 0
 
 
@@ -45,13 +46,22 @@ def test_group_tables_outlier_and_rerun(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     assert group.run_group(out) == 0
     long = read_table(out / "group_muscles.tsv")
-    assert list(long.columns[:9]) == ["participant", "session", "source", "label", "name",
-                                      "abbreviation", "muscle", "side", "region"]
+    assert list(long.columns[:9]) == [
+        "participant",
+        "session",
+        "source",
+        "label",
+        "name",
+        "abbreviation",
+        "muscle",
+        "side",
+        "region",
+    ]
     assert len(long) == 4 * 10
     assert set(long["participant"]) == {"sub-01", "sub-02", "sub-03", "sub-04"}
-    assert (long["session"].isna()).all()                      # n/a: no sessions
+    assert (long["session"].isna()).all()  # n/a: no sessions
     big = long[long["volume_ml_robust_z"].abs() > 3.5]
-    assert set(zip(big["participant"], big["label"])) == {("sub-03", VL[0])}
+    assert set(zip(big["participant"], big["label"], strict=False)) == {("sub-03", VL[0])}
     z_columns = ["volume_ml_robust_z", "max_csa_cm2_robust_z", "ff_median_robust_z"]
     expected_flags = (long[z_columns].abs() > 3.5).any(axis=1)
     assert (long["outlier"] == expected_flags).all() and long.loc[big.index, "outlier"].all()
@@ -60,17 +70,20 @@ def test_group_tables_outlier_and_rerun(tmp_path, caplog):
     wide = read_table(out / "group_muscles_wide.tsv")
     assert len(wide) == 4 and "VL_L_volume_ml" in wide and "SM_R_ff_median" in wide
     columns = list(wide.columns)
-    assert columns.index("BFL_L_volume_ml") < columns.index("VL_L_volume_ml")   # label order
+    assert columns.index("BFL_L_volume_ml") < columns.index("VL_L_volume_ml")  # label order
     row = wide.set_index("participant").loc["sub-01"]
-    per_image = read_table(out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_morph.tsv").set_index("label")
+    per_image = read_table(
+        out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_morph.tsv"
+    ).set_index("label")
     assert row["VM_R_volume_ml"] == pytest.approx(per_image.loc[VM[1], "volume_ml"])
 
     asym = read_table(out / "group_asymmetry.tsv")
     vl = asym[(asym["participant"] == "sub-01") & (asym["muscle"] == "Vastus lateralis")].iloc[0]
-    l, r = per_image.loc[VL[0], "volume_ml"], per_image.loc[VL[1], "volume_ml"]
-    assert vl["volume_ml_asymmetry_pct"] == pytest.approx(100 * (l - r) / ((l + r) / 2), rel=1e-4)
-    assert vl["volume_ml_asymmetry_pct"] > 0          # the phantom's left thigh is larger
-    assert vl["ff_median_difference"] > 0             # and fattier
+    left, right = per_image.loc[VL[0], "volume_ml"], per_image.loc[VL[1], "volume_ml"]
+    expected = 100 * (left - right) / ((left + right) / 2)
+    assert vl["volume_ml_asymmetry_pct"] == pytest.approx(expected, rel=1e-4)
+    assert vl["volume_ml_asymmetry_pct"] > 0  # the phantom's left thigh is larger
+    assert vl["ff_median_difference"] > 0  # and fattier
 
     page = (out / "group.html").read_text()
     for subject in ("sub-01", "sub-04"):

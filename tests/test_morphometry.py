@@ -1,4 +1,5 @@
 """Per-label shape measures on asymmetric phantoms with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,8 @@ AFFINE = np.array([[2.0, 0, 0, -50.0], [0, 3.0, 0, 10.0], [0, 0, 6.0, -30.0], [0
 def _phantom() -> np.ndarray:
     labels = np.zeros((20, 12, 6), dtype=np.uint16)
     # VL_L (55): a growing block on slices 1..4 (area 2x2, 3x3, 4x4, 5x5 voxels)
-    for k, size in zip(range(1, 5), (2, 3, 4, 5)):
-        labels[1:1 + size, 1:1 + size, k] = 55
+    for k, size in zip(range(1, 5), (2, 3, 4, 5), strict=False):
+        labels[1 : 1 + size, 1 : 1 + size, k] = 55
     # VL_R (56): two pieces, 8 + 2 voxels
     labels[12:14, 2:4, 0:2] = 56
     labels[18, 10, 0:2] = 56
@@ -39,10 +40,17 @@ def test_rows_measure_known_shapes():
     assert vl["max_csa_slice"] == 4
     coords = np.argwhere(_phantom() == 55).mean(axis=0)
     expected = AFFINE[:3, :3] @ coords + AFFINE[:3, 3]
-    assert [vl["centroid_x_mm"], vl["centroid_y_mm"], vl["centroid_z_mm"]] == pytest.approx(expected)
+    assert [vl["centroid_x_mm"], vl["centroid_y_mm"], vl["centroid_z_mm"]] == pytest.approx(
+        expected
+    )
     assert vl["components"] == 1 and vl["largest_component_fraction"] == 1.0
     assert (vl["name"], vl["abbreviation"], vl["muscle"], vl["side"], vl["region"]) == (
-        "Vastus lateralis Left", "VL_L", "Vastus lateralis", "L", "upper_leg")
+        "Vastus lateralis Left",
+        "VL_L",
+        "Vastus lateralis",
+        "L",
+        "upper_leg",
+    )
     right = rows[56]
     assert right["components"] == 2
     assert right["largest_component_fraction"] == pytest.approx(8 / 10)
@@ -77,7 +85,9 @@ def test_empty_map_gives_no_rows():
     assert label_morphometry(np.zeros((3, 3, 3), np.uint8), np.eye(4)) == []
 
 
-@pytest.mark.parametrize("labels", [np.zeros((3, 3)), -np.ones((2, 2, 2), int), np.full((2, 2, 2), 1.5)])
+@pytest.mark.parametrize(
+    "labels", [np.zeros((3, 3)), -np.ones((2, 2, 2), int), np.full((2, 2, 2), 1.5)]
+)
 def test_invalid_maps_raise(labels):
     with pytest.raises(ValueError):
         label_morphometry(labels, np.eye(4))

@@ -9,6 +9,7 @@ The DevTools protocol is spoken over ``--remote-debugging-pipe`` (file descripto
 NUL-separated JSON), so no client library is needed. Skipped when no Chromium is installed
 (Debian: ``apt-get install chromium``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,13 +35,15 @@ TIMEOUT_S = 60.0
 VIEW_WIDTH = 1300
 
 INSPECT = """(() => {
-  const images = Array.from(document.images).map(i => ({complete: i.complete, width: i.naturalWidth,
+  const images = Array.from(document.images).map(i => ({complete: i.complete,
+                                                         width: i.naturalWidth,
                                                          alt: i.alt}));
   const legends = Array.from(document.querySelectorAll('.legend')).map(
       l => Array.from(l.querySelectorAll('[data-label]')).map(e => Number(e.dataset.label)));
   const external = Array.from(document.querySelectorAll('[src],link[href]')).map(
       e => e.getAttribute('src') || e.getAttribute('href')).filter(u => !u.startsWith('data:'));
-  return JSON.stringify({images, legends, external, height: document.documentElement.scrollHeight});
+  const height = document.documentElement.scrollHeight;
+  return JSON.stringify({images, legends, external, height});
 })()"""
 
 
@@ -69,11 +72,23 @@ class DevToolsPipe:
             os.dup2(high_w, 4)
 
         self.process = subprocess.Popen(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-extensions", "--hide-scrollbars", "--remote-debugging-pipe",
-             f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=wire, pass_fds=(3, 4),
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--hide-scrollbars",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=wire,
+            pass_fds=(3, 4),
         )
         os.close(high_r)
         os.close(high_w)
@@ -149,26 +164,47 @@ def browser(tmp_path_factory):
 def render(client: DevToolsPipe, page: Path, screenshot: Path) -> dict:
     """Load ``page``; return console errors, exceptions, image and legend facts; save a PNG."""
     target = client.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = client.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    session = client.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+        "sessionId"
+    ]
     for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
         client.send(domain, session=session)
-    client.send("Emulation.setDeviceMetricsOverride",
-                {"width": VIEW_WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+    client.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": VIEW_WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        session,
+    )
     start = len(client.events)
     client.send("Page.navigate", {"url": page.resolve().as_uri()}, session)
     client.wait_for("Page.loadEventFired", session)
-    facts = json.loads(client.send("Runtime.evaluate", {"expression": INSPECT, "returnByValue": True},
-                                   session)["result"]["value"])
-    client.send("Emulation.setDeviceMetricsOverride",
-                {"width": VIEW_WIDTH, "height": int(facts["height"]), "deviceScaleFactor": 1, "mobile": False},
-                session)
-    shot = client.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session)
+    facts = json.loads(
+        client.send("Runtime.evaluate", {"expression": INSPECT, "returnByValue": True}, session)[
+            "result"
+        ]["value"]
+    )
+    client.send(
+        "Emulation.setDeviceMetricsOverride",
+        {
+            "width": VIEW_WIDTH,
+            "height": int(facts["height"]),
+            "deviceScaleFactor": 1,
+            "mobile": False,
+        },
+        session,
+    )
+    shot = client.send(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session
+    )
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     events = [e for e in client.events[start:] if e.get("sessionId") == session]
     facts["errors"] = [
-        json.dumps(e["params"])[:300] for e in events
-        if (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+        json.dumps(e["params"])[:300]
+        for e in events
+        if (
+            e["method"] == "Runtime.consoleAPICalled"
+            and e["params"]["type"] in ("error", "assert")
+        )
         or e["method"] == "Runtime.exceptionThrown"
         or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
     ]
@@ -194,8 +230,10 @@ def outputs(tmp_path_factory):
 def test_checker_sees_broken_pages(browser, tmp_path):
     """Control: a console error and an undecodable image are caught (the checks can fail)."""
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><body><img src="data:image/png;base64,AAAA">'
-                    "<script>console.error('boom'); undefinedFunction();</script></body></html>")
+    page.write_text(
+        '<!DOCTYPE html><html><body><img src="data:image/png;base64,AAAA">'
+        "<script>console.error('boom'); undefinedFunction();</script></body></html>"
+    )
     facts = render(browser, page, tmp_path / "broken.png")
     assert len(facts["errors"]) >= 2
     assert facts["images"][0]["width"] == 0
@@ -208,7 +246,7 @@ def test_subject_report_in_the_browser(browser, outputs, artifacts):
         facts = render(browser, out / f"sub-{subject}.html", artifacts / f"sub-{subject}.png")
         assert facts["errors"] == []
         assert facts["external"] == []
-        assert len(facts["images"]) >= 4           # mosaic, coronal, positions, confidence
+        assert len(facts["images"]) >= 4  # mosaic, coronal, positions, confidence
         assert all(image["complete"] and image["width"] > 0 for image in facts["images"])
         present = sorted(int(v) for v in np.unique(result.labels_ras) if v)
         assert facts["legends"] == [present]
@@ -236,8 +274,9 @@ def test_demo_dataset_reports_in_the_browser(browser, tmp_path_factory, artifact
     root = tmp_path_factory.mktemp("demo")
     bids, out = root / "bids", root / "out"
     demo.write_demo(bids, subjects=2)
-    monkeypatch.setattr(pipeline, "load_segmenter",
-                        lambda config, models_dir: ThresholdPlaceholderSegmenter())
+    monkeypatch.setattr(
+        pipeline, "load_segmenter", lambda config, models_dir: ThresholdPlaceholderSegmenter()
+    )
     assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator"]) == 0
     assert cli.main([str(bids), str(out), "group"]) == 0
     for name in ("sub-01", "sub-02", "group"):

@@ -1,4 +1,5 @@
 """Participant outputs: morphometry tables, fat fraction columns and the subject HTML report."""
+
 from __future__ import annotations
 
 import base64
@@ -51,11 +52,21 @@ def segmenter_report(classifier_side: str = "Both") -> dict:
     """A segmenter report shaped like the one of the QMRITools-style segmenter."""
     n = demo.SHAPE_XYZ[2]
     return {
-        "side": {"decision": "Both", "source": "classifier+geometry", "classifier": classifier_side,
-                 "geometry": {"two_legs": True, "single_side": None, "confident": True}, "midline": "image centre"},
-        "positions": {"side": "Both", "side_votes": {"Both": n}, "slices": list(range(n)),
-                      "raw_positions": ["Knee"] * 3 + ["Upper"] * (n - 3),
-                      "fitted_positions": ["Knee"] * 2 + ["Upper"] * (n - 2), "ranges": {"UpperLegs": [0, n - 1]}},
+        "side": {
+            "decision": "Both",
+            "source": "classifier+geometry",
+            "classifier": classifier_side,
+            "geometry": {"two_legs": True, "single_side": None, "confident": True},
+            "midline": "image centre",
+        },
+        "positions": {
+            "side": "Both",
+            "side_votes": {"Both": n},
+            "slices": list(range(n)),
+            "raw_positions": ["Knee"] * 3 + ["Upper"] * (n - 3),
+            "fitted_positions": ["Knee"] * 2 + ["Upper"] * (n - 2),
+            "ranges": {"UpperLegs": [0, n - 1]},
+        },
         "region_ranges": {"UpperLegs": [0, n - 1]},
         "split": {"cut_column": 80},
         "warnings": ["segmenter says hello"],
@@ -64,8 +75,13 @@ def segmenter_report(classifier_side: str = "Both") -> dict:
     }
 
 
-def build_outputs(root: Path, subjects: int = 2, sessions: tuple[str | None, ...] = (None,),
-                  status: str = "done", probabilities: bool = False) -> tuple[Path, Path, list[ImageResult]]:
+def build_outputs(
+    root: Path,
+    subjects: int = 2,
+    sessions: tuple[str | None, ...] = (None,),
+    status: str = "done",
+    probabilities: bool = False,
+) -> tuple[Path, Path, list[ImageResult]]:
     """Demo BIDS dataset + label maps written as the participant level would; the results."""
     bids, out = root / "bids", root / "out"
     demo.write_demo(bids, subjects=subjects)
@@ -83,26 +99,55 @@ def build_outputs(root: Path, subjects: int = 2, sessions: tuple[str | None, ...
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     dst.write_bytes(src.read_bytes())
             relpath = f"{anat_rel}/{prefix}_acq-outphase_T1w.nii.gz"
-            image = InputImage(subject, session, bids / relpath, relpath,
-                               entities={"subject": subject, "acquisition": "outphase"})
+            image = InputImage(
+                subject,
+                session,
+                bids / relpath,
+                relpath,
+                entities={"subject": subject, "acquisition": "outphase"},
+            )
             labels = phantom_labels(volumes["tissue"])
             volume, geometry = nifti_io.load_canonical(image.path)
             dseg = out / anat_rel / f"{prefix}_acq-outphase_desc-muscles_dseg.nii.gz"
             nifti_io.save_labels(labels, geometry, dseg)
             sidecar = dseg.with_name(dseg.name.replace(".nii.gz", ".json"))
-            sidecar.write_text(json.dumps({
-                "Sources": [f"bids:raw:{relpath}"],
-                "Models": [{"id": "legseg-upperleg-test", "role": "upper_leg", "sha256": "ab" * 32}],
-                "legseg": {"software": {"legseg": "0.0.test"}, "timings_s": {"total": 2.0}},
-            }))
+            sidecar.write_text(
+                json.dumps(
+                    {
+                        "Sources": [f"bids:raw:{relpath}"],
+                        "Models": [
+                            {
+                                "id": "legseg-upperleg-test",
+                                "role": "upper_leg",
+                                "sha256": "ab" * 32,
+                            }
+                        ],
+                        "legseg": {
+                            "software": {"legseg": "0.0.test"},
+                            "timings_s": {"total": 2.0},
+                        },
+                    }
+                )
+            )
             probseg = None
             if probabilities:
                 probseg = write_probseg(dseg, labels, geometry)
             if status == "done":
-                results.append(ImageResult(image, "done", dseg, sidecar, labels, volume, geometry.ras_affine,
-                                           geometry.zooms_ras, segmenter_report(),
-                                           [{"id": "legseg-upperleg-test", "role": "upper_leg", "sha256": "ab" * 32}],
-                                           probseg))
+                results.append(
+                    ImageResult(
+                        image,
+                        "done",
+                        dseg,
+                        sidecar,
+                        labels,
+                        volume,
+                        geometry.ras_affine,
+                        geometry.zooms_ras,
+                        segmenter_report(),
+                        [{"id": "legseg-upperleg-test", "role": "upper_leg", "sha256": "ab" * 32}],
+                        probseg,
+                    )
+                )
             else:
                 results.append(ImageResult(image, "skipped", dseg, sidecar, probseg_path=probseg))
         for name in ("outphase", "water", "fat"):
@@ -122,7 +167,9 @@ def write_probseg(dseg: Path, labels: np.ndarray, geometry) -> Path:
     path = dseg.with_name(dseg.name.replace("_dseg.nii.gz", "_probseg.nii.gz"))
     image = nib.Nifti1Image(nifti_io.from_ras(probabilities, geometry), geometry.affine)
     nib.save(image, str(path))
-    path.with_name(path.name.replace(".nii.gz", ".json")).write_text(json.dumps({"LabelMap": [str(v) for v in label_map]}))
+    path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
+        json.dumps({"LabelMap": [str(v) for v in label_map]})
+    )
     return path
 
 
@@ -131,7 +178,10 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def images_of(page: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+    return [
+        base64.b64decode(m)
+        for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +202,9 @@ def test_tables_have_measures_and_fat_fraction(done_outputs):
     voxel_ml = np.prod(demo.SPACING_MM) / 1000
     for value in (*VL, *VM, *BFL, *SM, *FEM):
         assert table.loc[value, "voxels"] == (labels == value).sum()
-        assert table.loc[value, "volume_ml"] == pytest.approx((labels == value).sum() * voxel_ml, rel=1e-5)
+        assert table.loc[value, "volume_ml"] == pytest.approx(
+            (labels == value).sum() * voxel_ml, rel=1e-5
+        )
     # the phantom's left thigh is larger and fattier (12 % vs 5 % muscle fat fraction)
     assert table.loc[VL[0], "volume_ml"] > table.loc[VL[1], "volume_ml"]
     for left, right in (VL, VM, BFL, SM):
@@ -179,9 +231,9 @@ def test_subject_page_content(done_outputs):
     assert "Vastus lateralis Left" in page and "segmenter says hello" in page
     assert "missing expected muscle RF_L" in page and "missing expected muscle GR_R" in page
     assert "agree (Both)" in page and "legseg-upperleg-test" in page
-    assert "http://" not in page and "https://" not in page   # self-contained
+    assert "http://" not in page and "https://" not in page  # self-contained
     pictures = images_of(page)
-    assert len(pictures) >= 3                                  # mosaic, coronal, positions
+    assert len(pictures) >= 3  # mosaic, coronal, positions
     for png in pictures:
         assert mpimg.imread(io.BytesIO(png), format="png").shape[0] > 50
 
@@ -206,7 +258,10 @@ def test_skipped_images_are_read_back_and_sessions_share_one_page(tmp_path):
     assert 'id="ses-a"' in page and 'id="ses-b"' in page
     assert "existing label map (not re-segmented)" in page
     for session in ("a", "b"):
-        table_path = out / f"sub-01/ses-{session}/anat/sub-01_ses-{session}_acq-outphase_desc-muscles_morph.tsv"
+        table_path = (
+            out
+            / f"sub-01/ses-{session}/anat/sub-01_ses-{session}_acq-outphase_desc-muscles_morph.tsv"
+        )
         assert table_path in written
         table = read_table(table_path).set_index("label")
         assert table.loc[VL[0], "ff_median"] > table.loc[VL[1], "ff_median"]
@@ -226,12 +281,33 @@ def test_low_confidence_from_probability_maps(tmp_path):
 
 def test_small_and_fragmented_labels_are_warned():
     rows = [
-        {"label": 55, "abbreviation": "VL_L", "region": "upper_leg", "volume_ml": 0.4, "slices": 3,
-         "components": 1, "largest_component_fraction": 1.0},
-        {"label": 57, "abbreviation": "VI_L", "region": "upper_leg", "volume_ml": 50.0, "slices": 10,
-         "components": 3, "largest_component_fraction": 0.7},
-        {"label": 103, "abbreviation": "FEM_L", "region": "bone", "volume_ml": 0.1, "slices": 1,
-         "components": 1, "largest_component_fraction": 1.0},
+        {
+            "label": 55,
+            "abbreviation": "VL_L",
+            "region": "upper_leg",
+            "volume_ml": 0.4,
+            "slices": 3,
+            "components": 1,
+            "largest_component_fraction": 1.0,
+        },
+        {
+            "label": 57,
+            "abbreviation": "VI_L",
+            "region": "upper_leg",
+            "volume_ml": 50.0,
+            "slices": 10,
+            "components": 3,
+            "largest_component_fraction": 0.7,
+        },
+        {
+            "label": 103,
+            "abbreviation": "FEM_L",
+            "region": "bone",
+            "volume_ml": 0.1,
+            "slices": 1,
+            "components": 1,
+            "largest_component_fraction": 1.0,
+        },
     ]
     warnings = qc.morphometry_warnings(rows, {})
     assert any(w.startswith("very small label VL_L") for w in warnings)
@@ -243,10 +319,10 @@ def test_small_and_fragmented_labels_are_warned():
 
 def test_views_are_radiological():
     volume = np.zeros((10, 8, 3), dtype=np.float32)
-    volume[0:3, 6:8, 1] = 1.0          # patient's left (low RAS x), anterior (high y)
+    volume[0:3, 6:8, 1] = 1.0  # patient's left (low RAS x), anterior (high y)
     axial = plotting.axial_view(volume, 1)
     rows, cols = np.nonzero(axial)
-    assert cols.min() >= 7 and rows.max() <= 1   # viewer's right, top of the image
+    assert cols.min() >= 7 and rows.max() <= 1  # viewer's right, top of the image
     coronal = plotting.coronal_view(volume, 7)
     rows, cols = np.nonzero(coronal)
     assert cols.min() >= 7 and set(rows) == {1}
@@ -264,7 +340,9 @@ def test_demo_dataset_through_the_participant_level(tmp_path, monkeypatch):
 
     bids, out = tmp_path / "bids", tmp_path / "out"
     demo.write_demo(bids, subjects=1)
-    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: ThresholdPlaceholderSegmenter())
+    monkeypatch.setattr(
+        pipeline, "load_segmenter", lambda config, models_dir: ThresholdPlaceholderSegmenter()
+    )
     assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator"]) == 0
     table = read_table(out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_morph.tsv")
     assert set(table["label"]) == {55, 56}
@@ -278,13 +356,26 @@ def test_megre_series_gives_two_point_fat_fraction(tiny_dataset, tmp_path, monke
     from tests.fakes import ThresholdPlaceholderSegmenter
 
     out = tmp_path / "out"
-    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: ThresholdPlaceholderSegmenter())
-    assert cli.main([str(tiny_dataset), str(out), "participant", "--skip_bids_validator",
-                     "--participant_label", "02"]) == 0
+    monkeypatch.setattr(
+        pipeline, "load_segmenter", lambda config, models_dir: ThresholdPlaceholderSegmenter()
+    )
+    assert (
+        cli.main(
+            [
+                str(tiny_dataset),
+                str(out),
+                "participant",
+                "--skip_bids_validator",
+                "--participant_label",
+                "02",
+            ]
+        )
+        == 0
+    )
     tables = sorted(out.glob("sub-02/anat/*_morph.tsv"))
     assert len(tables) == 1
     table = read_table(tables[0])
-    assert table["ff_median"].between(0, 50).all()       # two-point magnitude rule: FF <= 50 %
+    assert table["ff_median"].between(0, 50).all()  # two-point magnitude rule: FF <= 50 %
     meta = json.loads(tables[0].with_suffix(".json").read_text())
     assert meta["FatFraction"]["EchoTimes"] == [0.0023, 0.00345]
     assert "echo-1_part-mag" in meta["FatFraction"]["InPhase"]
@@ -308,7 +399,7 @@ def test_qmritools_thigh_labels_measured_with_sides_from_the_affine(tmp_path):
     image = InputImage("r", None, bids / relpath, relpath)
     write_participant_outputs([ImageResult(image, "skipped", dseg)], bids, out, ff_erosion=1)
     table = read_table(morph_path(dseg)).set_index("label")
-    assert len(table) == 29 and "ff_median" not in table          # no water/fat images here
+    assert len(table) == 29 and "ff_median" not in table  # no water/fat images here
     pairs = [v for v in table.index if v % 2 == 1 and v + 1 in table.index and v < 100]
     assert len(pairs) >= 12
     for left in pairs:

@@ -1,4 +1,5 @@
 """Small HTML building blocks for self-contained report pages (no external resources)."""
+
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,8 @@ from legseg_tf.labels import BY_INDEX
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1300px; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+h1 { font-size: 1.5em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
 h3 { font-size: 1.1em; margin-top: 1.2em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
@@ -28,7 +30,7 @@ nav a { margin-right: 1em; }
 def page(title: str, body: str) -> str:
     """A complete HTML5 document with the shared style sheet."""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         f"{body}\n</body>\n</html>\n"
     )
@@ -51,8 +53,12 @@ def format_value(value) -> str:
     return str(value)
 
 
-def table(rows: Sequence[dict], columns: Sequence[str], text_columns: Iterable[str] = (),
-          css_class: str = "") -> str:
+def table(
+    rows: Sequence[dict],
+    columns: Sequence[str],
+    text_columns: Iterable[str] = (),
+    css_class: str = "",
+) -> str:
     """An HTML table of ``rows`` (dicts) restricted to ``columns``."""
     text = set(text_columns)
     head = "".join(f'<th class="{"text" if c in text else ""}">{escape(c)}</th>' for c in columns)
@@ -64,7 +70,9 @@ def table(rows: Sequence[dict], columns: Sequence[str], text_columns: Iterable[s
         )
         body.append(f"<tr>{cells}</tr>")
     attribute = f' class="{css_class}"' if css_class else ""
-    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (
+        f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def legend(label_values: Iterable[int]) -> str:
@@ -90,7 +98,8 @@ def bullet_list(items: Sequence[str], css_class: str = "") -> str:
 def key_values(pairs: Sequence[tuple[str, object]]) -> str:
     """A two-column table of key/value pairs."""
     rows = "".join(
-        f'<tr><th class="text">{escape(k)}</th><td class="text">{escape(format_value(v))}</td></tr>'
+        f'<tr><th class="text">{escape(k)}</th>'
+        f'<td class="text">{escape(format_value(v))}</td></tr>'
         for k, v in pairs
     )
     return f"<table>{rows}</table>"

@@ -17,6 +17,7 @@ And one self-contained page per subject, all sessions inside, at the output root
 The page covers every label map of the subject found in OUTPUT_DIR, so running one session
 at a time still leaves a complete report.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,12 @@ import numpy as np
 import pandas as pd
 
 from legseg_tf import nifti_io
-from legseg_tf.fatfraction import FF_COLUMNS, FatFractionResult, parse_entities, session_fat_fraction
+from legseg_tf.fatfraction import (
+    FF_COLUMNS,
+    FatFractionResult,
+    parse_entities,
+    session_fat_fraction,
+)
 from legseg_tf.morphometry import MORPH_COLUMNS, label_morphometry
 from legseg_tf.reports import html, plotting, qc
 from legseg_tf.results import ImageResult, InputImage
@@ -51,21 +57,35 @@ COLUMN_DESCRIPTIONS = {
     "slices": "Number of axial slices (z of the canonical RAS grid) containing the label.",
     "first_slice": "Lowest z index (canonical RAS, 0 = most inferior) containing the label.",
     "last_slice": "Highest z index containing the label.",
-    "max_csa_cm2": {"Description": "Largest cross-sectional area over the axial slices of the "
-                                   "acquired grid (not resliced perpendicular to the muscle).",
-                    "Units": "cm^2"},
+    "max_csa_cm2": {
+        "Description": "Largest cross-sectional area over the axial slices of the "
+        "acquired grid (not resliced perpendicular to the muscle).",
+        "Units": "cm^2",
+    },
     "max_csa_slice": "z index of the largest cross-sectional area.",
     "centroid_x_mm": {"Description": "Centroid, RAS world x.", "Units": "mm"},
     "centroid_y_mm": {"Description": "Centroid, RAS world y.", "Units": "mm"},
     "centroid_z_mm": {"Description": "Centroid, RAS world z.", "Units": "mm"},
     "components": "Number of 26-connected pieces of the label.",
     "largest_component_fraction": "Fraction of the voxels in the largest piece.",
-    "ff_mean": {"Description": "Mean voxel fat fraction 100*F/(F+W) over the label.", "Units": "%"},
+    "ff_mean": {
+        "Description": "Mean voxel fat fraction 100*F/(F+W) over the label.",
+        "Units": "%",
+    },
     "ff_median": {"Description": "Median voxel fat fraction over the label.", "Units": "%"},
-    "ff_iqr": {"Description": "Inter-quartile range (P75-P25) of the voxel fat fraction.", "Units": "%"},
+    "ff_iqr": {
+        "Description": "Inter-quartile range (P75-P25) of the voxel fat fraction.",
+        "Units": "%",
+    },
     "ff_voxels": "Voxels with a defined fat fraction (inside the water/fat field of view).",
-    "ff_eroded_mean": {"Description": "Mean fat fraction over the label eroded in-plane.", "Units": "%"},
-    "ff_eroded_median": {"Description": "Median fat fraction over the eroded label.", "Units": "%"},
+    "ff_eroded_mean": {
+        "Description": "Mean fat fraction over the label eroded in-plane.",
+        "Units": "%",
+    },
+    "ff_eroded_median": {
+        "Description": "Median fat fraction over the eroded label.",
+        "Units": "%",
+    },
     "ff_eroded_iqr": {"Description": "Inter-quartile range over the eroded label.", "Units": "%"},
     "ff_eroded_voxels": "Voxels of the eroded label with a defined fat fraction.",
 }
@@ -102,8 +122,9 @@ def report_path(output_dir: Path, subject: str) -> Path:
     return Path(output_dir) / f"sub-{subject}.html"
 
 
-def write_participant_outputs(results: list[ImageResult], bids_dir: Path, output_dir: Path,
-                              ff_erosion: int = 1) -> list[Path]:
+def write_participant_outputs(
+    results: list[ImageResult], bids_dir: Path, output_dir: Path, ff_erosion: int = 1
+) -> list[Path]:
     """Write the morphometry tables of the images and the subjects' HTML reports.
 
     Args:
@@ -124,7 +145,11 @@ def write_participant_outputs(results: list[ImageResult], bids_dir: Path, output
     for subject in sorted({r.image.subject for r in usable}):
         mine = [r for r in usable if r.image.subject == subject]
         known = {Path(r.dseg_path).resolve() for r in mine}
-        mine += [r for r in disk_results(output_dir, bids_dir, subject) if Path(r.dseg_path).resolve() not in known]
+        mine += [
+            r
+            for r in disk_results(output_dir, bids_dir, subject)
+            if Path(r.dseg_path).resolve() not in known
+        ]
         summaries = []
         for result in sorted(mine, key=lambda r: (r.image.session or "", r.image.relpath)):
             summary = summarise_image(result, bids_dir, int(ff_erosion))
@@ -140,9 +165,11 @@ def write_participant_outputs(results: list[ImageResult], bids_dir: Path, output
 
 
 def disk_results(output_dir: Path, bids_dir: Path, subject: str) -> list[ImageResult]:
-    """Label maps of a subject already in OUTPUT_DIR, as "skipped" results (source from the sidecar)."""
+    """Label maps of a subject already in OUTPUT_DIR as "skipped" results (source: the sidecar)."""
     found = []
-    for dseg in sorted((Path(output_dir) / f"sub-{subject}").glob(f"**/*_desc-muscles{DSEG_SUFFIX}")):
+    for dseg in sorted(
+        (Path(output_dir) / f"sub-{subject}").glob(f"**/*_desc-muscles{DSEG_SUFFIX}")
+    ):
         sidecar = dseg.with_name(dseg.name[: -len(".nii.gz")] + ".json")
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -152,8 +179,12 @@ def disk_results(output_dir: Path, bids_dir: Path, subject: str) -> list[ImageRe
             continue
         relpath = source.split(":", 2)[-1] if source.startswith("bids:") else source
         entities, _ = parse_entities(Path(relpath))
-        image = InputImage(subject=entities.get("sub", subject), session=entities.get("ses"),
-                           path=bids_dir / relpath, relpath=relpath)
+        image = InputImage(
+            subject=entities.get("sub", subject),
+            session=entities.get("ses"),
+            path=bids_dir / relpath,
+            relpath=relpath,
+        )
         found.append(ImageResult(image, "skipped", dseg_path=dseg, sidecar_path=sidecar))
     return found
 
@@ -185,7 +216,9 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
         try:
             volume, geometry = nifti_io.load_canonical(result.image.path)
             if volume.shape != labels.shape:
-                warnings.append(f"source image {result.image.relpath} no longer matches the label map grid")
+                warnings.append(
+                    f"source image {result.image.relpath} no longer matches the label map grid"
+                )
                 volume = None
         except Exception as error:  # noqa: BLE001 - the report shows labels alone then
             warnings.append(f"source image unavailable for the figures: {error}")
@@ -193,8 +226,15 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
     rows = label_morphometry(labels, affine)
     fat = None
     try:
-        fat = session_fat_fraction(labels, affine, bids_dir, result.image.subject,
-                                   result.image.session, ff_erosion, result.image.entities)
+        fat = session_fat_fraction(
+            labels,
+            affine,
+            bids_dir,
+            result.image.subject,
+            result.image.session,
+            ff_erosion,
+            result.image.entities,
+        )
     except Exception as error:  # noqa: BLE001 - a broken water/fat pair must not lose the table
         logger.debug("fat fraction failure", exc_info=True)
         warnings.append(f"fat fraction not computed: {type(error).__name__}: {error}")
@@ -212,9 +252,20 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
             warnings += qc.confidence_warnings(*confidence, names)
         except (OSError, ValueError, json.JSONDecodeError) as error:
             warnings.append(f"probability map not usable for confidence checks: {error}")
-    return ImageSummary(result, labels, volume, affine, zooms, rows, morph_path(result.dseg_path),
-                        fat, _read_sidecar(result), warnings, confidence,
-                        fat.source.describe(bids_dir) if fat is not None else {})
+    return ImageSummary(
+        result,
+        labels,
+        volume,
+        affine,
+        zooms,
+        rows,
+        morph_path(result.dseg_path),
+        fat,
+        _read_sidecar(result),
+        warnings,
+        confidence,
+        fat.source.describe(bids_dir) if fat is not None else {},
+    )
 
 
 def morph_frame(rows: list[dict], with_fat_fraction: bool) -> pd.DataFrame:
@@ -232,7 +283,9 @@ def write_morph_table(summary: ImageSummary, bids_dir: Path, output_dir: Path) -
     from legseg_tf.derivatives import atomic_write_text, write_json
 
     frame = morph_frame(summary.rows, summary.fat_fraction is not None)
-    text = frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n")
+    text = frame.to_csv(
+        sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n"
+    )
     path = atomic_write_text(summary.morph_path, text)
     meta: dict = {key: COLUMN_DESCRIPTIONS[key] for key in frame.columns}
     meta["Sources"] = [f"bids::{_relative(summary.result.dseg_path, output_dir)}"]
@@ -250,29 +303,43 @@ def write_morph_table(summary: ImageSummary, bids_dir: Path, output_dir: Path) -
 
 # --------------------------------------------------------------------------- HTML page
 
+
 def subject_page(subject: str, summaries: list[ImageSummary], output_dir: Path) -> str:
     """The self-contained HTML report of one subject."""
     sessions = sorted({s.result.image.session or "" for s in summaries})
     parts = [f"<h1>legseg report: sub-{html.escape(subject)}</h1>"]
-    parts.append('<p class="note">Figures are in the radiological convention: the patient\'s '
-                 'right (R) is on the left of each image; R/L, A/P and S/I are marked on every '
-                 'panel (from the image affine). Slices are numbered along the canonical RAS z '
-                 'axis, 0 = most inferior.</p>')
+    parts.append(
+        '<p class="note">Figures are in the radiological convention: the patient\'s '
+        "right (R) is on the left of each image; R/L, A/P and S/I are marked on every "
+        "panel (from the image affine). Slices are numbered along the canonical RAS z "
+        "axis, 0 = most inferior.</p>"
+    )
     overview = []
     for s in summaries:
-        overview.append({
-            "session": s.result.image.session or "n/a", "image": s.result.image.relpath,
-            "status": "segmented" if s.result.status == "done" else "existing output",
-            "labels": len(s.rows), "warnings": len(s.warnings),
-            "fat fraction": s.fat_fraction.source.method if s.fat_fraction else "n/a",
-        })
+        overview.append(
+            {
+                "session": s.result.image.session or "n/a",
+                "image": s.result.image.relpath,
+                "status": "segmented" if s.result.status == "done" else "existing output",
+                "labels": len(s.rows),
+                "warnings": len(s.warnings),
+                "fat fraction": s.fat_fraction.source.method if s.fat_fraction else "n/a",
+            }
+        )
     parts.append("<h2>Overview</h2>")
-    parts.append(html.table(overview, ["session", "image", "status", "labels", "warnings", "fat fraction"],
-                            text_columns=["session", "image", "status", "fat fraction"]))
+    parts.append(
+        html.table(
+            overview,
+            ["session", "image", "status", "labels", "warnings", "fat fraction"],
+            text_columns=["session", "image", "status", "fat fraction"],
+        )
+    )
     for session in sessions:
         title = f"ses-{session}" if session else "no session"
         parts.append(f'<h2 id="ses-{html.escape(session or "none")}">{html.escape(title)}</h2>')
-        for number, s in enumerate(x for x in summaries if (x.result.image.session or "") == session):
+        for number, s in enumerate(
+            x for x in summaries if (x.result.image.session or "") == session
+        ):
             parts.append(image_section(s, output_dir, f"{session or 'none'}-{number}"))
     return html.page(f"legseg: sub-{subject}", "\n".join(parts))
 
@@ -290,51 +357,110 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     legseg_meta = s.sidecar.get("legseg", {}) if isinstance(s.sidecar.get("legseg"), dict) else {}
     dseg_rel = _relative(result.dseg_path, output_dir)
     morph_rel = _relative(s.morph_path, output_dir)
-    parts = [f'<section class="image" id="image-{html.escape(anchor)}">',
-             f"<h3>{html.escape(result.image.relpath)}</h3>",
-             html.key_values([
-                 ("status", "segmented in this run" if result.status == "done"
-                  else "existing label map (not re-segmented)"),
-                 ("label map", dseg_rel), ("table", morph_rel),
-                 ("grid (x, y, z)", " x ".join(str(n) for n in s.labels_ras.shape)),
-                 ("voxel size (mm)", " x ".join(f"{z:.3g}" for z in s.zooms_mm)),
-             ])]
+    parts = [
+        f'<section class="image" id="image-{html.escape(anchor)}">',
+        f"<h3>{html.escape(result.image.relpath)}</h3>",
+        html.key_values(
+            [
+                (
+                    "status",
+                    "segmented in this run"
+                    if result.status == "done"
+                    else "existing label map (not re-segmented)",
+                ),
+                ("label map", dseg_rel),
+                ("table", morph_rel),
+                ("grid (x, y, z)", " x ".join(str(n) for n in s.labels_ras.shape)),
+                ("voxel size (mm)", " x ".join(f"{z:.3g}" for z in s.zooms_mm)),
+            ]
+        ),
+    ]
     parts.append("<h4>Warnings</h4>")
-    parts.append(html.bullet_list(s.warnings, "warnings") if s.warnings
-                 else '<p class="ok">No warnings.</p>')
+    parts.append(
+        html.bullet_list(s.warnings, "warnings")
+        if s.warnings
+        else '<p class="ok">No warnings.</p>'
+    )
     parts.append("<h4>Side decision</h4>" + side_section(report, result.status))
     present = [row["label"] for row in s.rows]
     volume = s.volume_ras if s.volume_ras is not None else np.zeros(s.labels_ras.shape, np.float32)
     slices = plotting.mosaic_slices(s.labels_ras)
-    parts.append(f"<h4>Axial slices {slices[0]}-{slices[-1]}"
-                 f"{f', every {slices[1] - slices[0]}' if len(slices) > 1 else ''}</h4>")
-    parts.append(html.png_img(plotting.axial_mosaic(volume, s.labels_ras, s.zooms_mm, slices),
-                              f"axial mosaic of {result.image.relpath}"))
+    parts.append(
+        f"<h4>Axial slices {slices[0]}-{slices[-1]}"
+        f"{f', every {slices[1] - slices[0]}' if len(slices) > 1 else ''}</h4>"
+    )
+    parts.append(
+        html.png_img(
+            plotting.axial_mosaic(volume, s.labels_ras, s.zooms_mm, slices),
+            f"axial mosaic of {result.image.relpath}",
+        )
+    )
     parts.append(html.legend(present))
     coronal, _ = plotting.coronal_figure(volume, s.labels_ras, s.zooms_mm)
-    parts.append("<h4>Coronal view</h4>" + html.png_img(coronal, f"coronal view of {result.image.relpath}"))
-    parts.append("<h4>Body position and regions</h4>" + positions_section(report, s.labels_ras.shape[2], result.status))
+    parts.append(
+        "<h4>Coronal view</h4>" + html.png_img(coronal, f"coronal view of {result.image.relpath}")
+    )
+    parts.append(
+        "<h4>Body position and regions</h4>"
+        + positions_section(report, s.labels_ras.shape[2], result.status)
+    )
     if s.confidence is not None:
         from legseg_tf.reports.qc import LOW_CONFIDENCE
 
-        parts.append("<h4>Confidence per slice</h4>" + html.png_img(
-            plotting.confidence_figure(s.confidence[1], s.labels_ras.shape[2], LOW_CONFIDENCE),
-            "mean probability per slice"))
+        parts.append(
+            "<h4>Confidence per slice</h4>"
+            + html.png_img(
+                plotting.confidence_figure(s.confidence[1], s.labels_ras.shape[2], LOW_CONFIDENCE),
+                "mean probability per slice",
+            )
+        )
     parts.append("<h4>Muscles</h4>")
-    columns = ["label", "abbreviation", "name", "voxels", "volume_ml", "slices", "max_csa_cm2",
-               "components"]
+    columns = [
+        "label",
+        "abbreviation",
+        "name",
+        "voxels",
+        "volume_ml",
+        "slices",
+        "max_csa_cm2",
+        "components",
+    ]
     if s.fat_fraction is not None:
-        columns += ["ff_mean", "ff_median", "ff_iqr", "ff_eroded_mean", "ff_eroded_median", "ff_eroded_iqr"]
-    parts.append(html.table(s.rows, columns, text_columns=["abbreviation", "name"], css_class="muscles"))
+        columns += [
+            "ff_mean",
+            "ff_median",
+            "ff_iqr",
+            "ff_eroded_mean",
+            "ff_eroded_median",
+            "ff_eroded_iqr",
+        ]
+    parts.append(
+        html.table(s.rows, columns, text_columns=["abbreviation", "name"], css_class="muscles")
+    )
     if s.fat_fraction is not None:
-        parts.append('<p class="note">Fat fraction in %: ' + html.escape(
-            "; ".join(f"{k}: {v}" for k, v in s.fat_source.items())
-            + f"; eroded columns: {s.fat_fraction.erosion} voxel(s) in-plane"
-            + ("; water/fat interpolated onto the label grid" if s.fat_fraction.resampled else "")) + "</p>")
+        parts.append(
+            '<p class="note">Fat fraction in %: '
+            + html.escape(
+                "; ".join(f"{k}: {v}" for k, v in s.fat_source.items())
+                + f"; eroded columns: {s.fat_fraction.erosion} voxel(s) in-plane"
+                + (
+                    "; water/fat interpolated onto the label grid"
+                    if s.fat_fraction.resampled
+                    else ""
+                )
+            )
+            + "</p>"
+        )
     parts.append("<h4>Models and software</h4>" + models_section(result, s.sidecar, legseg_meta))
     timings = report.get("timings_s") or legseg_meta.get("timings_s") or {}
-    parts.append("<h4>Timings (s)</h4>" + (html.key_values(list(timings.items())) if timings
-                                           else '<p class="note">not recorded</p>'))
+    parts.append(
+        "<h4>Timings (s)</h4>"
+        + (
+            html.key_values(list(timings.items()))
+            if timings
+            else '<p class="note">not recorded</p>'
+        )
+    )
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -346,8 +472,13 @@ def side_section(report: dict, status: str = "done") -> str:
         return '<p class="note">' + _not_recorded(status) + "</p>"
     geometry = side.get("geometry") or {}
     classifier = side.get("classifier")
-    geometric = ("Both" if geometry.get("two_legs") else
-                 {"L": "Left", "R": "Right"}.get(geometry.get("single_side"), geometry.get("single_side")))
+    geometric = (
+        "Both"
+        if geometry.get("two_legs")
+        else {"L": "Left", "R": "Right"}.get(
+            geometry.get("single_side"), geometry.get("single_side")
+        )
+    )
     if classifier is None:
         check = "no classifier vote: decided from geometry alone"
     elif geometric is None:
@@ -356,8 +487,13 @@ def side_section(report: dict, status: str = "done") -> str:
         check = f"agree ({classifier})"
     else:
         check = f"DISAGREE: classifier {classifier}, geometry {geometric}"
-    pairs = [("decision", side.get("decision")), ("decided by", side.get("source")),
-             ("classifier vote", classifier), ("cross-check", check), ("midline", side.get("midline"))]
+    pairs = [
+        ("decision", side.get("decision")),
+        ("decided by", side.get("source")),
+        ("classifier vote", classifier),
+        ("cross-check", check),
+        ("midline", side.get("midline")),
+    ]
     pairs += [(f"geometry: {k}", v) for k, v in geometry.items()]
     split = report.get("split") or {}
     if split:
@@ -379,17 +515,29 @@ def positions_section(report: dict, n_slices: int, status: str = "done") -> str:
     positions = report.get("positions")
     parts = []
     if positions:
-        parts.append(html.png_img(plotting.positions_figure(positions, ranges, n_slices, POSITION_CLASSES),
-                                  "per-slice body positions"))
+        parts.append(
+            html.png_img(
+                plotting.positions_figure(positions, ranges, n_slices, POSITION_CLASSES),
+                "per-slice body positions",
+            )
+        )
         votes = positions.get("side_votes")
         if votes:
-            parts.append('<p class="note">Classifier side votes: ' + html.escape(
-                ", ".join(f"{k} {v}" for k, v in sorted(votes.items()))) + "</p>")
+            parts.append(
+                '<p class="note">Classifier side votes: '
+                + html.escape(", ".join(f"{k} {v}" for k, v in sorted(votes.items())))
+                + "</p>"
+            )
     elif report:
         parts.append('<p class="note">No per-slice classification (single region segmented).</p>')
     if ranges:
-        rows = [{"region": k, "first slice": v[0], "last slice": v[1]} for k, v in sorted(ranges.items())]
-        parts.append(html.table(rows, ["region", "first slice", "last slice"], text_columns=["region"]))
+        rows = [
+            {"region": k, "first slice": v[0], "last slice": v[1]}
+            for k, v in sorted(ranges.items())
+        ]
+        parts.append(
+            html.table(rows, ["region", "first slice", "last slice"], text_columns=["region"])
+        )
     if not parts:
         parts.append('<p class="note">' + _not_recorded(status) + "</p>")
     return "\n".join(parts)
@@ -398,10 +546,19 @@ def positions_section(report: dict, n_slices: int, status: str = "done") -> str:
 def models_section(result: ImageResult, sidecar: dict, legseg_meta: dict) -> str:
     """Models (id, role, checksum) and software versions."""
     models = result.models or sidecar.get("Models") or []
-    rows = [{"id": m.get("id"), "role": m.get("role"),
-             "sha256": (m.get("sha256") or "")[:16] + ("..." if m.get("sha256") else "")} for m in models]
-    parts = [html.table(rows, ["id", "role", "sha256"], text_columns=["id", "role", "sha256"])
-             if rows else '<p class="note">not recorded</p>']
+    rows = [
+        {
+            "id": m.get("id"),
+            "role": m.get("role"),
+            "sha256": (m.get("sha256") or "")[:16] + ("..." if m.get("sha256") else ""),
+        }
+        for m in models
+    ]
+    parts = [
+        html.table(rows, ["id", "role", "sha256"], text_columns=["id", "role", "sha256"])
+        if rows
+        else '<p class="note">not recorded</p>'
+    ]
     software = legseg_meta.get("software") or {}
     if not software:
         from legseg_tf.derivatives import software_versions

@@ -5,6 +5,7 @@ right on the viewer's left), derived from canonical RAS arrays (axes x, y, z; la
 patient's right), never from raw file order. Each panel carries "R" and "L" letters at its
 sides, and "A"/"P" or "S"/"I" at top and bottom, so the reader need not know the convention.
 """
+
 from __future__ import annotations
 
 import io
@@ -105,12 +106,21 @@ def _orientation_letters(axis, top: str, bottom: str) -> None:
 
 
 def _panel_title(axis, text: str) -> None:
-    axis.text(0.02, 0.03, text, color="yellow", fontsize=8, transform=axis.transAxes,
-              ha="left", va="bottom")
+    axis.text(
+        0.02,
+        0.03,
+        text,
+        color="yellow",
+        fontsize=8,
+        transform=axis.transAxes,
+        ha="left",
+        va="bottom",
+    )
 
 
-def in_plane_box(volume_ras: np.ndarray, labels_ras: np.ndarray, threshold: float,
-                 margin: int = 10) -> tuple[slice, slice, slice]:
+def in_plane_box(
+    volume_ras: np.ndarray, labels_ras: np.ndarray, threshold: float, margin: int = 10
+) -> tuple[slice, slice, slice]:
     """(x, y) bounding box of the labels and of the image above ``threshold``, plus a margin.
 
     Cropping keeps the axes' direction, so the orientation letters stay true.
@@ -122,12 +132,19 @@ def in_plane_box(volume_ras: np.ndarray, labels_ras: np.ndarray, threshold: floa
     for axis in (0, 1):
         other = tuple(a for a in range(3) if a != axis)
         hits = np.flatnonzero(content.any(axis=other))
-        spans.append(slice(max(0, hits[0] - margin), min(content.shape[axis], hits[-1] + 1 + margin)))
+        spans.append(
+            slice(max(0, hits[0] - margin), min(content.shape[axis], hits[-1] + 1 + margin))
+        )
     return spans[0], spans[1], slice(None)
 
 
-def axial_mosaic(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, slices: list[int],
-                 columns: int = MOSAIC_COLUMNS) -> bytes:
+def axial_mosaic(
+    volume_ras: np.ndarray,
+    labels_ras: np.ndarray,
+    zooms_mm,
+    slices: list[int],
+    columns: int = MOSAIC_COLUMNS,
+) -> bytes:
     """Mosaic of axial slices with the label overlay; PNG bytes.
 
     Args:
@@ -144,13 +161,20 @@ def axial_mosaic(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, slice
     aspect = float(zooms_mm[1]) / float(zooms_mm[0])
     nx, ny = volume_ras.shape[0], volume_ras.shape[1] * aspect
     width = 4.0
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * width * ny / nx + 0.1),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * width, rows * width * ny / nx + 0.1), squeeze=False
+    )
     for axis in axes.ravel():
         axis.axis("off")
-    for axis, k in zip(axes.ravel(), slices):
-        axis.imshow(axial_view(volume_ras, k), cmap="gray", vmin=low, vmax=high, aspect=aspect,
-                    interpolation="nearest")
+    for axis, k in zip(axes.ravel(), slices, strict=False):
+        axis.imshow(
+            axial_view(volume_ras, k),
+            cmap="gray",
+            vmin=low,
+            vmax=high,
+            aspect=aspect,
+            interpolation="nearest",
+        )
         axis.imshow(label_rgba(axial_view(labels_ras, k)), aspect=aspect, interpolation="nearest")
         _orientation_letters(axis, "A", "P")
         _panel_title(axis, f"slice {k}")
@@ -166,8 +190,14 @@ def coronal_figure(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm) -> 
     aspect = float(zooms_mm[2]) / float(zooms_mm[0])
     nx, nz = volume_ras.shape[0], volume_ras.shape[2] * aspect
     figure, axis = plt.subplots(figsize=(8.0, max(2.0, 8.0 * nz / nx)))
-    axis.imshow(coronal_view(volume_ras, j), cmap="gray", vmin=low, vmax=high, aspect=aspect,
-                interpolation="nearest")
+    axis.imshow(
+        coronal_view(volume_ras, j),
+        cmap="gray",
+        vmin=low,
+        vmax=high,
+        aspect=aspect,
+        interpolation="nearest",
+    )
     axis.imshow(label_rgba(coronal_view(labels_ras, j)), aspect=aspect, interpolation="nearest")
     _orientation_letters(axis, "S", "I")
     _panel_title(axis, f"coronal, y index {j}")
@@ -175,16 +205,22 @@ def coronal_figure(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm) -> 
     return figure_png(figure), j
 
 
-def positions_figure(positions: dict, region_ranges: dict, n_slices: int,
-                     classes: tuple[str, ...]) -> bytes:
+def positions_figure(
+    positions: dict, region_ranges: dict, n_slices: int, classes: tuple[str, ...]
+) -> bytes:
     """Per-slice classifier positions (raw and fitted staircase) and the region ranges."""
     slices = np.asarray(positions.get("slices", []), dtype=int)
     level = {name: i for i, name in enumerate(classes)}
     figure, axis = plt.subplots(figsize=(8.0, 3.0))
     palette = plt.get_cmap("tab10")
     for i, (region, (first, last)) in enumerate(sorted(region_ranges.items())):
-        axis.axvspan(first - 0.5, last + 0.5, color=palette(i % 10), alpha=0.15,
-                     label=f"{region} {first}-{last}")
+        axis.axvspan(
+            first - 0.5,
+            last + 0.5,
+            color=palette(i % 10),
+            alpha=0.15,
+            label=f"{region} {first}-{last}",
+        )
     raw = [level.get(p, np.nan) for p in positions.get("raw_positions", [])]
     fitted = [level.get(p, np.nan) for p in positions.get("fitted_positions", [])]
     if len(raw) == slices.size and slices.size:
@@ -228,16 +264,21 @@ def muscle_distributions(table, value: str, ylabel: str, highlight=None) -> byte
     data = table[np.isfinite(table[value].astype(float))]
     order = sorted(data["abbreviation"].unique(), key=_abbreviation_order)
     figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(order) + 1.5), 3.6))
-    groups = [data.loc[data["abbreviation"] == name, value].astype(float).to_numpy() for name in order]
+    groups = [
+        data.loc[data["abbreviation"] == name, value].astype(float).to_numpy() for name in order
+    ]
     if groups:
         axis.boxplot(groups, positions=range(len(order)), widths=0.6, showfliers=False)
         rng = np.random.default_rng(0)
         for i, name in enumerate(order):
             rows = data[data["abbreviation"] == name]
             jitter = rng.uniform(-0.15, 0.15, len(rows))
-            colors = ["red" if highlight is not None and bool(highlight.get(idx, False)) else "black"
-                      for idx in rows.index]
+            colors = [
+                "red" if highlight is not None and bool(highlight.get(idx, False)) else "black"
+                for idx in rows.index
+            ]
             axis.scatter(i + jitter, rows[value].astype(float), s=10, c=colors, zorder=3)
+        axis.set_xlim(-0.6, len(order) - 0.4)
         axis.set_xticks(range(len(order)))
         axis.set_xticklabels(order, rotation=90, fontsize=8)
     axis.set_ylabel(ylabel)
@@ -255,6 +296,7 @@ def asymmetry_figure(table, value: str, ylabel: str) -> bytes:
         values = data.loc[data["muscle"] == name, value].astype(float).to_numpy()
         axis.scatter(i + rng.uniform(-0.15, 0.15, values.size), values, s=12, color="black")
     axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set_xlim(-0.6, len(order) - 0.4)
     axis.set_xticks(range(len(order)))
     axis.set_xticklabels(order, rotation=90, fontsize=8)
     axis.set_ylabel(ylabel)

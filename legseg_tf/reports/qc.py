@@ -13,6 +13,7 @@ accept or reject a segmentation:
   assigned label over a slice's labelled voxels, or over a label, below
   :data:`LOW_CONFIDENCE`.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,28 +64,36 @@ def morphometry_warnings(rows: list[dict], report: dict) -> list[str]:
     present = {row["label"] for row in rows}
     side = (report.get("side") or {}).get("decision")
     missing = [
-        (index, region) for index, region in
-        sorted(expected_labels(report.get("region_ranges") or {}, side).items())
+        (index, region)
+        for index, region in sorted(
+            expected_labels(report.get("region_ranges") or {}, side).items()
+        )
         if index not in present
     ]
     for index, region in missing:
-        label = next(l for l in LABELS if l.index == index)
-        warnings.append(f"missing expected muscle {label.abbreviation} ({label.full_name}) "
-                        f"for region {region}")
+        label = next(entry for entry in LABELS if entry.index == index)
+        warnings.append(
+            f"missing expected muscle {label.abbreviation} ({label.full_name}) for region {region}"
+        )
     for row in rows:
         if row["region"] in ("bone", "other", "unknown"):
             continue
         if row["volume_ml"] < SMALL_LABEL_ML or row["slices"] < 2:
-            warnings.append(f"very small label {row['abbreviation']}: {row['volume_ml']:.2f} ml "
-                            f"on {row['slices']} slice(s)")
+            warnings.append(
+                f"very small label {row['abbreviation']}: {row['volume_ml']:.2f} ml "
+                f"on {row['slices']} slice(s)"
+            )
         if row["largest_component_fraction"] < FRAGMENT_FRACTION:
             warnings.append(
                 f"fragmented label {row['abbreviation']}: {row['components']} pieces, the largest "
-                f"holds {100 * row['largest_component_fraction']:.0f} % of the voxels")
+                f"holds {100 * row['largest_component_fraction']:.0f} % of the voxels"
+            )
     return warnings
 
 
-def label_confidence(dseg_path: Path, probseg_path: Path) -> tuple[dict[int, float], dict[int, float]]:
+def label_confidence(
+    dseg_path: Path, probseg_path: Path
+) -> tuple[dict[int, float], dict[int, float]]:
     """Mean probability of the assigned label per label and per axial (canonical z) slice.
 
     The probability map is 4-D on the label map's grid; its sidecar's ``LabelMap`` names the
@@ -97,11 +106,15 @@ def label_confidence(dseg_path: Path, probseg_path: Path) -> tuple[dict[int, flo
     prob_image = nib.load(str(probseg_path))
     labels = np.asarray(dseg_image.dataobj).astype(np.int64)
     if prob_image.ndim != 4 or prob_image.shape[:3] != labels.shape:
-        raise ValueError(f"probability map {prob_image.shape} does not match labels {labels.shape}")
+        raise ValueError(
+            f"probability map {prob_image.shape} does not match labels {labels.shape}"
+        )
     sidecar = Path(str(probseg_path).replace(".nii.gz", ".json").replace(".nii", ".json"))
     label_map = json.loads(sidecar.read_text(encoding="utf-8")).get("LabelMap", [])
     if len(label_map) != prob_image.shape[3]:
-        raise ValueError(f"LabelMap has {len(label_map)} entries for {prob_image.shape[3]} volumes")
+        raise ValueError(
+            f"LabelMap has {len(label_map)} entries for {prob_image.shape[3]} volumes"
+        )
     confidence = np.full(labels.shape, np.nan, dtype=np.float32)
     for channel, value in enumerate(label_map):
         value = int(value)
@@ -109,9 +122,12 @@ def label_confidence(dseg_path: Path, probseg_path: Path) -> tuple[dict[int, flo
             continue
         inside = labels == value
         if inside.any():
-            confidence[inside] = np.asarray(prob_image.dataobj[..., channel], dtype=np.float32)[inside]
-    to_ras = orientations.ornt_transform(orientations.io_orientation(dseg_image.affine),
-                                         orientations.axcodes2ornt("RAS"))
+            confidence[inside] = np.asarray(prob_image.dataobj[..., channel], dtype=np.float32)[
+                inside
+            ]
+    to_ras = orientations.ornt_transform(
+        orientations.io_orientation(dseg_image.affine), orientations.axcodes2ornt("RAS")
+    )
     confidence = orientations.apply_orientation(confidence, to_ras)
     labels = orientations.apply_orientation(labels, to_ras)
     per_label = {}
@@ -127,13 +143,19 @@ def label_confidence(dseg_path: Path, probseg_path: Path) -> tuple[dict[int, flo
     return per_label, per_slice
 
 
-def confidence_warnings(per_label: dict[int, float], per_slice: dict[int, float],
-                        names: dict[int, str]) -> list[str]:
+def confidence_warnings(
+    per_label: dict[int, float], per_slice: dict[int, float], names: dict[int, str]
+) -> list[str]:
     """Low-confidence labels and slices (mean probability below :data:`LOW_CONFIDENCE`)."""
-    warnings = [f"low-confidence label {names.get(v, v)}: mean probability {p:.2f}"
-                for v, p in sorted(per_label.items()) if p < LOW_CONFIDENCE]
+    warnings = [
+        f"low-confidence label {names.get(v, v)}: mean probability {p:.2f}"
+        for v, p in sorted(per_label.items())
+        if p < LOW_CONFIDENCE
+    ]
     low = [k for k, p in sorted(per_slice.items()) if p < LOW_CONFIDENCE]
     if low:
-        warnings.append(f"low-confidence slices (mean probability < {LOW_CONFIDENCE}): "
-                        + ", ".join(str(k) for k in low))
+        warnings.append(
+            f"low-confidence slices (mean probability < {LOW_CONFIDENCE}): "
+            + ", ".join(str(k) for k in low)
+        )
     return warnings
