@@ -62,6 +62,8 @@ FF_COLUMNS = (
 #: How far (in cycles of the fat-water frequency difference) an echo may lie from an exact
 #: in-phase or out-of-phase time and still be used for the two-point estimate.
 PHASE_TOLERANCE_CYCLES = 0.1
+#: Median two-point fat fraction (%) above which a label is reported as near the 50 % fold.
+TWO_POINT_CEILING_WARN = 40.0
 #: Affine entries (mm) within which two grids count as identical.
 GRID_TOLERANCE_MM = 1e-3
 
@@ -254,20 +256,27 @@ def find_fat_water(
     Args:
         bids_dir: BIDS root.
         subject, session: labels without prefixes.
-        prefer_entities: entities of the segmented image; among several candidate pairs the
-            one sharing most of ``run``/``rec``/``ce`` values with it is chosen.
+        prefer_entities: pybids entities of the segmented image; among several candidate pairs
+            the one sharing most of its ``run``/``rec``/``ce`` values is chosen.
     """
     files = session_images(bids_dir, subject, session)
     prefer = prefer_entities or {}
 
+    # pybids entity names of the segmented image -> file-name keys
+    def norm(value) -> str:
+        text = str(value)
+        return str(int(text)) if text.isdigit() else text
+
+    wanted = {
+        key: norm(prefer[name])
+        for name, key in (("run", "run"), ("reconstruction", "rec"), ("ceagent", "ce"))
+        if prefer.get(name) is not None
+    }
+
     def score(path: Path) -> tuple:
         entities, _ = parse_entities(path)
-        return (
-            -sum(
-                entities.get(k) == str(prefer.get(k)) for k in ("run", "rec", "ce") if k in prefer
-            ),
-            str(path),
-        )
+        matches = sum(norm(entities.get(key, "")) == value for key, value in wanted.items())
+        return (-matches, str(path))
 
     dixon = sorted(_acq_pairs(files, "water", "fat"), key=lambda pair: score(pair[0]))
     if dixon:
@@ -485,6 +494,17 @@ def session_fat_fraction(
         labels_ras, label_affine, water, fat, affine, erosion
     )
     warnings = []
+    if source.method == "two-point":
+        high = [
+            v for v, st in sorted(per_label.items()) if st["ff_median"] > TWO_POINT_CEILING_WARN
+        ]
+        if high:
+            warnings.append(
+                f"two-point fat fraction above {TWO_POINT_CEILING_WARN:g} % for labels "
+                f"{', '.join(map(str, high))}: magnitude two-point Dixon folds fat-dominant "
+                "voxels "
+                "back below 50 %, so these values may be underestimates"
+            )
     for value, stats in sorted(per_label.items()):
         if stats["ff_voxels"] == 0:
             warnings.append(f"label {value}: no voxel inside the water/fat field of view")

@@ -217,3 +217,32 @@ def test_metadata_inheritance_prefers_the_file_sidecar(tmp_path):
     )
     meta = ff.read_metadata(bids / "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz", bids)
     assert meta == {"EchoTime": 0.002, "MagneticFieldStrength": 1.5}
+
+
+def test_pair_sharing_the_run_of_the_segmented_image_is_preferred(tmp_path):
+    bids = _dataset(
+        tmp_path,
+        {
+            f"sub-01/anat/sub-01_acq-{kind}_run-0{run}_T1w.nii.gz": None
+            for kind in ("water", "fat")
+            for run in (1, 2)
+        },
+    )
+    assert "run-01" in ff.find_fat_water(bids, "01", None).first.name
+    assert "run-02" in ff.find_fat_water(bids, "01", None, {"run": 2}).first.name
+
+
+def test_two_point_values_near_the_fold_are_warned(tmp_path):
+    labels, _, _ = _labels_and_images()
+    in_phase = np.full(labels.shape, 100.0, dtype=np.float32)
+    out_phase = np.where(labels == 55, 10.0, 60.0).astype(np.float32)  # FF 45 % and 20 %
+    bids = tmp_path / "bids"
+    for echo, te, data in ((1, 0.0023, in_phase), (2, 0.00345, out_phase)):
+        path = bids / f"sub-01/anat/sub-01_echo-{echo}_MEGRE.nii.gz"
+        write_nifti(path, data, AFFINE, {"EchoTime": te})
+    result = ff.session_fat_fraction(labels, AFFINE, bids, "01", None, erosion=0)
+    assert result.source.method == "two-point"
+    assert result.per_label[55]["ff_median"] == pytest.approx(45.0)
+    assert result.per_label[56]["ff_median"] == pytest.approx(20.0)
+    folded = [w for w in result.warnings if "folds fat-dominant voxels" in w]
+    assert len(folded) == 1 and "labels 55:" in folded[0]

@@ -257,6 +257,9 @@ def test_skipped_images_are_read_back_and_sessions_share_one_page(tmp_path):
     page = (out / "sub-01.html").read_text()
     assert 'id="ses-a"' in page and 'id="ses-b"' in page
     assert "existing label map (not re-segmented)" in page
+    for anchor in re.findall(r'href="#([^"]+)"', page):
+        assert f'id="{anchor}"' in page
+    assert len(re.findall(r'href="#image-', page)) == 2
     for session in ("a", "b"):
         table_path = (
             out

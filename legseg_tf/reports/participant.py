@@ -314,33 +314,39 @@ def subject_page(subject: str, summaries: list[ImageSummary], output_dir: Path) 
         "panel (from the image affine). Slices are numbered along the canonical RAS z "
         "axis, 0 = most inferior.</p>"
     )
-    overview = []
+    anchors = {}
+    for session in sessions:
+        mine = [x for x in summaries if (x.result.image.session or "") == session]
+        for number, summary in enumerate(mine):
+            anchors[id(summary)] = f"image-{session or 'none'}-{number}"
+    rows = []
     for s in summaries:
-        overview.append(
-            {
-                "session": s.result.image.session or "n/a",
-                "image": s.result.image.relpath,
-                "status": "segmented" if s.result.status == "done" else "existing output",
-                "labels": len(s.rows),
-                "warnings": len(s.warnings),
-                "fat fraction": s.fat_fraction.source.method if s.fat_fraction else "n/a",
-            }
+        link = f'<a href="#{anchors[id(s)]}">{html.escape(s.result.image.relpath)}</a>'
+        method = s.fat_fraction.source.method if s.fat_fraction else "n/a"
+        status = "segmented" if s.result.status == "done" else "existing output"
+        rows.append(
+            f'<tr><td class="text">{html.escape(s.result.image.session or "n/a")}</td>'
+            f'<td class="text">{link}</td><td class="text">{status}</td>'
+            f"<td>{len(s.rows)}</td><td>{len(s.warnings)}</td>"
+            f'<td class="text">{html.escape(method)}</td></tr>'
         )
+    head = "".join(
+        f'<th class="text">{name}</th>'
+        if name not in ("labels", "warnings")
+        else f"<th>{name}</th>"
+        for name in ("session", "image", "status", "labels", "warnings", "fat fraction")
+    )
     parts.append("<h2>Overview</h2>")
     parts.append(
-        html.table(
-            overview,
-            ["session", "image", "status", "labels", "warnings", "fat fraction"],
-            text_columns=["session", "image", "status", "fat fraction"],
-        )
+        f'<table class="overview"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
     for session in sessions:
         title = f"ses-{session}" if session else "no session"
         parts.append(f'<h2 id="ses-{html.escape(session or "none")}">{html.escape(title)}</h2>')
-        for number, s in enumerate(
-            x for x in summaries if (x.result.image.session or "") == session
-        ):
-            parts.append(image_section(s, output_dir, f"{session or 'none'}-{number}"))
+        for s in summaries:
+            if (s.result.image.session or "") == session:
+                parts.append(image_section(s, output_dir, anchors[id(s)]))
     return html.page(f"legseg: sub-{subject}", "\n".join(parts))
 
 
@@ -358,7 +364,7 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     dseg_rel = _relative(result.dseg_path, output_dir)
     morph_rel = _relative(s.morph_path, output_dir)
     parts = [
-        f'<section class="image" id="image-{html.escape(anchor)}">',
+        f'<section class="image" id="{html.escape(anchor)}">',
         f"<h3>{html.escape(result.image.relpath)}</h3>",
         html.key_values(
             [

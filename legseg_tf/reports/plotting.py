@@ -16,8 +16,29 @@ import tempfile
 
 import numpy as np
 
-if not os.environ.get("MPLCONFIGDIR") or not os.access(os.environ["MPLCONFIGDIR"], os.W_OK):
+
+def _ensure_matplotlib_config_dir() -> None:
+    """Point MPLCONFIGDIR at a private temporary folder when the usual one is not writable.
+
+    Containers often run with a read-only or missing home folder; matplotlib would then warn
+    and build its font cache on every start.
+    """
+    configured = os.environ.get("MPLCONFIGDIR")
+    if configured:
+        if os.access(configured, os.W_OK):
+            return
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+            os.path.expanduser("~"), ".config"
+        )
+        folder = os.path.join(base, "matplotlib")
+        probe = folder if os.path.isdir(folder) else base
+        if os.path.isdir(probe) and os.access(probe, os.W_OK):
+            return
     os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="legseg-mpl-")
+
+
+_ensure_matplotlib_config_dir()
 
 import matplotlib  # noqa: E402
 

@@ -115,6 +115,7 @@ def label_confidence(
         raise ValueError(
             f"LabelMap has {len(label_map)} entries for {prob_image.shape[3]} volumes"
         )
+    probabilities = np.asarray(prob_image.dataobj, dtype=np.float32)  # one read of the file
     confidence = np.full(labels.shape, np.nan, dtype=np.float32)
     for channel, value in enumerate(label_map):
         value = int(value)
@@ -122,9 +123,8 @@ def label_confidence(
             continue
         inside = labels == value
         if inside.any():
-            confidence[inside] = np.asarray(prob_image.dataobj[..., channel], dtype=np.float32)[
-                inside
-            ]
+            confidence[inside] = probabilities[..., channel][inside]
+    del probabilities
     to_ras = orientations.ornt_transform(
         orientations.io_orientation(dseg_image.affine), orientations.axcodes2ornt("RAS")
     )
