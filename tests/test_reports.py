@@ -229,7 +229,10 @@ def test_subject_page_content(done_outputs):
     legend = sorted(int(v) for v in re.findall(r'class="item" data-label="(\d+)"', page))
     assert legend == present
     assert "Vastus lateralis Left" in page and "segmenter says hello" in page
-    assert "missing expected muscle RF_L" in page and "missing expected muscle GR_R" in page
+    missing = re.search(r"missing expected muscles for region UpperLegs: ([A-Z_, ]+)", page)
+    assert set(missing.group(1).split(", ")) == {
+        f"{stem}_{side}" for stem in ("VI", "RF", "SA", "GR", "ST", "AM") for side in "LR"
+    }
     assert "agree (Both)" in page and "legseg-upperleg-test" in page
     assert "http://" not in page and "https://" not in page  # self-contained
     pictures = images_of(page)
@@ -413,3 +416,14 @@ def test_qmritools_thigh_labels_measured_with_sides_from_the_affine(tmp_path):
     page = (out / "sub-r.html").read_text()
     legend = sorted(int(v) for v in re.findall(r'class="item" data-label="(\d+)"', page))
     assert legend == sorted(table.index)
+
+
+def test_empty_label_map_still_gives_a_table_and_a_page(tmp_path):
+    bids, out, results = build_outputs(tmp_path, subjects=1)
+    results[0].labels_ras = np.zeros_like(results[0].labels_ras)
+    results[0].report["region_ranges"] = {}
+    write_participant_outputs(results, bids, out, ff_erosion=1)
+    table = read_table(morph_path(results[0].dseg_path))
+    assert len(table) == 0 and list(table.columns)[:3] == ["label", "name", "abbreviation"]
+    page = (out / "sub-01.html").read_text()
+    assert 'class="legend"></div>' in page and len(images_of(page)) >= 2

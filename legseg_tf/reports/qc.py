@@ -63,18 +63,14 @@ def morphometry_warnings(rows: list[dict], report: dict) -> list[str]:
     warnings = []
     present = {row["label"] for row in rows}
     side = (report.get("side") or {}).get("decision")
-    missing = [
-        (index, region)
-        for index, region in sorted(
-            expected_labels(report.get("region_ranges") or {}, side).items()
-        )
-        if index not in present
-    ]
-    for index, region in missing:
-        label = next(entry for entry in LABELS if entry.index == index)
-        warnings.append(
-            f"missing expected muscle {label.abbreviation} ({label.full_name}) for region {region}"
-        )
+    expected = expected_labels(report.get("region_ranges") or {}, side)
+    by_region: dict[str, list[str]] = {}
+    for index, region in sorted(expected.items()):
+        if index not in present:
+            label = next(entry for entry in LABELS if entry.index == index)
+            by_region.setdefault(region, []).append(label.abbreviation)
+    for region, names in sorted(by_region.items()):
+        warnings.append(f"missing expected muscles for region {region}: {', '.join(names)}")
     for row in rows:
         if row["region"] in ("bone", "other", "unknown"):
             continue
