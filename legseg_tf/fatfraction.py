@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,10 +93,15 @@ class FatWaterSource:
         def rel(path: Path) -> str:
             if bids_dir is None:
                 return str(path)
-            try:
-                return Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
-            except ValueError:
-                return str(path)
+            for a, b in (
+                (os.path.abspath(path), os.path.abspath(bids_dir)),
+                (os.path.realpath(path), os.path.realpath(bids_dir)),
+            ):
+                try:
+                    return Path(a).relative_to(b).as_posix()
+                except ValueError:
+                    continue
+            return str(path)
 
         if self.method == "dixon":
             info = {"Method": "dixon", "Water": rel(self.first), "Fat": rel(self.second)}

@@ -85,6 +85,7 @@ def test_ff_per_label_matches_direct_numpy_on_the_water_grid(demo, tmp_path):
     (anat / "sub-demo_acq-fat_T1w.nii.gz").symlink_to(fat_path)
     result = ff.session_fat_fraction(labels, affine, bids, "demo", None, erosion=1)
     assert result.source.method == "dixon" and not result.resampled
+    assert result.source.describe(bids)["Water"] == "sub-demo/anat/sub-demo_acq-water_T1w.nii.gz"
     voxel_ff = direct_ff(water, fat)
     eroded = direct_in_plane_erosion(labels)
     for value in (5, 6, 21, 22):

@@ -145,11 +145,7 @@ def write_participant_outputs(
     for subject in sorted({r.image.subject for r in usable}):
         mine = [r for r in usable if r.image.subject == subject]
         known = {Path(r.dseg_path).resolve() for r in mine}
-        mine += [
-            r
-            for r in disk_results(output_dir, bids_dir, subject)
-            if Path(r.dseg_path).resolve() not in known
-        ]
+        mine += disk_results(output_dir, bids_dir, subject, skip=known)
         summaries = []
         for result in sorted(mine, key=lambda r: (r.image.session or "", r.image.relpath)):
             summary = summarise_image(result, bids_dir, int(ff_erosion))
@@ -164,12 +160,16 @@ def write_participant_outputs(
     return written
 
 
-def disk_results(output_dir: Path, bids_dir: Path, subject: str) -> list[ImageResult]:
+def disk_results(
+    output_dir: Path, bids_dir: Path, subject: str, skip: set[Path] = frozenset()
+) -> list[ImageResult]:
     """Label maps of a subject already in OUTPUT_DIR as "skipped" results (source: the sidecar)."""
     found = []
     for dseg in sorted(
         (Path(output_dir) / f"sub-{subject}").glob(f"**/*_desc-muscles{DSEG_SUFFIX}")
     ):
+        if dseg.resolve() in skip:
+            continue
         sidecar = dseg.with_name(dseg.name[: -len(".nii.gz")] + ".json")
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
