@@ -92,8 +92,6 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
         return EXIT_USAGE
     subjects = sorted({image.subject for image in images})
     logger.info("%d image(s) of %d participant(s): %s", len(images), len(subjects), ", ".join(subjects))
-    derivatives.ensure_dataset_files(config.output_dir, config.bids_dir)
-
     pending = [im for im in images if config.overwrite or not _outputs_exist(config, im)]
     if segmenter is None and pending:
         try:
@@ -101,6 +99,7 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
         except NoModelError as error:
             logger.error("%s", error)
             return EXIT_NO_MODEL
+    derivatives.ensure_dataset_files(config.output_dir, config.bids_dir)
 
     results: list[ImageResult] = []
     for image in images:
