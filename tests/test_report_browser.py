@@ -157,6 +157,11 @@ def browser(tmp_path_factory):
     if path is None:
         pytest.skip("no Chromium installed (Debian: apt-get install -y chromium)")
     client = DevToolsPipe(path, tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        client.version = client.send("Browser.getVersion")["product"]
+    except (RuntimeError, TimeoutError, OSError) as error:
+        client.close()
+        pytest.skip(f"{path} is installed but does not start headless: {error}")
     yield client
     client.close()
 
@@ -216,6 +221,13 @@ def render(client: DevToolsPipe, page: Path, screenshot: Path) -> dict:
 def artifacts(tmp_path_factory) -> Path:
     folder = os.environ.get("LEGSEG_TEST_ARTIFACTS")
     return Path(folder) if folder else tmp_path_factory.mktemp("report-screenshots")
+
+
+@pytest.fixture(autouse=True)
+def _record_browser(browser, artifacts):
+    """Keep the browser version next to the screenshots."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "browser.txt").write_text(browser.version + "\n")
 
 
 @pytest.fixture(scope="module")
