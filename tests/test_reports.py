@@ -427,3 +427,16 @@ def test_empty_label_map_still_gives_a_table_and_a_page(tmp_path):
     assert len(table) == 0 and list(table.columns)[:3] == ["label", "name", "abbreviation"]
     page = (out / "sub-01.html").read_text()
     assert 'class="legend"></div>' in page and len(images_of(page)) >= 2
+
+
+def test_failed_images_are_listed(tmp_path):
+    bids, out, results = build_outputs(tmp_path, subjects=1)
+    broken = ImageResult(
+        InputImage("01", None, bids / "x.nii.gz", "sub-01/anat/sub-01_acq-x_T1w.nii.gz"),
+        "failed",
+        error="RuntimeError: simulated network failure",
+    )
+    write_participant_outputs([*results, broken], bids, out, ff_erosion=1)
+    page = (out / "sub-01.html").read_text()
+    assert "Failed images" in page and "simulated network failure" in page
+    assert "sub-01_acq-outphase_T1w.nii.gz" in page

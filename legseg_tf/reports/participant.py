@@ -128,8 +128,8 @@ def write_participant_outputs(
     """Write the morphometry tables of the images and the subjects' HTML reports.
 
     Args:
-        results: per-image results of one run (only "done" and "skipped" are used; skipped
-            images are re-read from disk).
+        results: per-image results of one run; "done" and "skipped" ones get a table
+            (skipped images are re-read from disk), "failed" ones are listed in the report.
         bids_dir: the BIDS dataset (source images, water/fat images).
         output_dir: the derivatives folder.
         ff_erosion: in-plane erosion (voxels) for the eroded fat-fraction columns; 0 disables.
@@ -141,8 +141,9 @@ def write_participant_outputs(
         raise ValueError(f"ff_erosion must be a whole number >= 0, got {ff_erosion!r}")
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
     usable = [r for r in results if r.status in ("done", "skipped") and r.dseg_path is not None]
+    failed = [r for r in results if r.status == "failed"]
     written: list[Path] = []
-    for subject in sorted({r.image.subject for r in usable}):
+    for subject in sorted({r.image.subject for r in usable + failed}):
         mine = [r for r in usable if r.image.subject == subject]
         known = {Path(r.dseg_path).resolve() for r in mine}
         mine += disk_results(output_dir, bids_dir, subject, skip=known)
@@ -154,7 +155,8 @@ def write_participant_outputs(
         target = report_path(output_dir, subject)
         from legseg_tf.derivatives import atomic_write_text
 
-        atomic_write_text(target, subject_page(subject, summaries, output_dir))
+        errors = [r for r in failed if r.image.subject == subject]
+        atomic_write_text(target, subject_page(subject, summaries, output_dir, errors))
         written.append(target)
         logger.info("wrote %s", target)
     return written
@@ -304,10 +306,22 @@ def write_morph_table(summary: ImageSummary, bids_dir: Path, output_dir: Path) -
 # --------------------------------------------------------------------------- HTML page
 
 
-def subject_page(subject: str, summaries: list[ImageSummary], output_dir: Path) -> str:
-    """The self-contained HTML report of one subject."""
+def subject_page(
+    subject: str,
+    summaries: list[ImageSummary],
+    output_dir: Path,
+    failed: list[ImageResult] = (),
+) -> str:
+    """The self-contained HTML report of one subject (``failed``: images that failed)."""
     sessions = sorted({s.result.image.session or "" for s in summaries})
     parts = [f"<h1>legseg report: sub-{html.escape(subject)}</h1>"]
+    if failed:
+        parts.append("<h2>Failed images</h2>")
+        parts.append(
+            html.bullet_list(
+                [f"{r.image.relpath}: {r.error or 'unknown error'}" for r in failed], "warnings"
+            )
+        )
     parts.append(
         '<p class="note">Figures are in the radiological convention: the patient\'s '
         "right (R) is on the left of each image; R/L, A/P and S/I are marked on every "
