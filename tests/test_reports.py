@@ -440,3 +440,14 @@ def test_failed_images_are_listed(tmp_path):
     page = (out / "sub-01.html").read_text()
     assert "Failed images" in page and "simulated network failure" in page
     assert "sub-01_acq-outphase_T1w.nii.gz" in page
+
+
+def test_segmenter_report_kept_in_the_sidecar_is_shown_for_skipped_images(tmp_path):
+    bids, out, results = build_outputs(tmp_path, subjects=1, status="skipped")
+    sidecar = json.loads(results[0].sidecar_path.read_text())
+    sidecar["legseg"]["report"] = segmenter_report(classifier_side="Right")
+    results[0].sidecar_path.write_text(json.dumps(sidecar))
+    write_participant_outputs(results, bids, out, ff_erosion=1)
+    page = (out / "sub-01.html").read_text()
+    assert "DISAGREE: classifier Right, geometry Both" in page
+    assert "segmenter says hello" in page and "per-slice body positions" in page

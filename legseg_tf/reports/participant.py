@@ -244,6 +244,11 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
         for row in rows:
             row.update(fat.per_label.get(row["label"], dict.fromkeys(FF_COLUMNS, np.nan)))
         warnings += fat.warnings
+    sidecar = _read_sidecar(result)
+    if not result.report:
+        stored = (sidecar.get("legseg") or {}).get("report") if isinstance(sidecar, dict) else None
+        if isinstance(stored, dict):
+            result.report = stored  # segmenter report kept in the sidecar by an earlier run
     report = result.report or {}
     warnings = list(report.get("warnings", [])) + qc.morphometry_warnings(rows, report) + warnings
     confidence = None
@@ -263,7 +268,7 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
         rows,
         morph_path(result.dseg_path),
         fat,
-        _read_sidecar(result),
+        sidecar,
         warnings,
         confidence,
         fat.source.describe(bids_dir) if fat is not None else {},
