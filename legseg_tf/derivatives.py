@@ -28,7 +28,7 @@ PIPELINE_NAME = "legseg"
 CODE_URL = "https://github.com/legseg/legseg"
 BIDS_VERSION = "1.10.0"
 DSEG_DESC = "muscles"
-BIDSIGNORE_LINES = ("logs/", "*.html", "group_*.tsv", "legseg_labels.txt", "*_morph.tsv")
+BIDSIGNORE_LINES = ("logs/", "*.html", "group_*.tsv", "legseg_labels.txt", "*_morph.tsv", "*_morph.json")
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -39,6 +39,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -46,9 +47,30 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _json_default(value):
+    """JSON form of numpy scalars/arrays and paths (everything else as text)."""
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def write_json(path: Path, payload: dict) -> Path:
     """Atomically write a JSON document (indented, keys in insertion order)."""
-    return atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def container_info() -> dict | None:
@@ -118,6 +140,7 @@ def _create_once(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -161,6 +161,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
                 "timings_s": {**result.report.get("timings_s", {}), "total": round(elapsed, 3)},
                 "command_line": list(config.command_line),
                 "input_orientation": "".join(geometry.axcodes),
+                "report": {k: v for k, v in result.report.items() if k != "timings_s"},
             }
         }
         written.append(derivatives.write_json(sidecar, derivatives.dseg_sidecar(image, result.models, provenance)))
@@ -193,22 +194,17 @@ def _save_probabilities(result, geometry: nifti_io.Geometry, path: Path) -> Path
 
 
 def _participant_reports(results: list[ImageResult], config: RunConfig, ff_erosion: int) -> None:
-    """Per-image tables and per-subject QC reports; failures mark the images as failed."""
-    try:
-        from legseg_tf.reports.participant import write_participant_outputs
-    except ImportError:
-        logger.warning("report module not available; skipping participant tables and reports")
-        return
+    """Per-image tables and per-subject QC reports; a report failure marks its images failed."""
+    from legseg_tf.reports.participant import write_participant_outputs
+
     ordered = sorted(results, key=lambda r: r.image.subject)
     for subject, group in groupby(ordered, key=lambda r: r.image.subject):
-        usable = [r for r in group if r.status in ("done", "skipped")]
-        if not usable:
-            continue
+        members = list(group)
         try:
-            write_participant_outputs(usable, config.bids_dir, config.output_dir, ff_erosion)
+            write_participant_outputs(members, config.bids_dir, config.output_dir, ff_erosion)
         except Exception as error:  # noqa: BLE001 - reports must not lose the segmentations
             logger.debug("report failure details", exc_info=True)
-            for result in usable:
+            for result in members:
                 if result.status == "done":
                     result.status = "failed"
                     result.error = f"report for sub-{subject} failed: {type(error).__name__}: {error}"
