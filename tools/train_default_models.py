@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from legseg_tf.networks.config import UNetConfig  # noqa: E402
-from legseg_tf.training.augmentation import HEAVY_AUGMENTATION, AugmentConfig  # noqa: E402
+from legseg_tf.training.augmentation import HEAVY_AUGMENTATION  # noqa: E402
 from legseg_tf.training.data import (  # noqa: E402
     TrainingCase,
     crop_to_body,
@@ -105,7 +105,7 @@ def region_train_config(region: str, rounds: int) -> TrainConfig:
 
     n_classes = len(TRAIN_TABLES[REGIONS[region]["table"]]) + 1
     network = UNetConfig(n_classes=n_classes, features=SMALL_FEATURES, dropout_rate=0.1)
-    augmentation = HEAVY_AUGMENTATION if region == "upper" else AugmentConfig(p_geometric=0.7)
+    augmentation = HEAVY_AUGMENTATION
     return TrainConfig(
         network=network,
         patch=PatchConfig(patch_size=(16, 64, 64), foreground_fraction=0.7),
@@ -213,16 +213,21 @@ def cmd_region(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """Sliding-window prediction of both legs; the held-out leg is the validation figure."""
     from legseg_tf.training.evaluate import evaluate_case
 
-    _, held_case = region_cases(args.region, args.data)
+    train_case, held_case = region_cases(args.region, args.data)
     run = RUNS / args.region
     config = UNetConfig.from_json((run / "network.json").read_text())
     weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
-    report = evaluate_case(config, weights, held_case, REGIONS[args.region]["table"],
-                           patch_size=(16, 64, 64), normalise=patch_normaliser())
-    (run / "heldout_evaluation.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report["summary"], indent=1))
+    table = REGIONS[args.region]["table"]
+    report = {}
+    for role, case in (("held_out", held_case), ("training", train_case)):
+        report[role] = evaluate_case(config, weights, case, table, patch_size=(16, 64, 64),
+                                     normalise=patch_normaliser())
+    name = "heldout_evaluation_best.json" if args.best else "heldout_evaluation.json"
+    (run / name).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v["summary"] for k, v in report.items()}, indent=1))
     return 0
 
 
