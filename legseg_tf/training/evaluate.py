@@ -68,7 +68,8 @@ def summarise(scores: Mapping[int, Mapping[str, float]], names: Mapping[int, str
         "mean_dice_reference_labels": (float(np.mean([v["dice"] for v in present.values()]))
                                        if present else float("nan")),
         "per_label": {names.get(k, str(k)): {"label": k, "dice": round(v["dice"], 4),
-                                             "hd95_mm": round(v["hd95_mm"], 2),
+                                             "hd95_mm": (round(v["hd95_mm"], 2)
+                                                         if np.isfinite(v["hd95_mm"]) else None),
                                              "n_reference": v["n_reference"],
                                              "n_prediction": v["n_prediction"]}
                       for k, v in scores.items()},
@@ -94,7 +95,8 @@ def evaluate_case(config, weights: str | Path, case: TrainingCase, table: str,
     scores = per_label_scores(case.labels, prediction, case.spacing, labels)
     return {"case": case.name, "weights": str(weights), "patch_size": list(patch),
             "summary": summarise(scores, class_names(table)),
-            "scores": {str(k): v for k, v in scores.items()}}
+            "scores": {str(k): {m: (x if np.isfinite(x) else None) for m, x in v.items()}
+                       for k, v in scores.items()}}
 
 
 def compare_label_files(reference: str | Path, prediction: str | Path,
