@@ -126,10 +126,20 @@ def _outputs_exist(config: RunConfig, image: InputImage) -> bool:
 
 
 def _load_segmenter(config: RunConfig) -> Segmenter:
+    from legseg_tf.device import DeviceError, configure_device
+
     models_dir = config.inference.models_dir
     if models_dir is None:
         raise NoModelError("no models folder configured")
+    try:
+        _DEVICE.update(configure_device(config.inference.device, config.inference.nprocs))
+    except DeviceError as error:
+        raise UsageError(str(error), EXIT_USAGE) from error
     return load_segmenter(config.inference, models_dir)
+
+
+#: What configure_device chose in this process (recorded in every sidecar).
+_DEVICE: dict = {}
 
 
 def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) -> ImageResult:
@@ -155,7 +165,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
             "legseg": {
                 "version": derivatives.software_versions()["legseg"],
                 "software": derivatives.software_versions(),
-                "device": result.report.get("device"),
+                "device": dict(_DEVICE) or result.report.get("device"),
                 "region": config.inference.region,
                 "merge": config.inference.merge,
                 "timings_s": {**result.report.get("timings_s", {}), "total": round(elapsed, 3)},

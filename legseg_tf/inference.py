@@ -1,0 +1,215 @@
+"""Run one region network over one part volume (QMRITools ``ApplySegmentationNetwork``).
+
+Steps for a (z, y, x) part: crop to the non-zero bounding box -> choose the patch size from the
+network's total stride and a memory budget (one patch per part when it fits, as QMRITools
+does) -> tiles -> "Uniform" histogram normalisation of every tile -> network -> Gaussian
+blending of softmax outputs (or the original hard-label union) -> arg-max -> optionally the
+largest 6-connected component per label -> un-crop.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from legseg_tf import postprocessing, sliding_window
+from legseg_tf.config import InferenceConfig
+from legseg_tf.normalization import uniform_normalise
+
+logger = logging.getLogger(__name__)
+
+#: Fraction of the memory budget a patch may use (QMRITools uses 0.9 of its limit).
+BUDGET_FRACTION = 0.9
+#: Default budget when none is given: this share of the available memory, at most 32 GB.
+AVAILABLE_FRACTION = 0.5
+MAX_DEFAULT_BUDGET_GB = 32.0
+
+
+@dataclass
+class NetworkOutput:
+    """Result of one network on one part.
+
+    Attributes:
+        labels: (z, y, x) int16 training-label indices (0 = background).
+        probabilities: (z, y, x, n_classes) float32 blended softmax, when requested.
+        patch: patch size used (z, y, x).
+        n_tiles: network calls' tiles.
+        forward_s: seconds spent inside the network.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    patch: tuple[int, int, int] | None = None
+    n_tiles: int = 0
+    forward_s: float = 0.0
+
+
+def available_memory_gb() -> float:
+    """MemAvailable of /proc/meminfo in GB (8 GB assumed where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 8.0
+
+
+def default_budget_gb() -> float:
+    """Memory budget for one patch when ``--mem-gb`` is not given."""
+    return min(AVAILABLE_FRACTION * available_memory_gb(), MAX_DEFAULT_BUDGET_GB)
+
+
+def _probe_shape(stride: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(s) * 2 for s in stride)
+
+
+def activation_bytes_per_voxel(model, stride: tuple[int, ...]) -> float:
+    """QMRITools' network memory model per input voxel: 4 bytes x all layer outputs.
+
+    Every layer's output size is inferred symbolically for a small probe input (no forward
+    pass) and divided by the probe's voxel count. This over-estimates TensorFlow's real peak,
+    which frees intermediate tensors, so it is a safe bound.
+    """
+    return _bytes_per_voxel(model, tuple(int(s) for s in stride))
+
+
+@lru_cache(maxsize=16)
+def _bytes_per_voxel(model, stride: tuple[int, ...]) -> float:
+    import keras
+
+    probe = _probe_shape(stride)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    try:
+        symbolic = keras.Model(model.inputs, [layer.output for layer in layers])
+        specs = symbolic.compute_output_spec(keras.KerasTensor((1, *probe, 1)))
+        total = sum(math.prod(int(d) for d in spec.shape[1:]) for spec in specs)
+    except (ValueError, TypeError, AttributeError, NotImplementedError) as error:
+        logger.debug("symbolic memory estimate failed (%s); assuming full resolution", error)
+        total = 0
+        for layer in layers:
+            channels = layer.output.shape[-1] if hasattr(layer, "output") else None
+            total += int(channels or 1) * math.prod(probe)
+    return 4.0 * total / math.prod(probe)
+
+
+def choose_patch_size(
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    bytes_per_voxel: float,
+    budget_bytes: float,
+) -> tuple[int, ...]:
+    """Largest stride-multiple patch, not bigger than the (rounded-up) part, within budget.
+
+    Starts from the part size rounded up to the stride (one patch per part, as QMRITools) and
+    shrinks the axis whose patch is largest in voxels relative to its stride until
+    ``bytes_per_voxel x patch voxels <= BUDGET_FRACTION x budget``; no axis goes below one stride.
+    """
+    patch = [max(math.ceil(s / t), 1) * t for s, t in zip(shape, stride)]
+    limit = BUDGET_FRACTION * budget_bytes
+    while bytes_per_voxel * math.prod(patch) > limit:
+        shrinkable = [i for i, (p, t) in enumerate(zip(patch, stride)) if p > t]
+        if not shrinkable:
+            logger.warning("even the smallest patch %s exceeds the memory budget of %.2f GB",
+                           tuple(patch), budget_bytes / 1e9)
+            break
+        axis = max(shrinkable, key=lambda i: patch[i] / stride[i])
+        patch[axis] -= stride[axis]
+    return tuple(patch)
+
+
+def make_predict(model, timer: list[float] | None = None):
+    """Wrap a Keras model as ``predict(tiles) -> softmax`` with per-tile Uniform normalisation.
+
+    ``model.predict_on_batch`` runs a compiled ``tf.function`` (graph mode uses about a third
+    of the memory of eager calls). Seconds spent in the network are added to ``timer[0]``.
+    """
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        normalised = np.stack([uniform_normalise(tile) for tile in tiles]).astype(np.float32)
+        started = time.perf_counter()
+        output = model.predict_on_batch(normalised)
+        if isinstance(output, dict):
+            raise TypeError("a segmentation network must have a single output")
+        output = np.asarray(output, dtype=np.float32)
+        if timer is not None:
+            timer[0] += time.perf_counter() - started
+        return output
+
+    return predict
+
+
+def apply_segmentation_network(
+    volume: np.ndarray,
+    model,
+    n_classes: int,
+    config: InferenceConfig,
+    stride_zyx: tuple[int, int, int],
+    *,
+    largest_component: bool = True,
+    patch: tuple[int, int, int] | None = None,
+) -> NetworkOutput:
+    """Segment one part with one network.
+
+    Args:
+        volume: (z, y, x) float part (background 0).
+        model: Keras model mapping (b, z, y, x, 1) to softmax (b, z, y, x, n_classes).
+        n_classes: number of output classes including background.
+        config: merge mode, overlap, batch size, memory budget, probabilities on/off.
+        stride_zyx: the network's total down-sampling per axis.
+        largest_component: keep only each label's largest 6-connected component.
+        patch: force a patch size (otherwise chosen from the memory budget).
+
+    Returns:
+        :class:`NetworkOutput` with labels (and probabilities if ``config.save_probabilities``)
+        on the full part grid.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) part, got shape {volume.shape}")
+    labels = np.zeros(volume.shape, dtype=np.int16)
+    probabilities = None
+    nonzero = np.nonzero(volume)
+    if nonzero[0].size == 0:
+        if config.save_probabilities:
+            probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)
+            probabilities[..., 0] = 1.0
+        return NetworkOutput(labels, probabilities)
+    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in nonzero)
+    crop = volume[box]
+    if patch is None:
+        budget_gb = config.mem_gb if config.mem_gb is not None else default_budget_gb()
+        patch = choose_patch_size(crop.shape, stride_zyx,
+                                  activation_bytes_per_voxel(model, stride_zyx), budget_gb * 1e9)
+    timer = [0.0]
+    predict = make_predict(model, timer)
+    if config.merge == "qmritools":
+        mask_filter = postprocessing.largest_component if largest_component else None
+        crop_labels, n_tiles = sliding_window.predict_hard_labels(
+            crop, predict, patch, batch_size=config.batch_size, stride=stride_zyx,
+            mask_filter=mask_filter)
+        crop_probabilities = None
+    else:
+        crop_probabilities, n_tiles = sliding_window.predict_probabilities(
+            crop, predict, patch, overlap=config.overlap, batch_size=config.batch_size,
+            stride=stride_zyx)
+        if crop_probabilities.shape[-1] != n_classes:
+            raise ValueError(
+                f"network returned {crop_probabilities.shape[-1]} classes, expected {n_classes}"
+            )
+        crop_labels = np.argmax(crop_probabilities, axis=-1).astype(np.int16)
+        if largest_component:
+            crop_labels = postprocessing.largest_component_per_label(crop_labels)
+    labels[box] = crop_labels
+    if config.save_probabilities and crop_probabilities is not None:
+        probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)
+        probabilities[..., 0] = 1.0
+        probabilities[box] = crop_probabilities
+    logger.debug("part %s: patch %s, %d tile(s), %.2f s in the network",
+                 volume.shape, patch, n_tiles, timer[0])
+    return NetworkOutput(labels, probabilities, tuple(patch), n_tiles, timer[0])

@@ -1,0 +1,31 @@
+"""Device selection (this machine has no GPU: CPU paths and the clear GPU error)."""
+from __future__ import annotations
+
+import pytest
+
+from legseg_tf import device
+
+
+def test_cpu_and_auto_choose_cpu_without_a_gpu():
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible; this test covers CPU-only machines")
+    info = device.configure_device("auto")
+    assert info["device"] == "cpu" and info["gpus"] == []
+    assert info["tensorflow"] == tf.__version__
+    assert device.configure_device("cpu")["device"] == "cpu"
+
+
+def test_gpu_without_a_gpu_is_a_clear_error():
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible")
+    with pytest.raises(device.DeviceError, match="no GPU"):
+        device.configure_device("gpu")
+
+
+def test_bad_device_name():
+    with pytest.raises(ValueError, match="auto, cpu or gpu"):
+        device.configure_device("tpu")
