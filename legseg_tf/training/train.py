@@ -304,8 +304,11 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
     if normalise is None:
         from legseg_tf.normalization import uniform_normalise as normalise
     if config.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+        except RuntimeError as error:  # TensorFlow already initialised in this process
+            logger.warning("thread settings unchanged: %s", error)
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT_DIR
     config_path = run_dir / "train_config.json"
