@@ -1,0 +1,169 @@
+"""Inference benchmark: whole SegmentData run on the real thigh volume, three merge strategies.
+
+Usage (from the repository root, with the project's environment):
+
+    python benchmarks/bench_inference.py [--volume PATH] [--threads N] [--skip-large]
+
+Each measurement runs in its own Python process (so that peak RSS belongs to that mode alone)
+with TensorFlow already imported and the network already built before the clock starts. The
+network is QMRITools-sized (generation B, features 32-64-128-192-320, 22 classes, random
+weights: speed does not depend on the weights). Modes:
+
+* ``gaussian``: legseg's default (tiles chosen from the memory budget, Gaussian blending);
+* ``qmritools``: the original hard-label union on QMRITools' patch layout;
+* ``naive``: fixed 32x112x112 tiles without overlap (a straightforward tiler, for reference);
+* ``large``: a synthetic 512x512x120 volume with ``--mem-gb 2`` (memory-bounded tiling).
+
+Printed per mode: wall time of the segmentation (mask, split, networks, merge), time inside
+network forward passes, overhead ratio (1 - forward / wall), tiles run and peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_VOLUME = REPO.parent / "shared" / "data" / "qmritools" / "scripts_test_data" / "test.nii.gz"
+FEATURES = (32, 64, 128, 192, 320)
+N_CLASSES = 22  # N5_UpperLeg: 21 structures + background
+
+
+class TimedModel:
+    """Proxy of a Keras model that adds the seconds spent in ``predict_on_batch``."""
+
+    def __init__(self, model):
+        self._model = model
+        self.forward_s = 0.0
+        self.tiles = 0
+
+    def predict_on_batch(self, batch):
+        started = time.perf_counter()
+        out = self._model.predict_on_batch(batch)
+        self.forward_s += time.perf_counter() - started
+        self.tiles += int(batch.shape[0])
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def _worker(mode: str, volume_path: Path, threads: int | None) -> dict:
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from legseg_tf import nifti_io
+    from legseg_tf.config import InferenceConfig
+    from legseg_tf.device import configure_device
+    from legseg_tf.inference import apply_segmentation_network
+    from legseg_tf.networks.config import UNetConfig, total_stride
+    from legseg_tf.networks.unet import build_unet
+    from legseg_tf.segmenter import QMRIToolsSegmenter, RegionNetwork
+
+    configure_device("cpu", threads)
+    config_net = UNetConfig(n_classes=N_CLASSES, features=FEATURES)
+    stride = total_stride(config_net)
+    model = TimedModel(build_unet(config_net))
+    if mode == "large":
+        rng = np.random.default_rng(0)
+        volume = np.zeros((120, 512, 512), dtype=np.float32)
+        yy, xx = np.mgrid[:512, :512]
+        for cx in (150, 362):
+            volume[:, ((yy - 256) ** 2 + (xx - cx) ** 2) < 110**2] = 1.0
+        volume *= rng.gamma(4.0, 50.0, volume.shape).astype(np.float32)
+        spacing = (5.0, 0.8, 0.8)
+        inference = InferenceConfig(region="upper", mem_gb=2.0, device="cpu")
+    else:
+        ras, geometry = nifti_io.load_canonical(volume_path)
+        volume = nifti_io.ras_to_qmri(ras)
+        spacing = nifti_io.qmri_spacing(geometry)
+        merge = "qmritools" if mode == "qmritools" else "gaussian"
+        inference = InferenceConfig(region="upper", merge=merge, device="cpu")
+
+    def predict(part):
+        if mode == "naive":
+            return _naive(part, model, stride)
+        return apply_segmentation_network(part, model, N_CLASSES, inference, stride,
+                                          largest_component=False)
+
+    network = RegionNetwork("upper_leg", "benchmark-random", "0" * 64, "N5_UpperLeg", predict)
+    segmenter = QMRIToolsSegmenter("upper", {"upper_leg": network}, device="cpu")
+    # Not warmed up: graph tracing for each new tile shape is part of a real run.
+    started = time.perf_counter()
+    result = segmenter.segment(volume, spacing)
+    wall = time.perf_counter() - started
+    return {
+        "mode": mode,
+        "volume": list(volume.shape),
+        "wall_s": round(wall, 2),
+        "forward_s": round(model.forward_s, 2),
+        "overhead": round(1.0 - model.forward_s / wall, 3),
+        "tiles": model.tiles,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "labels": int(len(np.unique(result.labels)) - 1),
+        "mem_gb": inference.mem_gb,
+    }
+
+
+def _naive(part, model, stride, patch=(32, 112, 112)):
+    """Fixed tiles from 0 in steps of the patch, last tile zero-padded, no blending."""
+    from legseg_tf.inference import NetworkOutput
+    from legseg_tf.normalization import uniform_normalise
+
+    shape = part.shape
+    padded_shape = [int(np.ceil(s / p) * p) for s, p in zip(shape, patch)]
+    padded = np.zeros(padded_shape, dtype=np.float32)
+    padded[: shape[0], : shape[1], : shape[2]] = part
+    labels = np.zeros(padded_shape, dtype=np.int16)
+    for z in range(0, padded_shape[0], patch[0]):
+        for y in range(0, padded_shape[1], patch[1]):
+            for x in range(0, padded_shape[2], patch[2]):
+                tile = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+                out = model.predict_on_batch(uniform_normalise(padded[tile])[None, ..., None])
+                labels[tile] = np.argmax(out[0], axis=-1)
+    return NetworkOutput(labels[: shape[0], : shape[1], : shape[2]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-large", action="store_true", help="skip the 512x512x120 case")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.volume, args.threads)))
+        return 0
+    if not args.volume.exists():
+        print(f"volume not found: {args.volume} (pass --volume)", file=sys.stderr)
+        return 66
+    modes = ["gaussian", "qmritools", "naive"] + ([] if args.skip_large else ["large"])
+    print(f"load average before: {os.getloadavg()}")
+    rows = []
+    for mode in modes:
+        command = [sys.executable, __file__, "--worker", mode, "--volume", str(args.volume)]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"{mode}: FAILED\n{done.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    header = f"{'mode':<10} {'volume (z,y,x)':<16} {'wall s':>7} {'forward s':>9} {'overhead':>8} {'tiles':>5} {'peak RSS GB':>11} {'labels':>6}"
+    print(header)
+    for row in rows:
+        shape = "x".join(str(s) for s in row["volume"])
+        print(f"{row['mode']:<10} {shape:<16} {row['wall_s']:>7.2f} {row['forward_s']:>9.2f} "
+              f"{row['overhead']:>8.1%} {row['tiles']:>5d} {row['peak_rss_gb']:>11.2f} {row['labels']:>6d}")
+    print(f"load average after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
