@@ -329,12 +329,17 @@ def test_load_segmenter_runs_installed_models_end_to_end(tmp_path):
     volume, _ = world_phantom(shape=(64, 32, 16))
     qmri = nifti_io.ras_to_qmri(volume)
     # "legs": the untrained classifier decides which slices go where; the run must complete
-    legs = load_segmenter(InferenceConfig(region="legs", device="cpu"), tmp_path / "models")
+    legs = load_segmenter(InferenceConfig(region="legs", device="cpu", save_probabilities=True),
+                          tmp_path / "models")
     result = legs.segment(qmri, (5.0, 2.0, 2.0))
     assert result.labels.shape == qmri.shape and result.report["positions"]["slices"]
     # "upper": the whole volume goes to the upper-leg network, the classifier votes the side
-    segmenter = load_segmenter(InferenceConfig(region="upper", device="cpu"), tmp_path / "models")
+    segmenter = QMRIToolsSegmenter("upper", {"upper_leg": legs.networks["upper_leg"]},
+                                   legs.classifier, legs.classifier_model,
+                                   save_probabilities=True)
     result = segmenter.segment(qmri, (5.0, 2.0, 2.0))
+    assert result.probabilities.shape == qmri.shape + (len(result.label_map),)
+    assert result.label_map == sorted(int(v) for v in np.unique(result.labels) if v)
     assert result.labels.shape == qmri.shape and result.labels.dtype == np.uint16
     assert [m["id"] for m in result.models] == ["tiny-classifier", "tiny-upper_leg"]
     assert result.report["parts"] and result.report["timings_s"]["networks"] > 0
