@@ -119,30 +119,10 @@ def region_train_config(region: str, rounds: int) -> TrainConfig:
     )
 
 
-def interim_uniform_normalise(patch: np.ndarray) -> np.ndarray:
-    """Spec 2.4 "Uniform" normalisation, used only while legseg_tf.normalization is absent."""
-    patch = np.asarray(patch, dtype=np.float32)
-    lo, hi = float(patch.min()), float(patch.max())
-    if hi == lo:
-        return patch
-    scaled = (patch.astype(np.float64) - lo) / (hi - lo)
-    bins = np.floor(scaled * 1024).astype(np.int64)
-    counts = np.bincount(bins[bins < 1024].ravel(), minlength=1024).astype(np.float64)
-    counts[0] = 0
-    if counts.sum() == 0:
-        return patch
-    cdf = np.cumsum(counts) / counts.sum()
-    index = np.clip(np.floor(1023 * scaled + 1).astype(np.int64), 1, 1024) - 1
-    return cdf[index].astype(np.float32)
-
-
 def patch_normaliser():
     """The project's "Uniform" normalisation (spec 2.4)."""
-    try:
-        from legseg_tf.normalization import uniform_normalise
-    except ImportError:
-        logger.warning("legseg_tf.normalization not available; using the spec 2.4 recipe here")
-        return interim_uniform_normalise
+    from legseg_tf.normalization import uniform_normalise
+
     return uniform_normalise
 
 
