@@ -25,7 +25,6 @@ Where this differs from QMRITools, on purpose:
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -518,13 +517,10 @@ def _region_network(entry: ModelEntry, config: InferenceConfig) -> RegionNetwork
     except (model_store.ModelError, model_store.ManifestError) as error:
         raise NoModelError(f"model {entry.id!r} ({entry.role}) is not usable: {error}") from error
     n_classes = len(TRAIN_TABLES[entry.label_table]) + 1
-    # raw arg-max labels let the segmenter choose each label's component on the own side
-    options = ({"largest_component": False}
-               if "largest_component" in inspect.signature(apply_segmentation_network).parameters
-               else {})
-
     def predict(part: np.ndarray):
-        return apply_segmentation_network(part, model, n_classes, config, stride, **options)
+        # raw arg-max labels: the segmenter picks each label's component on the own side
+        return apply_segmentation_network(part, model, n_classes, config, stride,
+                                          largest_component=False)
 
     return RegionNetwork(entry.role, entry.id, entry.sha256, entry.label_table, predict)
 
