@@ -45,7 +45,10 @@ from legseg_tf.config import InferenceConfig
 from legseg_tf.labels import rename_train_labels, train_label_map
 from legseg_tf.masking import MaskConfig, apply_mask, body_mask
 from legseg_tf.merge import merge_parts, merge_probabilities
-from legseg_tf.postprocessing import largest_own_side_component_per_label
+from legseg_tf.postprocessing import (
+    largest_component_per_label,
+    largest_own_side_component_per_label,
+)
 from legseg_tf.split import (
     Part,
     SideDecision,
@@ -415,6 +418,8 @@ class QMRIToolsSegmenter:
                 own = columns < own_side_cut if part.side == "R" else columns >= own_side_cut
                 train = largest_own_side_component_per_label(
                     train, own, sideless=sideless_classes(network.label_table))
+            else:
+                train = largest_component_per_label(train)
             final = rename_train_labels(train, network.label_table, part.side)
             crops.append((final, part.box))
             probabilities = getattr(output, "probabilities", None)
