@@ -65,6 +65,8 @@ class ClassifierConfig:
         min_slice_sum: slices whose intensity sum is below this give an all-zero image.
         min_step_gap: minimum distance in slices between two steps of the staircase.
         median_radius: radius of the median filter applied before the fit.
+        pad_from_filtered: take the staircase's end levels from the median-filtered positions
+            (see :func:`fit_body_positions`).
     """
 
     image_size: tuple[int, int] = (128, 128)
@@ -73,6 +75,7 @@ class ClassifierConfig:
     min_slice_sum: float = 10.0
     min_step_gap: int = 6
     median_radius: int = 2
+    pad_from_filtered: bool = True
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,10 @@ def staircase_fit(values: Sequence[int], min_gap: int = 6) -> np.ndarray:
 
 
 def fit_body_positions(
-    levels: Sequence[int], min_gap: int = 6, median_radius: int = 2
+    levels: Sequence[int],
+    min_gap: int = 6,
+    median_radius: int = 2,
+    pad_from_filtered: bool = True,
 ) -> np.ndarray:
     """QMRITools ``FindBodyPos``: pad, median-filter and staircase-fit per-slice levels.
 
@@ -291,8 +297,16 @@ def fit_body_positions(
     fit ``min_gap`` apart (very short volumes), the gap is reduced until they do, with a
     warning.
 
+    ``min`` and ``max`` are taken from the median-filtered levels when ``pad_from_filtered``
+    (default): the staircase must visit every level between them for ``min_gap`` slices, so
+    with the raw extremes a single misclassified slice forces a whole extra region (one
+    "Knee" slice in a thigh stack sent the first thigh slices to the lower-leg network).
+
     Args:
         levels: per-slice integer levels (Lower = 1 ... Head = 8), inferior slice first.
+        min_gap: minimum distance in slices between two steps.
+        median_radius: radius of the median filters.
+        pad_from_filtered: take the padding levels from the filtered sequence.
 
     Returns:
         int64 array of fitted levels, one per input slice.
@@ -302,10 +316,12 @@ def fit_body_positions(
         raise ValueError("levels must be a non-empty 1-D sequence")
     n = c.size
     pad = max(5, int(np.rint(0.05 * n)))
+    size = 2 * median_radius + 1
+    extremes = ndimage.median_filter(c, size=size, mode="nearest") if pad_from_filtered else c
     padded = np.concatenate([
-        np.full(pad, c.min() - 1), c, np.full(pad, c.max() + 1)
+        np.full(pad, extremes.min() - 1), c, np.full(pad, extremes.max() + 1)
     ])
-    filtered = ndimage.median_filter(padded, size=2 * median_radius + 1, mode="nearest")
+    filtered = ndimage.median_filter(padded, size=size, mode="nearest")
     gap = min_gap
     while True:
         try:
@@ -395,7 +411,8 @@ def classify_body(
     if unknown:
         raise ValueError(f"unknown position classes {unknown}; known: {POSITION_CLASSES}")
     levels = np.array([POSITION_LEVELS[p] for p in positions])
-    fitted = fit_body_positions(levels, config.min_step_gap, config.median_radius)
+    fitted = fit_body_positions(levels, config.min_step_gap, config.median_radius,
+                                config.pad_from_filtered)
     return BodyClassification(
         side=majority_side(sides),
         slices=inputs.slices,

@@ -177,3 +177,15 @@ def test_classify_body_rejects_bad_classifier_output():
         )
     with pytest.raises(ValueError):
         classify_body(np.zeros((4, 4, 4)), lambda im: ([], []), ("LowerLegs",))
+
+
+def test_single_outlier_slice_does_not_create_a_region():
+    # a thigh stack whose classifier called one slice "Knee" and the top three "Hip"
+    levels = [3] * 27 + [2] + [4] * 3
+    slices = np.arange(31)
+    fitted = fit_body_positions(levels)
+    assert fitted.min() >= 3
+    assert "LowerLegs" not in region_ranges(fitted, slices, ("LowerLegs", "UpperLegs"))
+    # with the padding levels taken from the raw extremes the outlier forces a knee segment
+    raw_extremes = fit_body_positions(levels, pad_from_filtered=False)
+    assert region_ranges(raw_extremes, slices, ("LowerLegs",))["LowerLegs"][0] == 0
