@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from legseg_tf import nifti_io
-from legseg_tf.body_position import ClassifierConfig, classifier_images
+from legseg_tf.body_position import ClassifierConfig, classifier_images, classify_body
 from legseg_tf.labels import rename_train_labels, train_label_map
 from legseg_tf.masking import apply_mask, body_mask
 from legseg_tf.merge import merge_parts
@@ -188,3 +188,21 @@ def test_segmenter_with_an_oracle_network_reproduces_the_reference(thighs, monke
         a, b = labels == label, result.labels == label
         dice = 2 * (a & b).sum() / (a.sum() + b.sum())
         assert dice > 0.99, f"label {label}: Dice {dice:.4f}"
+
+
+def test_installed_classifier_finds_the_thighs(thighs):
+    """The shipped side/position classifier on a thigh stack it was not trained on."""
+    models_dir = Path(__file__).resolve().parents[1] / "models"
+    model_store = pytest.importorskip("legseg_tf.model_store")
+    manifest = model_store.load_manifest(models_dir)
+    if manifest.get("classifier") is None:
+        pytest.skip(f"no classifier installed in {models_dir}")
+    from legseg_tf.config import InferenceConfig
+    from legseg_tf.segmenter import _slice_classifier
+
+    classifier = _slice_classifier(manifest.get("classifier"), InferenceConfig())
+    _, _, _, masked, _, _ = thighs
+    result = classify_body(masked, classifier, ("LowerLegs", "UpperLegs"),
+                           ClassifierConfig(image_size=classifier.image_size))
+    assert result.side == "Both"
+    assert result.ranges == {"UpperLegs": (0, masked.shape[0] - 1)}
