@@ -43,6 +43,7 @@ def _train_args(img, lab, run_dir, steps):
             "--validation-patches", "2", "--dropout", "0", "--no-progress", "--threads", "1"]
 
 
+@pytest.mark.slow
 def test_train_resume_evaluate_install(tmp_path, capsys):
     pytest.importorskip("legseg_tf.normalization", reason="the Uniform patch normalisation "
                         "module is needed for training")
