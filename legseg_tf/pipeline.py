@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from legseg_tf import derivatives, nifti_io
+from legseg_tf import derivatives, nifti_io, split
 from legseg_tf.cli import (
     EXIT_FAILED,
     EXIT_INVALID_DATASET,
@@ -153,7 +153,8 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
         logger.info("segmenting %s", image.relpath)
         volume_ras, geometry = nifti_io.load_canonical(image.path)
         volume = nifti_io.ras_to_qmri(volume_ras)
-        result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry))
+        midline = split.midline_column(geometry.ras_affine, volume_ras.shape)
+        result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry), midline_column=midline)
         if result.labels.shape != volume.shape:
             raise RuntimeError(f"segmenter returned shape {result.labels.shape} for input {volume.shape}")
         labels_ras = nifti_io.qmri_to_ras(result.labels)

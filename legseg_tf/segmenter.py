@@ -101,9 +101,16 @@ class SegmentationResult:
 
 class Segmenter(Protocol):
     def segment(
-        self, volume: np.ndarray, spacing_zyx: tuple[float, float, float]
+        self,
+        volume: np.ndarray,
+        spacing_zyx: tuple[float, float, float],
+        *,
+        midline_column: float | None = None,
     ) -> SegmentationResult:
-        """Segment a (z, y, x) float32 volume with voxel spacing (dz, dy, dx) in mm."""
+        """Segment a (z, y, x) float32 volume with voxel spacing (dz, dy, dx) in mm.
+
+        ``midline_column`` is the column of world x = 0 (the table's midline) when known.
+        """
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ class ThresholdPlaceholderSegmenter:
         self.calls = 0
         self.fail_for_shape = fail_for_shape
 
-    def segment(self, volume: np.ndarray, spacing_zyx) -> SegmentationResult:
+    def segment(self, volume: np.ndarray, spacing_zyx, *, midline_column=None) -> SegmentationResult:
         self.calls += 1
         if self.fail_for_shape is not None and volume.shape == self.fail_for_shape:
             raise RuntimeError("simulated network failure")
@@ -38,5 +38,5 @@ class ThresholdPlaceholderSegmenter:
 class FailingSegmenter:
     """Raises for every image."""
 
-    def segment(self, volume, spacing_zyx):
+    def segment(self, volume, spacing_zyx, *, midline_column=None):
         raise RuntimeError("simulated failure")

@@ -115,11 +115,11 @@ def test_participant_success_exits_0(tiny_dataset, tmp_path, placeholder):
 
 def test_one_failing_participant_exits_1_and_others_are_processed(tiny_dataset, tmp_path, monkeypatch):
     class FailSecond(ThresholdPlaceholderSegmenter):
-        def segment(self, volume, spacing):
+        def segment(self, volume, spacing, **kwargs):
             if self.calls == 1:
                 self.calls += 1
                 raise RuntimeError("boom")
-            return super().segment(volume, spacing)
+            return super().segment(volume, spacing, **kwargs)
 
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: FailSecond())
     monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)

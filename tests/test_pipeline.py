@@ -83,7 +83,7 @@ def test_bids_dir_is_never_written(tiny_dataset, tmp_path, placeholder):
 
 def test_probabilities_are_written_when_requested(tiny_dataset, tmp_path, monkeypatch):
     class WithProbabilities(ThresholdPlaceholderSegmenter):
-        def segment(self, volume, spacing):
+        def segment(self, volume, spacing, **kwargs):
             result = super().segment(volume, spacing)
             result.probabilities = np.stack([(result.labels == v).astype(np.float32) for v in (55, 56)], -1)
             result.label_map = [55, 56]
