@@ -497,12 +497,15 @@ def side_section(report: dict, status: str = "done") -> str:
         return '<p class="note">' + _not_recorded(status) + "</p>"
     geometry = side.get("geometry") or {}
     classifier = side.get("classifier")
+    conclusive = geometry.get("two_legs") or geometry.get("confident", True)
     geometric = (
         "Both"
         if geometry.get("two_legs")
         else {"L": "Left", "R": "Right"}.get(
             geometry.get("single_side"), geometry.get("single_side")
         )
+        if conclusive
+        else None
     )
     if classifier is None:
         check = "no classifier vote: decided from geometry alone"
