@@ -80,3 +80,15 @@ def tiny_dataset(tmp_path: Path) -> Path:
                 meta["Units"] = "rad"
             layout[f"sub-02/anat/sub-02_echo-{echo}_part-{part}_MEGRE.nii.gz"] = meta
     return make_dataset(tmp_path / "bids", layout)
+
+
+@pytest.fixture
+def placeholder(monkeypatch):
+    """Route the participant level to the test-only placeholder segmenter (no reports)."""
+    from legseg_tf import pipeline
+    from tests.fakes import ThresholdPlaceholderSegmenter
+
+    segmenter = ThresholdPlaceholderSegmenter()
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: segmenter)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    return segmenter

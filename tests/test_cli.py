@@ -13,15 +13,6 @@ from tests.conftest import REPO_ROOT, make_dataset
 from tests.fakes import FailingSegmenter, ThresholdPlaceholderSegmenter
 
 
-@pytest.fixture
-def placeholder(monkeypatch):
-    """Route the participant level to the test-only placeholder segmenter."""
-    segmenter = ThresholdPlaceholderSegmenter()
-    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: segmenter)
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
-    return segmenter
-
-
 def run_cli(*args) -> int:
     return cli.main([str(a) for a in args])
 

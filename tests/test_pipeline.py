@@ -14,14 +14,6 @@ from legseg_tf.labels import BY_INDEX
 from tests.fakes import ThresholdPlaceholderSegmenter
 
 
-@pytest.fixture
-def placeholder(monkeypatch):
-    segmenter = ThresholdPlaceholderSegmenter()
-    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: segmenter)
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
-    return segmenter
-
-
 def run(bids, out, *extra):
     return cli.main([str(bids), str(out), "participant", "--skip_bids_validator", *map(str, extra)])
 
