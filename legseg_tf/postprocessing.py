@@ -117,6 +117,40 @@ def largest_own_side_component_per_label(
     return out
 
 
+def clear_other_side(
+    labels: np.ndarray, own_columns: np.ndarray, sideless: Collection[int] = ()
+) -> np.ndarray:
+    """Remove sided labels from the columns beyond the left/right cut.
+
+    A side part sees the other leg through the overlap; whatever it predicts there must not
+    reach the output with this part's side (the other leg's part labels those voxels). Labels
+    in ``sideless`` (midline structures) are kept everywhere.
+
+    Args:
+        labels: (z, y, x) non-negative integer labels of one part.
+        own_columns: (x,) boolean, True for the part's columns on its own side of the cut.
+        sideless: labels without a side.
+
+    Returns:
+        Array of the same shape and dtype; sided labels only in ``own_columns``.
+    """
+    labels = np.asarray(labels)
+    own_columns = np.asarray(own_columns, dtype=bool)
+    if labels.ndim != 3 or own_columns.shape != (labels.shape[2],):
+        raise ValueError(
+            f"own_columns must have one entry per column: labels {labels.shape}, "
+            f"own_columns {own_columns.shape}"
+        )
+    out = labels.copy()
+    other = out[:, :, ~own_columns]
+    if sideless:
+        other[~np.isin(other, list(sideless))] = 0
+    else:
+        other[:] = 0
+    out[:, :, ~own_columns] = other
+    return out
+
+
 def largest_component_per_label(labels: np.ndarray) -> np.ndarray:
     """Reduce every non-zero label to its largest face-connected component.
 

@@ -46,6 +46,7 @@ from legseg_tf.labels import rename_train_labels, train_label_map
 from legseg_tf.masking import MaskConfig, apply_mask, body_mask
 from legseg_tf.merge import merge_parts, merge_probabilities
 from legseg_tf.postprocessing import (
+    clear_other_side,
     largest_component_per_label,
     largest_own_side_component_per_label,
 )
@@ -423,8 +424,9 @@ class QMRIToolsSegmenter:
             if own_side_cut is not None:
                 columns = np.arange(part.box[2].start, part.box[2].stop)
                 own = columns < own_side_cut if part.side == "R" else columns >= own_side_cut
-                train = largest_own_side_component_per_label(
-                    train, own, sideless=sideless_classes(network.label_table))
+                sideless = sideless_classes(network.label_table)
+                train = largest_own_side_component_per_label(train, own, sideless=sideless)
+                train = clear_other_side(train, own, sideless=sideless)
             else:
                 train = largest_component_per_label(train)
             final = rename_train_labels(train, network.label_table, part.side)

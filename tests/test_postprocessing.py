@@ -6,6 +6,7 @@ from legseg_tf.postprocessing import (
     largest_component,
     largest_component_per_label,
     largest_components,
+    clear_other_side,
     largest_own_side_component_per_label,
 )
 
@@ -112,3 +113,18 @@ def test_sideless_labels_keep_their_largest_component_anywhere():
     assert not largest_own_side_component_per_label(labels, own).any()
     kept = largest_own_side_component_per_label(labels, own, sideless={14})
     np.testing.assert_array_equal(kept, labels)
+
+
+def test_clear_other_side_keeps_sided_labels_on_the_own_side_only():
+    labels = np.zeros((1, 4, 10), dtype=np.int32)
+    labels[0, 1:3, 3:9] = 2      # a straddling muscle: kept by the component rule ...
+    labels[0, 0, 7:10] = 14      # a midline structure beyond the cut
+    own = np.arange(10) < 6
+    out = clear_other_side(labels, own, sideless={14})
+    assert (out[0, 1:3, 3:6] == 2).all()
+    assert not (out[:, :, 6:] == 2).any()   # ... but never past the cut
+    assert (out[0, 0, 7:10] == 14).all()
+    assert not clear_other_side(labels, own)[:, :, 6:].any()
+    np.testing.assert_array_equal(labels[0, 1, 3:9], 2)  # input untouched
+    with pytest.raises(ValueError):
+        clear_other_side(labels, own[:5])

@@ -296,8 +296,27 @@ def test_other_legs_muscle_in_the_overlap_is_never_named_for_this_side(network_k
         assert (labels[:, :, cut:][left_leg] == VL_L).mean() > 0.9
 
 
-def install_tiny_models(models_dir):
-    """Untrained tiny networks for every role, installed through the model store."""
+def test_a_muscle_straddling_the_cut_is_clipped_to_its_own_side():
+    """A network that labels its whole part, background included, makes one component
+    reaching across the cut into the other leg; that reach must not carry this part's side."""
+    volume = big_right_small_left()
+
+    def predict(part):
+        return np.full(part.shape, VASTUS_LATERALIS, dtype=np.int32)
+
+    network = RegionNetwork("upper_leg", "fake", "0" * 64, "N5_UpperLeg", predict)
+    result = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(volume, (5.0, 1, 1))
+    cut = result.report["split"]["cut_column"]
+    labels = result.labels
+    assert (labels == VL_L).any() and (labels == VL_R).any()
+    assert not (labels[:, :, :cut] == VL_L).any()
+    assert not (labels[:, :, cut:] == VL_R).any()
+
+
+def install_tiny_models(models_dir, seed=0):
+    """Untrained tiny networks for every role (seeded weights), installed through the model store."""
+    import keras
+
     from legseg_tf.labels import TRAIN_TABLES
     from legseg_tf.model_store import write_entry
     from legseg_tf.networks import build_classifier, build_unet
@@ -305,6 +324,7 @@ def install_tiny_models(models_dir):
     from legseg_tf.networks.config import UNetConfig
 
     models_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
     specs = [("lower_leg", "N6_LowerLeg"), ("upper_leg", "N5_UpperLeg"), ("classifier", None)]
     for role, table in specs:
         if table:
