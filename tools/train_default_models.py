@@ -31,14 +31,11 @@ import logging
 import os
 import shutil
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
 from legseg_tf.networks.config import UNetConfig  # noqa: E402
 from legseg_tf.training.augmentation import HEAVY_AUGMENTATION  # noqa: E402
@@ -99,7 +96,7 @@ REGIONS = {
 }
 
 
-def region_train_config(region: str, rounds: int) -> TrainConfig:
+def region_train_config(region: str, rounds: int, threads: int = 2) -> TrainConfig:
     """The training configuration of ``region`` ("upper" or "lower")."""
     from legseg_tf.labels import TRAIN_TABLES
 
@@ -115,7 +112,7 @@ def region_train_config(region: str, rounds: int) -> TrainConfig:
         rounds=rounds,
         validation_patches=24,
         seed=20261124,
-        threads=2,
+        threads=threads,
     )
 
 
@@ -182,7 +179,7 @@ def cmd_region(args) -> int:
     from legseg_tf.training.train import train
 
     train_case, held_case = region_cases(args.region, args.data)
-    config = region_train_config(args.region, args.rounds)
+    config = region_train_config(args.region, args.rounds, args.threads)
     logger.info("train %s %s, held out %s %s", train_case.name, train_case.image.shape,
                 held_case.name, held_case.image.shape)
     result = train(config, [train_case], [held_case], RUNS / args.region, resume=args.resume,
@@ -263,6 +260,8 @@ def main(argv=None) -> int:
         p.add_argument("--resume", action="store_true")
         p.add_argument("--rounds", type=int, default=80)
         p.add_argument("--max-steps", type=int, default=None)
+        p.add_argument("--threads", type=int, default=2,
+                       help="TensorFlow threads (1 when two regions train side by side)")
         p.set_defaults(region=region)
     p = sub.add_parser("evaluate")
     p.add_argument("region", choices=("upper", "lower"))
