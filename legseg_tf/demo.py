@@ -3,6 +3,8 @@
 ``python -m legseg_tf.demo DIR [--subjects N] [--seed S]`` writes, offline, for each subject an
 opposed-phase Dixon-like image ``sub-XX/anat/sub-XX_acq-outphase_T1w.nii.gz`` and matching
 water and fat images (``acq-water``/``acq-fat``), all in RAS with JSON sidecars.
+``python -m legseg_tf.demo --training-pair DIR`` instead writes one phantom image with its
+ground-truth label map (``image.nii.gz``, ``labels.nii.gz``) for trying ``legseg-train``.
 
 The phantom (axes x, y, z in RAS; 2.5 x 2.5 x 6 mm voxels) has two thighs, the patient's left
 one deliberately larger and fattier so that left/right mistakes are visible: skin and
@@ -101,6 +103,59 @@ def phantom(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+#: Phantom compartments (angular sectors between the fat-line spokes, radians) and their
+#: ``Muscles_leg`` names; the femur is labelled "Femur".
+SECTOR_MUSCLES = ((0.3, 1.9, "Rectus femoris"), (1.9, 3.3, "Vastus medialis"),
+                  (3.3, 4.7, "Biceps femoris long"), (4.7, 0.3 + 2 * np.pi, "Vastus lateralis"))
+
+
+def phantom_labels(tissue: np.ndarray) -> np.ndarray:
+    """Ground-truth ``Muscles_leg`` labels of a phantom tissue map (x, y, z), uint16.
+
+    Muscle compartments are the angular sectors of :data:`SECTOR_MUSCLES` around each leg's
+    centre, measured from the lateral direction (mirrored between legs); cortex and marrow are
+    the femur. The side comes from world x (RAS, left < 0).
+    """
+    from legseg_tf.labels import BY_KEY, normalise_name
+
+    nx, ny, nz = tissue.shape
+    x = (np.arange(nx) - (nx - 1) / 2) * SPACING_MM[0]
+    y = (np.arange(ny) - (ny - 1) / 2) * SPACING_MM[1]
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    labels = np.zeros(tissue.shape, dtype=np.uint16)
+    for leg, side in ((LEFT, "Left"), (RIGHT, "Right")):
+        on_side = (xx < 0) if side == "Left" else (xx >= 0)
+        # mirrored between the legs: the same muscle lies on the lateral side of both
+        lateral = (xx - leg.center_x_mm) * (-1.0 if side == "Left" else 1.0)
+        angle = np.mod(np.arctan2(yy, lateral), 2 * np.pi)
+        angle = np.where(angle < SECTOR_MUSCLES[0][0], angle + 2 * np.pi, angle)
+        for start, stop, name in SECTOR_MUSCLES:
+            index = BY_KEY[f"{normalise_name(name)}_{side}"].index
+            sector = on_side & (angle >= start) & (angle < stop)
+            labels[(tissue == 2) & sector[:, :, None]] = index
+        femur = BY_KEY[f"{normalise_name('Femur')}_{side}"].index
+        labels[np.isin(tissue, (4, 5)) & on_side[:, :, None]] = femur
+    return labels
+
+
+def write_training_pair(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``image.nii.gz`` (opposed phase) and ``labels.nii.gz`` (Muscles_leg) under ``root``."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not empty; choose a new folder")
+    root.mkdir(parents=True, exist_ok=True)
+    volumes = phantom(seed)
+    image_path, labels_path = root / "image.nii.gz", root / "labels.nii.gz"
+    for path, data in ((image_path, volumes["outphase"]),
+                       (labels_path, phantom_labels(volumes["tissue"]))):
+        image = nib.Nifti1Image(data, ras_affine())
+        image.set_qform(ras_affine(), code=1)
+        image.set_sform(ras_affine(), code=1)
+        nib.save(image, str(path))
+    logger.info("phantom training pair written to %s", root)
+    return image_path, labels_path
+
+
 def ras_affine() -> np.ndarray:
     """RAS affine of the phantom grid, centred on the origin."""
     affine = np.diag([*SPACING_MM, 1.0])
@@ -160,6 +215,9 @@ def write_demo(root: Path, subjects: int = 2, seed: int = 0) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m legseg_tf.demo", description=__doc__.splitlines()[0])
     parser.add_argument("bids_dir", type=Path, help="folder to create (must be new or empty)")
+    parser.add_argument("--training-pair", action="store_true",
+                        help="write image.nii.gz + labels.nii.gz (ground truth) for legseg-train "
+                             "instead of a BIDS dataset")
     parser.add_argument("--subjects", type=int, default=2, help="number of participants (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
@@ -167,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.subjects < 1:
         parser.error("--subjects must be >= 1")
     try:
-        write_demo(args.bids_dir, args.subjects, args.seed)
+        if args.training_pair:
+            write_training_pair(args.bids_dir, args.seed)
+        else:
+            write_demo(args.bids_dir, args.subjects, args.seed)
     except FileExistsError as error:
         print(f"legseg demo: error: {error}", file=sys.stderr)
         return 73
