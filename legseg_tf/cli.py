@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="voxels eroded from each muscle for the eroded fat-fraction columns (default: %(default)s)")
     resources = parser.add_argument_group("resources and outputs")
     resources.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=_positive_int,
-                           help="CPU threads to use (default: all available)")
+                           help="CPU threads to use (default: the CPUs this process may use: affinity set, container CPU quota)")
     resources.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float,
                            help="memory budget in GB for network patches (default: from the machine)")
     resources.add_argument("-w", "--work-dir", dest="work_dir", type=Path,

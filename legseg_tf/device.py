@@ -2,9 +2,29 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: its affinity set (SLURM, ``--cpuset-cpus``), capped by a
+    cgroup v2 CPU quota (``docker run --cpus``) when one is set; at least 1."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 class DeviceError(RuntimeError):
@@ -16,7 +36,8 @@ def configure_device(device: str = "auto", nprocs: int | None = None) -> dict:
 
     Args:
         device: "auto" (GPU when TensorFlow sees one, else CPU), "cpu" or "gpu".
-        nprocs: CPU threads for TensorFlow's op pools (None = TensorFlow's default, all cores).
+        nprocs: CPU threads for TensorFlow's op pools (None = :func:`available_cpus`, so a
+            SLURM allocation or a container CPU limit is respected).
 
     Returns:
         What was chosen: ``{"device", "gpus", "intra_op_threads", "inter_op_threads",
@@ -27,8 +48,9 @@ def configure_device(device: str = "auto", nprocs: int | None = None) -> dict:
     """
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
-    if nprocs is not None:
-        os.environ["OMP_NUM_THREADS"] = str(nprocs)
+    if nprocs is None:
+        nprocs = available_cpus()
+    os.environ["OMP_NUM_THREADS"] = str(nprocs)
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -40,9 +62,8 @@ def configure_device(device: str = "auto", nprocs: int | None = None) -> dict:
             tf.config.set_visible_devices([], "GPU")
         for gpu in gpus if device != "cpu" else []:
             tf.config.experimental.set_memory_growth(gpu, True)
-        if nprocs is not None:
-            tf.config.threading.set_intra_op_parallelism_threads(nprocs)
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, nprocs))
+        tf.config.threading.set_intra_op_parallelism_threads(nprocs)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, nprocs))
     except RuntimeError as error:  # TensorFlow was already initialised in this process
         logger.debug("device settings unchanged: %s", error)
     chosen = "gpu" if gpus and device != "cpu" else "cpu"
