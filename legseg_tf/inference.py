@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -48,16 +49,29 @@ class NetworkOutput:
     forward_s: float = 0.0
 
 
-def available_memory_gb() -> float:
-    """MemAvailable of /proc/meminfo in GB (8 GB assumed where it cannot be read)."""
+def available_memory_gb(meminfo: Path = Path("/proc/meminfo"),
+                        cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """Memory this process may still use, in GB: MemAvailable of ``meminfo``, capped by the
+    cgroup v2 limit (``memory.max`` - ``memory.current``: a SLURM job or ``docker run
+    --memory``) when one is set; 8 GB assumed where nothing can be read."""
+    available = None
     try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
+        with open(meminfo, encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
+                    available = int(line.split()[1]) / 1024**2
+                    break
+    except (OSError, ValueError):
         pass
-    return 8.0
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text().strip())
+            left = max(0, int(limit) - used) / 1024**3
+            available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return 8.0 if available is None else available
 
 
 def default_budget_gb() -> float:

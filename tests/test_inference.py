@@ -106,3 +106,21 @@ def test_memory_estimate_from_a_keras_unet():
     per_voxel_large = inference.activation_bytes_per_voxel(build_unet(large), total_stride(large))
     assert 0 < per_voxel_small < per_voxel_large < 4 * per_voxel_small
     assert inference.default_budget_gb() > 0
+
+
+def test_available_memory_is_capped_by_the_cgroup_limit(tmp_path):
+    from legseg_tf.inference import available_memory_gb
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 33554432 kB\nMemAvailable: 16777216 kB\n")   # 16 GiB
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert available_memory_gb(meminfo, cgroup) == pytest.approx(16.0)
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("0\n")
+    assert available_memory_gb(meminfo, cgroup) == pytest.approx(16.0)
+    (cgroup / "memory.max").write_text(f"{6 * 1024**3}\n")       # a 6 GiB job limit
+    (cgroup / "memory.current").write_text(f"{1 * 1024**3}\n")   # 1 GiB already used
+    assert available_memory_gb(meminfo, cgroup) == pytest.approx(5.0)
+    assert available_memory_gb(tmp_path / "none", cgroup) == pytest.approx(5.0)
+    assert available_memory_gb(tmp_path / "none", tmp_path / "none") == 8.0
