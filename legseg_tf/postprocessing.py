@@ -60,6 +60,18 @@ def largest_components(mask: np.ndarray, keep: int) -> np.ndarray:
     return np.isin(components, kept)
 
 
+def _labels_and_columns(labels, own_columns) -> tuple[np.ndarray, np.ndarray]:
+    """(z, y, x) labels and an (x,) boolean column mask, checked against each other."""
+    labels = np.asarray(labels)
+    own_columns = np.asarray(own_columns, dtype=bool)
+    if labels.ndim != 3 or own_columns.shape != (labels.shape[2],):
+        raise ValueError(
+            f"own_columns must have one entry per column: labels {labels.shape}, "
+            f"own_columns {own_columns.shape}"
+        )
+    return labels, own_columns
+
+
 def largest_own_side_component_per_label(
     labels: np.ndarray,
     own_columns: np.ndarray,
@@ -85,13 +97,7 @@ def largest_own_side_component_per_label(
     Returns:
         Array of the same shape and dtype.
     """
-    labels = np.asarray(labels)
-    own_columns = np.asarray(own_columns, dtype=bool)
-    if labels.ndim != 3 or own_columns.shape != (labels.shape[2],):
-        raise ValueError(
-            f"own_columns must have one entry per column: labels {labels.shape}, "
-            f"own_columns {own_columns.shape}"
-        )
+    labels, own_columns = _labels_and_columns(labels, own_columns)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
     out = labels.copy()
@@ -134,13 +140,7 @@ def clear_other_side(
     Returns:
         Array of the same shape and dtype; sided labels only in ``own_columns``.
     """
-    labels = np.asarray(labels)
-    own_columns = np.asarray(own_columns, dtype=bool)
-    if labels.ndim != 3 or own_columns.shape != (labels.shape[2],):
-        raise ValueError(
-            f"own_columns must have one entry per column: labels {labels.shape}, "
-            f"own_columns {own_columns.shape}"
-        )
+    labels, own_columns = _labels_and_columns(labels, own_columns)
     out = labels.copy()
     other = out[:, :, ~own_columns]
     if sideless:
