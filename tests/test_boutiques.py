@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from legseg_tf import __version__, cli
+from legseg_tf import __version__, cli, demo
+from tests.test_segmenter import install_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = REPO_ROOT / "boutiques" / "legseg.json"
@@ -201,3 +205,29 @@ def test_example_invocation_is_valid(tmp_path):
     words = _simulate(bosh, json.loads(EXAMPLE_INVOCATION.read_text()), tmp_path)
     args = cli.build_parser().parse_args(words)
     assert args.participant_label == ["01"] and args.analysis_level == "participant"
+
+
+def test_launch_without_container_finds_the_described_outputs(tmp_path, monkeypatch):
+    """``bosh exec launch --no-container`` with tiny networks: the output-files templates match."""
+    bosh = _bosh()
+    bin_dir = str(Path(sys.executable).parent)
+    if shutil.which("legseg", path=bin_dir) is None:
+        pytest.skip(f"the legseg console script is not installed next to {sys.executable}")
+    monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.chdir(tmp_path)
+    demo.write_demo(tmp_path / "bids", subjects=1)
+    install_tiny_models(tmp_path / "models")
+    found = {}
+    for level in ("participant", "group"):
+        invocation = {"bids_dir": str(tmp_path / "bids"), "output_dir": str(tmp_path / "out"),
+                      "analysis_level": level, "region": "upper", "device": "cpu",
+                      "models": str(tmp_path / "models"), "skip_bids_validator": True}
+        path = tmp_path / f"{level}.json"
+        path.write_text(json.dumps(invocation))
+        result = bosh(["exec", "launch", "--no-container", "--skip-data-collection", str(DESCRIPTOR), str(path)])
+        assert result.exit_code == 0, result.stderr
+        assert not result.missing_files
+        found.update({f.boutiques_name: f.file_name for f in result.output_files})
+    assert found["dseg"] == str(tmp_path / "out/sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.nii.gz")
+    assert {"derivatives", "dataset_description", "label_table", "morph_tables", "participant_reports",
+            "group_table", "logs"} <= set(found)
