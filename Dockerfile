@@ -87,7 +87,8 @@ RUN --mount=type=bind,source=docker/paclets,target=/tmp/paclets \
     if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
     QMRITOOLS_PACLET_URL="${QMRITOOLS_PACLET_URL}" \
       bash /opt/legseg/docker/bake_models.sh /opt/legseg/models /tmp/paclets /opt/legseg/models-qmritools \
- && chmod -R a+rX,go-w /opt/legseg /opt/venv \
+ && find /opt/legseg /opt/venv ! -type l \( ! -perm -a+r -o -type d ! -perm -a+x -o -perm /go+w \) \
+      -exec chmod a+rX,go-w {} + \
  && find /tmp -mindepth 1 -maxdepth 1 ! -name paclets -exec rm -rf {} +
 
 # Non-root default user (any other uid works too: docker run --user "$(id -u):$(id -g)").
