@@ -49,11 +49,60 @@ class NetworkOutput:
     forward_s: float = 0.0
 
 
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _levels(base: Path, own: str) -> list[Path]:
+    """``base/own`` and each of its parents up to ``base``."""
+    group = base.joinpath(*[p for p in own.split("/") if p not in ("", ".", "..")])
+    levels = [group]
+    while levels[-1] != base:
+        levels.append(levels[-1].parent)
+    return levels
+
+
+def cgroup_memory_left(root: Path = Path("/sys/fs/cgroup"),
+                       proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes left under the tightest cgroup memory limit of this process, or None (no limit).
+
+    Every level from the process's own group (``/proc/self/cgroup``: a SLURM job step, or
+    ``/`` inside a container's namespace) up to the hierarchy's root counts: cgroup v2
+    ``memory.max`` - ``memory.current``; cgroup v1 ``memory.limit_in_bytes`` -
+    ``memory.usage_in_bytes`` under ``root/memory``.
+    """
+    own_v2, own_v1 = "/", "/"
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+            if number == "0" and controllers == "":
+                own_v2 = path
+            elif "memory" in controllers.split(","):
+                own_v1 = path
+    except OSError:
+        pass
+    left: list[int] = []
+    for base, own, limit_name, used_name in (
+        (root, own_v2, "memory.max", "memory.current"),
+        (root / "memory", own_v1, "memory.limit_in_bytes", "memory.usage_in_bytes"),
+    ):
+        for level in _levels(base, own):
+            limit, used = _read_int(level / limit_name), _read_int(level / used_name)
+            if limit is not None and used is not None and limit < 2**60:
+                left.append(limit - used)
+    return max(0, min(left)) if left else None
+
+
 def available_memory_gb(meminfo: Path = Path("/proc/meminfo"),
-                        cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+                        cgroup: Path = Path("/sys/fs/cgroup"),
+                        proc_cgroup: Path = Path("/proc/self/cgroup")) -> float:
     """Memory this process may still use, in GB: MemAvailable of ``meminfo``, capped by the
-    cgroup v2 limit (``memory.max`` - ``memory.current``: a SLURM job or ``docker run
-    --memory``) when one is set; 8 GB assumed where nothing can be read."""
+    tightest cgroup limit (:func:`cgroup_memory_left`: a SLURM job, ``docker run --memory``);
+    8 GB assumed where nothing can be read."""
     available = None
     try:
         with open(meminfo, encoding="ascii") as handle:
@@ -63,14 +112,9 @@ def available_memory_gb(meminfo: Path = Path("/proc/meminfo"),
                     break
     except (OSError, ValueError):
         pass
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            used = int((cgroup / "memory.current").read_text().strip())
-            left = max(0, int(limit) - used) / 1024**3
-            available = left if available is None else min(available, left)
-    except (OSError, ValueError):
-        pass
+    left = cgroup_memory_left(cgroup, proc_cgroup)
+    if left is not None:
+        available = left / 1024**3 if available is None else min(available, left / 1024**3)
     return 8.0 if available is None else available
 
 
