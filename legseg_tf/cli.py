@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from legseg_tf import __version__
@@ -25,6 +27,8 @@ EXIT_NO_INPUT = 18
 EXIT_USAGE = 64
 EXIT_NO_BIDS_DIR = 66
 EXIT_OUTPUT_DIR = 73
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 ANALYSIS_LEVELS = ("participant", "group")
 
 
@@ -220,6 +224,17 @@ def _prepare_output_dir(output_dir: Path) -> None:
         ) from error
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (SLURM time limit, ``docker stop``): unwind so temporary files go.
+
+    A BaseException, like KeyboardInterrupt, so that per-image error handling does not
+    swallow it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the BIDS App; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -242,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("legseg %s: %s level, %s -> %s", __version__, config.analysis_level,
                 config.bids_dir, config.output_dir)
     logger.debug("log file: %s", log_file)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return pipeline.run(config, ff_erosion=ff_erosion)
     except UsageError as error:
@@ -249,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         return error.code
     except KeyboardInterrupt:
         logger.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        logger.error("terminated (SIGTERM); finished outputs are kept, none is half-written")
+        return EXIT_TERMINATED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main_entry() -> None:

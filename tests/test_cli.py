@@ -121,6 +121,27 @@ def test_one_failing_participant_exits_1_and_others_are_processed(tiny_dataset, 
     assert not list(out.rglob("sub-02*"))
 
 
+def test_sigterm_stops_cleanly_with_143(tiny_dataset, tmp_path, monkeypatch):
+    import signal
+
+    class TerminatedDuringSecond(ThresholdPlaceholderSegmenter):
+        def segment(self, volume, spacing, **kwargs):
+            if self.calls == 1:
+                os.kill(os.getpid(), signal.SIGTERM)   # e.g. the SLURM time limit
+            return super().segment(volume, spacing, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_segmenter",
+                        lambda config, models_dir: TerminatedDuringSecond())
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    assert run_cli(tiny_dataset, out, "participant", "--skip_bids_validator") == cli.EXIT_TERMINATED
+    assert signal.getsignal(signal.SIGTERM) is before
+    written = sorted(p.name for p in out.rglob("*_dseg.nii.gz"))
+    assert written == ["sub-01_acq-outphase_desc-muscles_dseg.nii.gz"]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
 def test_all_failing_leaves_no_partial_files(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: FailingSegmenter())
     out = tmp_path / "out"
