@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument("--overwrite", action="store_true",
                            help="replace existing outputs instead of skipping them")
     parser.add_argument("-v", "--verbose", dest="verbose", action="count", default=0,
-                        help="more log output (-v: debug)")
+                        help="more log output (-v: debug messages; -vv: also those of TensorFlow and other libraries)")
     parser.add_argument("--version", action="version", version=f"legseg {__version__}")
     return parser
 

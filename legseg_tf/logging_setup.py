@@ -1,4 +1,5 @@
-"""Configure logging once per process: console verbosity from ``-v`` and an optional log file."""
+"""Configure logging once per process: console verbosity from ``-v`` (DEBUG) and ``-vv``
+(also library messages), and an optional log file."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,10 @@ def level_from_verbosity(verbosity: int) -> int:
     return logging.DEBUG if verbosity >= 1 else logging.INFO
 
 
+#: Libraries whose messages are shown only from -vv on (WARNING and above before that).
+NOISY = ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "bidsschematools", "numexpr")
+
+
 def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legseg") -> Path | None:
     """Set up the root logger; return the log file path when ``log_dir`` is given."""
     root = logging.getLogger()
@@ -27,8 +32,10 @@ def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legse
     console.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     console._legseg = True
     root.addHandler(console)
-    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "bidsschematools", "numexpr"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.NOTSET)
+    if verbosity < 2:  # TensorFlow's C++ start-up banner, unless -vv (read at TF import)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log_file = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
