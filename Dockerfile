@@ -1,8 +1,8 @@
 # legseg BIDS App image (CPU or GPU).
 #
-#   docker build -t legseg:0.1.0 .                                   # CPU (tensorflow-cpu)
-#   docker build -t legseg:0.1.0-gpu --build-arg VARIANT=gpu .       # GPU (tensorflow[and-cuda])
-#   docker run --rm -v /data/bids:/bids:ro -v /data/out:/out legseg:0.1.0 /bids /out participant
+#   docker build -t legseg:$(cat version) .                               # CPU (tensorflow-cpu)
+#   docker build -t legseg:$(cat version)-gpu --build-arg VARIANT=gpu .   # GPU (tensorflow[and-cuda])
+#   docker run --rm -v /data/bids:/bids:ro -v /data/out:/out legseg:TAG /bids /out participant
 #
 # Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 on 18.09-22.x) for the
 # RUN --mount lines. Build arguments (all optional):
