@@ -57,8 +57,11 @@ def test_train_resume_evaluate_install(tmp_path, capsys):
     first_weights = (run / "checkpoint" / "model.weights.h5").read_bytes()
     # a second fresh start into the same directory is refused
     assert main(_train_args(img, lab, run, 2)) == 1
-    # resume: continues at step 2 and finishes the 3 rounds (6 steps)
-    assert main(_train_args(img, lab, run, 10) + ["--resume"]) == 0
+    # resume (with another thread count: an execution setting, not the recipe): continues at
+    # step 2 and finishes the 3 rounds (6 steps)
+    resumed = _train_args(img, lab, run, 10) + ["--resume"]
+    resumed[resumed.index("--threads") + 1] = "2"
+    assert main(resumed) == 0
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["step"] == 6 and state["round"] == 3
     assert (run / "checkpoint" / "model.weights.h5").read_bytes() != first_weights

@@ -285,7 +285,7 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
 
     Args:
         config: the run definition; on resume it must equal the stored one except for
-            ``rounds`` (which may grow).
+            ``rounds`` (which may grow) and ``threads`` (an execution setting).
         cases: training cases (side-less training labels).
         validation_cases: held-out cases for the fixed validation patches (may be the
             training cases when nothing is held out).
@@ -321,9 +321,9 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
         if not (checkpoint / "state.json").is_file():
             raise FileNotFoundError(f"no checkpoint to resume in {checkpoint}")
         stored = TrainConfig.from_dict(json.loads(config_path.read_text()))
-        if replace(stored, rounds=config.rounds) != config:
+        if replace(stored, rounds=config.rounds, threads=config.threads) != config:
             raise ValueError(f"{config_path} differs from the given configuration in more than "
-                             "'rounds'; resume with the stored configuration")
+                             "'rounds' and 'threads'; resume with the stored configuration")
     elif (checkpoint / "state.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another "
                               "directory")
