@@ -386,6 +386,9 @@ def write_entry(models_dir: str | os.PathLike, entry: Mapping[str, Any]) -> Mani
             tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
+        current_umask = os.umask(0)
+        os.umask(current_umask)
+        os.chmod(tmp_name, 0o666 & ~current_umask)  # mkstemp makes 0600; a manifest is shared
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

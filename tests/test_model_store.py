@@ -241,6 +241,9 @@ def test_write_entry_adds_and_replaces(tmp_path):
     assert {m["weights"] for m in data["models"]} == {"lower2.weights.h5", "upper.weights.h5"}
     assert all(len(m["sha256"]) == 64 for m in data["models"])
     assert not list(tmp_path.glob(".manifest-*"))  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_write_entry_checks_a_given_checksum(tmp_path):
