@@ -125,7 +125,21 @@ def test_participant_and_group_as_non_root_with_read_only_inputs(sandbox):
         "LEGSEG_DOCKER_TAG": "legseg:conditions-test",
     }
     prefix = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--"] if as_root else []
-    app = [*prefix, sys.executable, str(REPO / "run.py"), str(bids), str(out)]
+    # the code goes where the image has it: a read-only folder of its own (the checkout may lie
+    # in a private folder that the uid cannot enter)
+    code = sandbox / "app"
+    code.mkdir()
+    shutil.copy2(REPO / "run.py", code / "run.py")
+    shutil.copy2(REPO / "version", code / "version")
+    shutil.copytree(REPO / "legseg_tf", code / "legseg_tf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    _read_only(code)
+    reachable = subprocess.run([*prefix, sys.executable, "-c", "import numpy, nibabel"],
+                               env=env, capture_output=True, text=True)
+    if reachable.returncode != 0:
+        pytest.skip(f"the Python environment {sys.prefix} cannot be used by uid {uid}: "
+                    f"{reachable.stderr.strip().splitlines()[-1:]}")
+    app = [*prefix, sys.executable, str(code / "run.py"), str(bids), str(out)]
     options = []
     validator = find_validator()
     probe = "import subprocess, sys\ntry:\n    subprocess.run(sys.argv[1:], check=True, capture_output=True)\n" \
@@ -135,7 +149,7 @@ def test_participant_and_group_as_non_root_with_read_only_inputs(sandbox):
         # e.g. a virtual environment whose script interpreter lies in root's private HOME;
         # the image test runs the validator as a non-root user
         options.append("--skip_bids_validator")
-    watched = {path: _tree(path) for path in (bids, models, home)}
+    watched = {path: _tree(path) for path in (bids, models, home, code)}
     start = time.time() - 1
 
     participant = subprocess.run(
