@@ -89,6 +89,18 @@ def test_train_resume_evaluate_install(tmp_path, capsys):
     model = model_store.load_model(entry)
     assert model.outputs[0].shape[-1] == 22
 
+    # fine-tuning: a new run from the trained weights, class-balanced patch centres
+    tuned = tmp_path / "tuned"
+    start = run / "checkpoint" / "model.weights.h5"
+    assert main(_train_args(img, lab, tuned, 2) + ["--init-from", str(start),
+                                                    "--class-balanced"]) == 0
+    assert (tuned / "initial_weights.txt").read_text().strip() == str(start)
+    stored = json.loads((tuned / "train_config.json").read_text())
+    assert stored["patch"]["class_balanced"] is True
+    assert main(_train_args(img, lab, tmp_path / "t2", 2)
+                + ["--init-from", str(tmp_path / "missing.weights.h5")]) == 1
+    assert not (tmp_path / "t2").exists()   # nothing written for a run that cannot start
+
 
 def test_resume_batches_equal_uninterrupted_batches():
     from legseg_tf.networks.config import UNetConfig

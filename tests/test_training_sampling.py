@@ -72,3 +72,24 @@ def test_make_batch_rejects_labels_beyond_classes():
         make_batch(iter([patch, patch]), 2, 2)
     images, onehot = make_batch(iter([patch, patch]), 2, 3)
     assert images.shape == (2, 2, 4, 4, 1) and onehot[..., 2].all()
+
+
+def test_class_balanced_centres_reach_small_classes():
+    from legseg_tf.training.sampling import choose_centre, foreground_index
+
+    labels = np.zeros((8, 64, 64), np.int32)
+    labels[:, 4:60, 4:60] = 1          # a large muscle: 25,088 voxels
+    labels[2:4, 30:32, 30:32] = 2      # a small one inside it: 8 voxels
+    case = TrainingCase("c", np.ones(labels.shape, np.float32), labels, (1.0, 1.0, 1.0))
+
+    def share_of_small(config):
+        rng = np.random.default_rng(0)
+        index = foreground_index(case, config)
+        centres = [choose_centre(case, config, rng, index) for _ in range(400)]
+        return np.mean([labels[c] == 2 for c in centres])
+
+    plain = PatchConfig(patch_size=(4, 16, 16), foreground_fraction=1.0)
+    balanced = PatchConfig(patch_size=(4, 16, 16), foreground_fraction=1.0, class_balanced=True)
+    assert share_of_small(plain) < 0.02
+    assert 0.4 < share_of_small(balanced) < 0.6
+    assert [a.size for a in foreground_index(case, balanced)] == [25088 - 8, 8]

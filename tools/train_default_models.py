@@ -96,7 +96,8 @@ REGIONS = {
 }
 
 
-def region_train_config(region: str, rounds: int, threads: int = 2) -> TrainConfig:
+def region_train_config(region: str, rounds: int, threads: int = 2,
+                        class_balanced: bool = False) -> TrainConfig:
     """The training configuration of ``region`` ("upper" or "lower")."""
     from legseg_tf.labels import TRAIN_TABLES
 
@@ -105,7 +106,8 @@ def region_train_config(region: str, rounds: int, threads: int = 2) -> TrainConf
     augmentation = HEAVY_AUGMENTATION
     return TrainConfig(
         network=network,
-        patch=PatchConfig(patch_size=(16, 64, 64), foreground_fraction=0.7),
+        patch=PatchConfig(patch_size=(16, 64, 64), foreground_fraction=0.7,
+                          class_balanced=class_balanced),
         augmentation=augmentation,
         batch_size=2,
         round_length=64,
@@ -179,14 +181,20 @@ def cmd_region(args) -> int:
     from legseg_tf.training.train import train
 
     train_case, held_case = region_cases(args.region, args.data)
-    config = region_train_config(args.region, args.rounds, args.threads)
+    config = region_train_config(args.region, args.rounds, args.threads, args.class_balanced)
     logger.info("train %s %s, held out %s %s", train_case.name, train_case.image.shape,
                 held_case.name, held_case.image.shape)
-    result = train(config, [train_case], [held_case], RUNS / args.region, resume=args.resume,
+    result = train(config, [train_case], [held_case], run_dir(args), resume=args.resume,
                    normalise=patch_normaliser(), progress=not args.no_progress,
-                   max_steps=args.max_steps)
+                   max_steps=args.max_steps, initial_weights=args.init_from)
     print(json.dumps(result.last_row, indent=1))
     return 0
+
+
+def run_dir(args) -> Path:
+    """``training_runs/<region>`` or ``training_runs/<region>-<run name>``."""
+    name = getattr(args, "run_name", None)
+    return RUNS / (args.region if not name else f"{args.region}-{name}")
 
 
 def cmd_evaluate(args) -> int:
@@ -194,7 +202,7 @@ def cmd_evaluate(args) -> int:
     from legseg_tf.training.evaluate import evaluate_case
 
     train_case, held_case = region_cases(args.region, args.data)
-    run = RUNS / args.region
+    run = run_dir(args)
     config = UNetConfig.from_json((run / "network.json").read_text())
     weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
     table = REGIONS[args.region]["table"]
@@ -228,7 +236,7 @@ def cmd_install(args) -> int:
                                                 "Martijn Froeling"}}
     else:
         spec = REGIONS[args.region]
-        run = RUNS / args.region
+        run = run_dir(args)
         state = json.loads((run / "checkpoint" / "state.json").read_text())
         weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
         config = UNetConfig.from_json((run / "network.json").read_text())
@@ -262,13 +270,21 @@ def main(argv=None) -> int:
         p.add_argument("--max-steps", type=int, default=None)
         p.add_argument("--threads", type=int, default=2,
                        help="TensorFlow threads (1 when two regions train side by side)")
+        p.add_argument("--class-balanced", action="store_true",
+                       help="foreground patch centres drawn class by class (nnU-Net style)")
+        p.add_argument("--init-from", type=Path, default=None,
+                       help="start a new run from these weights (fine-tuning)")
+        p.add_argument("--run-name", default=None,
+                       help="run folder training_runs/<region>-<name> instead of <region>")
         p.set_defaults(region=region)
     p = sub.add_parser("evaluate")
     p.add_argument("region", choices=("upper", "lower"))
     p.add_argument("--best", action="store_true")
+    p.add_argument("--run-name", default=None)
     p = sub.add_parser("install")
     p.add_argument("region", choices=("upper", "lower", "classifier"))
     p.add_argument("--best", action="store_true")
+    p.add_argument("--run-name", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

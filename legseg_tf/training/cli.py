@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--dropout", type=float, default=0.2)
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--threads", type=int, default=None)
+    seg.add_argument("--class-balanced", action="store_true",
+                     help="foreground patch centres drawn class by class (small muscles seen "
+                          "as often as large ones)")
+    seg.add_argument("--init-from", type=Path, default=None,
+                     help="start from these weights (same architecture; fine-tuning)")
     seg.add_argument("--resume", action="store_true")
     seg.add_argument("--no-progress", action="store_true")
 
@@ -147,13 +152,15 @@ def _cmd_segmentation(args) -> int:
     features = tuple(args.features)
     network = UNetConfig(n_classes=n_classes, features=features,
                          downsample=_downsample(len(features)), dropout_rate=args.dropout)
-    config = TrainConfig(network=network, patch=PatchConfig(patch_size=tuple(args.patch)),
+    patch = PatchConfig(patch_size=tuple(args.patch), class_balanced=args.class_balanced)
+    config = TrainConfig(network=network, patch=patch,
                          augmentation=_augmentation(args.augment), batch_size=args.batch_size,
                          round_length=args.round_length, rounds=args.rounds,
                          validation_patches=args.validation_patches, seed=args.seed,
                          threads=args.threads)
     result = train(config, training, validation, args.run_dir, resume=args.resume,
-                   progress=not args.no_progress, max_steps=args.max_steps)
+                   progress=not args.no_progress, max_steps=args.max_steps,
+                   initial_weights=args.init_from)
     print(json.dumps({"run_dir": str(result.run_dir), "step": result.state.step,
                       "round": result.state.round, "last": result.last_row}, indent=1))
     return EXIT_OK

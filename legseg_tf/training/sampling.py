@@ -28,6 +28,9 @@ class PatchConfig:
             rotation and scaling).
         grid_extra: extra grid positions per axis beyond the tiling minimum (QMRITools 2).
         max_tries: attempts to find a non-empty patch before giving up.
+        class_balanced: a foreground centre is a random voxel of a class drawn uniformly from
+            the classes present (nnU-Net's class oversampling), so small muscles are seen as
+            often as large ones; otherwise a random labelled voxel.
     """
 
     patch_size: tuple[int, int, int] = (32, 112, 112)
@@ -35,6 +38,7 @@ class PatchConfig:
     context: tuple[float, float, float] = (1.0, 1.5, 1.5)
     grid_extra: int = 2
     max_tries: int = 20
+    class_balanced: bool = False
 
     def __post_init__(self) -> None:
         size = tuple(int(p) for p in self.patch_size)
@@ -75,13 +79,24 @@ def crop_centered(array: np.ndarray, centre: Sequence[int], size: Sequence[int])
     return out
 
 
+def foreground_index(case: TrainingCase, config: PatchConfig) -> list[np.ndarray]:
+    """Flat indices of labelled voxels: one array, or one per present class (class_balanced)."""
+    labels = case.labels.ravel()
+    if not config.class_balanced:
+        return [np.flatnonzero(labels)]
+    return [np.flatnonzero(labels == c) for c in np.unique(labels) if c]
+
+
 def choose_centre(case: TrainingCase, config: PatchConfig, rng: np.random.Generator,
-                  foreground: np.ndarray | None = None) -> tuple[int, int, int]:
-    """A patch centre: a random labelled voxel or the centre of a random grid patch."""
+                  foreground: list[np.ndarray] | None = None) -> tuple[int, int, int]:
+    """A patch centre: a random labelled voxel (of a random class when class-balanced) or
+    the centre of a random grid patch. ``foreground``: :func:`foreground_index` of the case."""
     if foreground is None:
-        foreground = np.flatnonzero(case.labels.ravel())
-    if foreground.size and rng.random() < config.foreground_fraction:
-        flat = int(foreground[rng.integers(foreground.size)])
+        foreground = foreground_index(case, config)
+    foreground = [f for f in foreground if f.size]
+    if foreground and rng.random() < config.foreground_fraction:
+        voxels = foreground[int(rng.integers(len(foreground)))]
+        flat = int(voxels[rng.integers(voxels.size)])
         return tuple(int(i) for i in np.unravel_index(flat, case.labels.shape))
     centre = []
     for n, p in zip(case.image.shape, config.patch_size):
@@ -93,13 +108,13 @@ def choose_centre(case: TrainingCase, config: PatchConfig, rng: np.random.Genera
 def make_patch(case: TrainingCase, config: PatchConfig, augmentation: AugmentConfig,
                rng: np.random.Generator, normalise, *, sideless: bool = True,
                side_swap: Mapping[int, int] | None = None,
-               foreground: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               foreground: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One augmented, normalised (image, labels) patch of ``case``.
 
     Args:
         normalise: patch -> [0, 1] patch (the "Uniform" normalisation).
         sideless, side_swap: the left-right flip declaration (see augmentation).
-        foreground: flat indices of the labelled voxels (cached by the caller).
+        foreground: :func:`foreground_index` of the case (cached by the caller).
 
     Returns:
         ``(image (z, y, x) float32 in [0, 1], labels (z, y, x) int32)`` of ``patch_size``.
@@ -131,7 +146,7 @@ def patch_stream(cases: Sequence[TrainingCase], config: PatchConfig,
     """Endless stream of patches from randomly chosen cases (one patch per pick)."""
     if not cases:
         raise ValueError("no training cases")
-    foregrounds = [np.flatnonzero(c.labels.ravel()) for c in cases]
+    foregrounds = [foreground_index(c, config) for c in cases]
     while True:
         index = int(rng.integers(len(cases)))
         yield make_patch(cases[index], config, augmentation, rng, normalise, sideless=sideless,

@@ -280,7 +280,8 @@ def _present_classes(labels: np.ndarray) -> list[int]:
 def train(config: TrainConfig, cases: Sequence[TrainingCase],
           validation_cases: Sequence[TrainingCase], run_dir: str | Path, *,
           resume: bool = False, normalise: Callable | None = None, progress: bool = True,
-          max_steps: int | None = None) -> TrainResult:
+          max_steps: int | None = None,
+          initial_weights: str | Path | None = None) -> TrainResult:
     """Train (or continue training) a segmentation network.
 
     Args:
@@ -295,6 +296,8 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
         progress: draw a progress bar on stderr.
         max_steps: stop after this many steps in this call (at a round boundary or not;
             a checkpoint is always written before returning).
+        initial_weights: a fresh run starts from these weights (same architecture) instead of
+            a random initialisation (fine-tuning); ignored on resume.
 
     Returns:
         :class:`TrainResult`.
@@ -327,6 +330,8 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
     elif (checkpoint / "state.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another "
                               "directory")
+    if initial_weights is not None and not resume and not Path(initial_weights).is_file():
+        raise FileNotFoundError(f"initial weights {initial_weights} not found")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(config.to_dict(), indent=2))
     (run_dir / "network.json").write_text(config.network.to_json())
@@ -342,6 +347,10 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
         np.savez_compressed(validation_file, images=val_images, labels=val_labels)
 
     trainer = _Trainer(config)
+    if initial_weights is not None and not resume:
+        trainer.model.load_weights(str(initial_weights))
+        (run_dir / "initial_weights.txt").write_text(f"{initial_weights}\n")
+        logger.info("starting from the weights in %s", initial_weights)
     state = trainer.load(checkpoint) if resume else TrainState()
     total = config.total_steps
     stop = total if max_steps is None else min(total, state.step + max_steps)
