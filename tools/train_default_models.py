@@ -8,8 +8,12 @@ into ``models/`` with a manifest entry (``legseg_tf.model_store.write_entry``).
     python tools/train_default_models.py classifier            # ~10 min on 2 cores
     python tools/train_default_models.py upper [--resume] [--rounds N] [--max-steps N]
     python tools/train_default_models.py lower [--resume] [--rounds N] [--max-steps N]
+    python tools/train_default_models.py upper --class-balanced --init-from W --run-name NAME
+                                                               # fine-tune into upper-NAME/
     python tools/train_default_models.py evaluate upper|lower  # held-out leg, sliding window
-    python tools/train_default_models.py install upper|lower|classifier
+    python tools/train_default_models.py install upper|lower|classifier [--best] [--run-name NAME]
+
+The shipped networks' exact command sequences are in their model cards (models/cards/).
 
 Data (QMRITools, BSD-3-Clause, (c) 2016 Martijn Froeling; Froeling, JOSS 2019, 4:1204):
 
@@ -249,6 +253,13 @@ def cmd_install(args) -> int:
                                 "card": f"cards/{spec['id']}.md",
                                 "steps": state["step"], "rounds": state["round"],
                                 "weights_from": "best" if args.best else "last",
+                                "class_balanced": json.loads((run / "train_config.json")
+                                                             .read_text())["patch"].get(
+                                                                 "class_balanced", False),
+                                "fine_tuned_from": ((run / "initial_weights.txt").read_text()
+                                                    .strip().replace(str(ROOT) + "/", "")
+                                                    if (run / "initial_weights.txt").exists()
+                                                    else None),
                                 "data_licence": "QMRITools data BSD-3-Clause (c) 2016 "
                                                 "Martijn Froeling"}}
     manifest = write_entry(MODELS, entry)
