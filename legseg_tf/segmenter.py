@@ -400,7 +400,8 @@ class QMRIToolsSegmenter:
             "cut_column": int(cut),
             "method": "find_middle" if self.plan.find_middle else "image centre",
             "overlap": self.split_config.overlap,
-            "part_labels": "largest component on the part's own side of the cut",
+            "part_labels": "largest component on the part's own side of the cut; "
+                           "sided labels cleared beyond the cut",
             "parts_columns": [[code, c.start, c.stop] for code, c in
                               side_columns(nx, decision.side, cut, self.split_config.overlap)],
         }
