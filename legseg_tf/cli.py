@@ -231,6 +231,20 @@ class Terminated(BaseException):
     swallow it."""
 
 
+def _cache_dirs_off_an_unwritable_home(work_dir: Path | None) -> None:
+    """Point the Keras and Matplotlib caches at the work dir (else a per-user temporary
+    folder) when HOME cannot be written, e.g. a cluster account with a full or read-only HOME;
+    variables already set are kept."""
+    home = os.environ.get("HOME")
+    if home and os.access(home, os.W_OK):
+        return
+    import tempfile
+
+    base = work_dir if work_dir is not None else Path(tempfile.gettempdir()) / f"legseg-cache-{os.getuid()}"
+    os.environ.setdefault("KERAS_HOME", str(base / ".keras"))
+    os.environ.setdefault("MPLCONFIGDIR", str(base / ".matplotlib"))
+
+
 def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
@@ -249,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"legseg: error: {error}", file=sys.stderr)
         return error.code
 
+    _cache_dirs_off_an_unwritable_home(config.work_dir)
     from legseg_tf import logging_setup, pipeline
 
     log_file = logging_setup.configure(

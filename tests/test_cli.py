@@ -192,3 +192,21 @@ def test_console_script_module_entry(tmp_path):
     done = subprocess.run([sys.executable, "-m", "legseg_tf", "--version"], capture_output=True, text=True,
                           env=env, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("legseg ")
+
+
+def test_caches_leave_an_unwritable_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    cli._cache_dirs_off_an_unwritable_home(tmp_path / "work")     # writable HOME: unchanged
+    assert "KERAS_HOME" not in os.environ
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)   # as for a read-only HOME
+    monkeypatch.setenv("MPLCONFIGDIR", "/elsewhere")
+    cli._cache_dirs_off_an_unwritable_home(tmp_path / "work")
+    assert os.environ["KERAS_HOME"] == str(tmp_path / "work" / ".keras")
+    assert os.environ["MPLCONFIGDIR"] == "/elsewhere"                  # set by the user: kept
+    monkeypatch.delenv("KERAS_HOME")
+    cli._cache_dirs_off_an_unwritable_home(None)
+    assert os.environ["KERAS_HOME"].endswith(f"legseg-cache-{os.getuid()}/.keras")
