@@ -49,7 +49,7 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 ROLES = ("classifier", "upper_leg", "lower_leg", "hip")
 SEGMENTATION_ROLES = ("upper_leg", "lower_leg", "hip")
-PROVENANCE_SOURCES = ("legseg-train", "qmritools-wlnet")
+PROVENANCE_SOURCES = ("legseg-train", "qmritools-wlnet", "qmritools-onnx")
 WEIGHTS_SUFFIX = ".weights.h5"
 ENTRY_KEYS = ("id", "role", "config", "weights", "sha256", "label_table", "provenance")
 

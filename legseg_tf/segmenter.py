@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,9 +42,15 @@ from legseg_tf.body_position import (
     majority_side,
 )
 from legseg_tf.config import InferenceConfig
+from legseg_tf.errors import NoModelError
 from legseg_tf.labels import rename_train_labels, train_label_map
 from legseg_tf.masking import MaskConfig, apply_mask, body_mask
 from legseg_tf.merge import merge_parts, merge_probabilities
+from legseg_tf.model_adapters import (  # noqa: F401 - RegionNetwork: part of this API
+    RegionNetwork,
+    region_network,
+    slice_classifier,
+)
 from legseg_tf.postprocessing import (
     clear_other_side,
     largest_component_per_label,
@@ -62,21 +68,12 @@ from legseg_tf.split import (
     split_parts,
 )
 
-if TYPE_CHECKING:
-    import keras
-
-    from legseg_tf.model_store import ModelEntry
-
 logger = logging.getLogger(__name__)
 
 MODELS_HELP = (
     "install models into the models folder (--models DIR or LEGSEG_MODELS_DIR): train them "
     "with legseg-train or convert the QMRITools networks with legseg-import (README, 'Models')"
 )
-
-
-class NoModelError(RuntimeError):
-    """No usable segmentation model is installed for the requested region."""
 
 
 @dataclass
@@ -141,31 +138,6 @@ REGION_PLANS: dict[str, RegionPlan] = {
 }
 #: Model-manifest role of each region's network.
 REGION_ROLES = {"LowerLegs": "lower_leg", "UpperLegs": "upper_leg", "Hip": "hip"}
-
-
-@dataclass(frozen=True)
-class RegionNetwork:
-    """One installed region network, ready to run on a part.
-
-    Attributes:
-        role: manifest role ("lower_leg", "upper_leg" or "hip").
-        model_id: manifest id.
-        sha256: checksum of the weights.
-        label_table: training-label table name (``legseg_tf.labels.TRAIN_TABLES`` key).
-        predict: (z, y, x) float32 part -> (z, y, x) integer training labels, or an object
-            with ``labels`` and optional ``probabilities`` ((z, y, x, n_classes)). Best
-            without the per-label largest-component step: the segmenter selects, per label,
-            the largest component on the part's own side of the left/right cut.
-    """
-
-    role: str
-    model_id: str
-    sha256: str
-    label_table: str
-    predict: Callable[[np.ndarray], np.ndarray]
-
-    def describe(self) -> dict:
-        return {"id": self.model_id, "role": self.role, "sha256": self.sha256}
 
 
 def sideless_classes(table: str) -> frozenset[int]:
@@ -465,99 +437,6 @@ class QMRIToolsSegmenter:
                                   models=list(used))
 
 
-class KerasSliceClassifier:
-    """Adapter: a Keras side/position classifier as a :class:`SliceClassifier`.
-
-    Args:
-        model: Keras model with input (batch, rows, cols, 1) and a dict (or pair) of softmax
-            outputs "side" and "position".
-        side_classes, position_classes: class names in output order.
-        batch_size: slices per call.
-    """
-
-    def __init__(self, model: keras.Model, side_classes: Sequence[str],
-                 position_classes: Sequence[str], batch_size: int = 32) -> None:
-        self.model = model
-        self.side_classes = tuple(side_classes)
-        self.position_classes = tuple(position_classes)
-        self.batch_size = int(batch_size)
-        shape = model.input_shape
-        self.image_size = (int(shape[1]), int(shape[2]))
-
-    def __call__(self, images: np.ndarray) -> tuple[list[str], list[str]]:
-        images = np.asarray(images, dtype=np.float32)
-        if images.shape[1:] != self.image_size:
-            raise ValueError(
-                f"classifier expects {self.image_size} images, got {images.shape[1:]}")
-        sides, positions = [], []
-        for start in range(0, images.shape[0], self.batch_size):
-            batch = images[start:start + self.batch_size, ..., None]
-            output = self.model(batch, training=False)
-            if isinstance(output, Mapping):
-                side_p, position_p = output["side"], output["position"]
-            else:
-                side_p, position_p = output
-            sides += [self.side_classes[i] for i in np.argmax(np.asarray(side_p), axis=-1)]
-            positions += [self.position_classes[i]
-                          for i in np.argmax(np.asarray(position_p), axis=-1)]
-        return sides, positions
-
-
-def _network_stride(config: Mapping[str, Any]) -> tuple[int, int, int]:
-    """Total down-sampling per axis (z, y, x) of a region network config."""
-    if config.get("kind") == "unet":
-        from legseg_tf.networks.config import UNetConfig, total_stride
-
-        stride = total_stride(UNetConfig.from_dict(dict(config)))
-    elif "total_stride" in config:
-        stride = tuple(int(s) for s in config["total_stride"])
-    else:
-        raise NoModelError(
-            f"network config of kind {config.get('kind')!r} declares no 'total_stride'; "
-            "it cannot be tiled"
-        )
-    if len(stride) != 3:
-        raise NoModelError(f"region networks must be 3-D, got stride {stride}")
-    return stride  # type: ignore[return-value]
-
-
-def _region_network(entry: ModelEntry, config: InferenceConfig) -> RegionNetwork:
-    from legseg_tf import model_store
-    from legseg_tf.inference import apply_segmentation_network
-    from legseg_tf.labels import TRAIN_TABLES
-
-    try:
-        model = model_store.load_model(entry)
-        stride = _network_stride(entry.read_config())
-    except (model_store.ModelError, model_store.ManifestError) as error:
-        raise NoModelError(f"model {entry.id!r} ({entry.role}) is not usable: {error}") from error
-    n_classes = len(TRAIN_TABLES[entry.label_table]) + 1
-    def predict(part: np.ndarray):
-        # raw arg-max labels: the segmenter picks each label's component on the own side
-        return apply_segmentation_network(part, model, n_classes, config, stride,
-                                          largest_component=False)
-
-    return RegionNetwork(entry.role, entry.id, entry.sha256, entry.label_table, predict)
-
-
-def _slice_classifier(entry: ModelEntry, config: InferenceConfig) -> KerasSliceClassifier:
-    from legseg_tf import model_store
-    from legseg_tf.networks.config import ClassifierConfig as NetClassifierConfig
-
-    try:
-        model = model_store.load_model(entry)
-        raw = entry.read_config()
-    except (model_store.ModelError, model_store.ManifestError) as error:
-        raise NoModelError(f"classifier {entry.id!r} is not usable: {error}") from error
-    defaults = NetClassifierConfig()
-    return KerasSliceClassifier(
-        model,
-        raw.get("side_classes", defaults.side_classes),
-        raw.get("position_classes", defaults.position_classes),
-        batch_size=max(config.batch_size, 32),
-    )
-
-
 def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
     """Build the segmenter for ``config`` from the models in ``models_dir``.
 
@@ -589,12 +468,12 @@ def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
     networks = {}
     for region in plan.regions:
         entry = manifest.get(REGION_ROLES[region])
-        networks[entry.role] = _region_network(entry, config)
+        networks[entry.role] = region_network(entry, config)
     classifier_entry = manifest.get("classifier")
     classifier = None
     classifier_model = None
     if classifier_entry is not None:
-        classifier = _slice_classifier(classifier_entry, config)
+        classifier = slice_classifier(classifier_entry, config)
         classifier_model = {"id": classifier_entry.id, "role": "classifier",
                             "sha256": classifier_entry.sha256}
     elif not plan.needs_positions:

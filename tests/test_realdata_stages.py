@@ -198,7 +198,7 @@ def test_installed_classifier_finds_the_thighs(thighs):
     if manifest.get("classifier") is None:
         pytest.skip(f"no classifier installed in {models_dir}")
     from legseg_tf.config import InferenceConfig
-    from legseg_tf.segmenter import _slice_classifier
+    from legseg_tf.model_adapters import slice_classifier as _slice_classifier
 
     classifier = _slice_classifier(manifest.get("classifier"), InferenceConfig())
     _, _, _, masked, _, _ = thighs

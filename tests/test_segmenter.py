@@ -401,21 +401,21 @@ def test_single_leg_at_the_isocentre_takes_the_classifier_side(tmp_path):
 
 def test_network_stride_from_configs():
     from legseg_tf.networks.config import UNetConfig
-    from legseg_tf.segmenter import _network_stride
+    from legseg_tf.model_adapters import network_stride as _network_stride
 
     unet = UNetConfig(n_classes=3, features=(4, 8, 16),
                       downsample=((1, 2, 2), (2, 2, 2), (1, 1, 1)), dropout_rate=0.0)
     assert _network_stride(unet.to_dict()) == (2, 4, 4)
     assert _network_stride({"kind": "wlnet_graph", "total_stride": [1, 16, 16]}) == (1, 16, 16)
     with pytest.raises(NoModelError, match="total_stride"):
-        _network_stride({"kind": "wlnet_graph"})
+        _network_stride({"kind": "custom"})
     with pytest.raises(NoModelError, match="3-D"):
         _network_stride({"kind": "wlnet_graph", "total_stride": [16, 16]})
 
 
 def test_keras_slice_classifier_maps_outputs_to_class_names():
     keras = pytest.importorskip("keras")
-    from legseg_tf.segmenter import KerasSliceClassifier
+    from legseg_tf.model_adapters import KerasSliceClassifier
 
     inputs = keras.Input(shape=(8, 8, 1))
     mean = keras.layers.GlobalAveragePooling2D()(inputs)
