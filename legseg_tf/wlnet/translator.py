@@ -893,7 +893,7 @@ def build_from_config(config: dict):
     return keras.Model(ins, outs, name=_sanitize(source.rsplit(".", 1)[0]))
 
 
-_MULTI_INPUT = {"add", "multiply", "concat"}
+_MULTI_INPUT = {"add", "multiply", "concat", "arith"}
 
 
 def _keras_layer(keras, op: dict):
@@ -949,6 +949,16 @@ def _keras_layer(keras, op: dict):
         return L.Dense(c["units"], use_bias=c["use_bias"], name=name)
     if kind == "softmax":
         return L.Softmax(axis=c["axis"], name=name)
+    if kind == "leaky_relu":
+        return L.LeakyReLU(negative_slope=c["negative_slope"], name=name)
+    if kind == "prelu":
+        return L.PReLU(shared_axes=c["shared_axes"] or None, name=name)
+    if kind == "elu":
+        return L.ELU(alpha=c["alpha"], name=name)
+    if kind in ("unary", "const_arith", "arith"):
+        from legseg_tf.wlnet import keras_ops  # elementwise kinds of imported ONNX nets
+
+        return keras_ops.make_layer(kind, c, name)
     raise ValueError(f"unknown op {kind!r} in {CONFIG_KIND} config")
 
 
