@@ -928,7 +928,7 @@ def _keras_layer(keras, op: dict):
                  "avg_pool": (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D)}
         cls = table[kind][c["rank"] - 1]
         return cls(pool_size=tuple(c["pool_size"]), strides=tuple(c["strides"]),
-                   padding="valid", name=name)
+                   padding=c.get("padding", "valid"), name=name)
     if kind == "upsample":
         cls = {1: L.UpSampling1D, 2: L.UpSampling2D, 3: L.UpSampling3D}[c["rank"]]
         size = c["size"][0] if c["rank"] == 1 else tuple(c["size"])
