@@ -194,9 +194,10 @@ def test_identify_activation(tmp_path, function, expected):
 def test_unsupported_elementwise_function_is_refused(tmp_path):
     from legseg_tf.wlnet.translator import TranslationError, translate
 
-    path = W.write_wlnet(tmp_path / "sin.wlnet",
-                         _chain_net((2, 3), [("a", lambda s: W.elementwise(s, "Sin"))]))
-    with pytest.raises(TranslationError, match=r"sin\.wlnet.*node a.*Sin"):
+    # Gamma is a Wolfram primitive without a Keras operation
+    path = W.write_wlnet(tmp_path / "gamma.wlnet",
+                         _chain_net((2, 3), [("a", lambda s: W.elementwise(s, "Gamma"))]))
+    with pytest.raises(TranslationError, match=r"gamma\.wlnet.*node a.*Gamma"):
         translate(read_wlnet(path))
 
 

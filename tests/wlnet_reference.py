@@ -4,7 +4,13 @@ Works directly on the reader's net description in Wolfram layout: every array is
 ``(batch, *wolfram_dims)``, i.e. channels first. Written from the Wolfram layer definitions
 (cross-correlation convolution with explicit per-side padding, ``(x - mean) / sqrt(var + eps)``
 normalisations, exact GELU, nearest resize by repetition, C-order flattening), with plain loops
-over kernel offsets; it shares no code with ``legseg_tf.wlnet.translator``.
+over kernel offsets; it shares no code with ``legseg_tf.wlnet.translator`` or
+``legseg_tf.wlnet.scalar``.
+
+Both input encodings of multi-input layers are evaluated (ports "1", "2", ... of Wolfram
+>= 11.3.2, or one list-valued port "Input"), ``ScalarFunctionObject`` programs are interpreted
+here by recursive evaluation of their SSA association, and TransposeLayer Rules move a level
+(``rules_move=True``, Wolfram >= 11.3.2) or swap it (older files).
 """
 from __future__ import annotations
 
@@ -17,14 +23,14 @@ from legseg_tf.wlnet.expr import Expr, Symbol
 from legseg_tf.wlnet.reader import Container, Layer, TensorType
 
 
-def run_net(node, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_net(node, inputs: dict[str, np.ndarray], rules_move: bool = True) -> dict:
     """Evaluate a container or layer on batched float64 inputs (port name -> array)."""
     if isinstance(node, Container):
-        return _run_container(node, inputs)
-    return _run_layer(node, inputs)
+        return _run_container(node, inputs, rules_move)
+    return _run_layer(node, inputs, rules_move)
 
 
-def _run_container(net: Container, inputs: dict) -> dict:
+def _run_container(net: Container, inputs: dict, rules_move: bool) -> dict:
     results: dict[str, dict] = {}
 
     def sources_of(node_name, port):
@@ -59,7 +65,7 @@ def _run_container(net: Container, inputs: dict) -> dict:
                     feed[port] = flat
                 else:
                     (feed[port],) = values
-            results[name] = run_net(child, feed)
+            results[name] = run_net(child, feed, rules_move)
         return results[name]
 
     for name in net.nodes:
@@ -158,10 +164,16 @@ def activation(name, x):
     return table[name](x)
 
 
-def _transpose_axes(spec, rank):
+def _transpose_axes(spec, rank, rules_move=True):
     spec = _unwrap(spec)
     if isinstance(spec, Expr):
         spec = [spec]
+    if rules_move and spec and all(isinstance(r, Expr) and r.head_name == "Rule" for r in spec):
+        # level a ends up at position b; the others keep their relative order
+        moved = {b - 1 if b > 0 else rank + b: a - 1 if a > 0 else rank + a
+                 for a, b in (r.args for r in spec)}
+        others = [k for k in range(rank) if k not in moved.values()]
+        return [moved[j] if j in moved else others.pop(0) for j in range(rank)]
     if all(isinstance(v, int) for v in spec):
         # Transpose[a, {p1..pn}]: input level k becomes output level p_k.
         axes = list(range(rank))
@@ -175,11 +187,64 @@ def _transpose_axes(spec, rank):
     return axes
 
 
-def _run_layer(layer: Layer, inputs: dict) -> dict:
+_SELU = (1.6732632423543772, 1.0507009873554805)
+_SSA_OPS = {
+    "Times": lambda *v: np.prod(np.broadcast_arrays(*v), axis=0),
+    "Plus": lambda *v: np.sum(np.broadcast_arrays(*v), axis=0),
+    "Subtract": lambda u, v: u - v, "Divide": lambda u, v: u / v, "Power": np.power,
+    "Minus": np.negative, "Min": lambda *v: np.min(np.broadcast_arrays(*v), axis=0),
+    "Max": lambda *v: np.max(np.broadcast_arrays(*v), axis=0),
+    "Erf": erf, "Exp": np.exp, "Log": np.log, "Tanh": np.tanh, "Sqrt": np.sqrt,
+    "Abs": np.abs, "Sin": np.sin, "Cos": np.cos, "Square": np.square,
+    "LogisticSigmoid": lambda v: 0.5 * (1.0 + np.tanh(0.5 * v)),
+    "Ramp": lambda v: np.where(v > 0, v, 0.0),
+    "Clip": lambda v, bounds: np.clip(v, bounds[0], bounds[1]),
+    "Greater": lambda u, v: (u > v) * 1.0, "Less": lambda u, v: (u < v) * 1.0,
+    "If": lambda c, u, v: np.where(c > 0.5, u, v), "Identity": lambda v: v,
+    "RectifiedLinearUnit": lambda v: np.where(v > 0, v, 0.0),
+    "ExponentialLinearUnit": lambda v: np.where(v > 0, v, np.exp(np.minimum(v, 0)) - 1.0),
+    "ScaledExponentialLinearUnit": lambda v: _SELU[1] * np.where(
+        v > 0, v, _SELU[0] * (np.exp(np.minimum(v, 0)) - 1.0)),
+    "SoftPlus": lambda v: np.log1p(np.exp(-np.abs(v))) + np.maximum(v, 0),
+    "SoftSign": lambda v: v / (1.0 + np.abs(v)),
+    "HardSigmoid": lambda v: np.clip((v + 1.0) / 2.0, 0.0, 1.0),
+    "HardTanh": lambda v: np.clip(v, -1.0, 1.0),
+    "Sigmoid": lambda v: 0.5 * (1.0 + np.tanh(0.5 * v)),
+}
+
+
+def run_scalar_function(sfo: Expr, *xs):
+    """Evaluate ``ScalarFunctionObject[ins, out, ssa]`` on arrays by recursive lookup."""
+    ins, out, ssa = sfo.args
+    env = {sym: x for sym, x in zip(ins, xs)}
+
+    def value(arg):
+        if isinstance(arg, Expr) and arg.head_name == "ScalarSymbol":
+            if arg not in env:
+                op, *args = ssa[arg]
+                name = op.name if isinstance(op, Symbol) else op
+                env[arg] = _SSA_OPS[name](*[value(v) for v in args])
+            return env[arg]
+        if isinstance(arg, list):
+            return [value(v) for v in arg]
+        return float(arg)
+
+    return value(out) * np.ones_like(xs[0])
+
+
+def _inputs_list(layer: Layer, inputs: dict) -> list:
+    if "Input" in layer.inputs:
+        return list(inputs["Input"])
+    return [inputs[str(k)] for k in range(1, len(layer.inputs) + 1)]
+
+
+def _run_layer(layer: Layer, inputs: dict, rules_move: bool = True) -> dict:
     p, a, t = layer.parameters, layer.arrays, layer.type
     x = inputs.get("Input")
+    if t in ("Catenate", "Total", "Threading"):
+        x = _inputs_list(layer, inputs)
     if t == "Function":
-        return run_net(layer.subnet, inputs)
+        return run_net(layer.subnet, inputs, rules_move)
     if t == "Convolution":
         w = a["Weights"].astype(np.float64)
         n = w.ndim - 2
@@ -215,7 +280,13 @@ def _run_layer(layer: Layer, inputs: dict) -> dict:
             y = y + a["Biases"].reshape(shape)
     elif t == "Elementwise":
         func = _unwrap(p["Function"])
-        y = activation(func.name if isinstance(func, Symbol) else func, x)
+        if isinstance(func, Expr) and func.head_name == "ScalarFunctionObject":
+            y = run_scalar_function(func, x)
+        elif isinstance(func, Symbol) and func.name in _SSA_OPS and func.name not in (
+                "Ramp", "Tanh", "LogisticSigmoid"):
+            y = _SSA_OPS[func.name](x)
+        else:
+            y = activation(func.name if isinstance(func, Symbol) else func, x)
     elif t == "Resize":
         y = x
         for axis, entry in enumerate(_unwrap(p["Specification"])):
@@ -228,8 +299,11 @@ def _run_layer(layer: Layer, inputs: dict) -> dict:
     elif t == "Total":
         y = np.sum(np.stack(x), axis=0)
     elif t == "Threading":
-        func = _unwrap(p["Function"]).name
-        y = np.sum(np.stack(x), axis=0) if func == "Plus" else np.prod(np.stack(x), axis=0)
+        func = _unwrap(p["Function"])
+        if isinstance(func, Expr) and func.head_name == "ScalarFunctionObject":
+            y = run_scalar_function(func, *x)
+        else:
+            y = _SSA_OPS[func.name](*x)
     elif t == "Dropout":
         y = x
     elif t == "Flatten":
@@ -251,7 +325,7 @@ def _run_layer(layer: Layer, inputs: dict) -> dict:
         y = e / e.sum(axis=axis, keepdims=True)
     elif t == "Transpose":
         rank = x.ndim - 1
-        axes = _transpose_axes(p.get("Specification"), rank)
+        axes = _transpose_axes(p.get("Specification"), rank, rules_move)
         y = np.transpose(x, [0] + [v + 1 for v in axes])
     elif t == "Reshape":
         out = layer.outputs["Output"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import struct
 import zlib
@@ -34,7 +35,9 @@ import numpy as np
 
 MAGIC = b"!boR"
 PREFIX = "1:"
-_MAX_DEPTH = 500
+_MAX_DEPTH = 200
+#: Largest decompressed ``!boR`` payload accepted (real nets: tens of KB; a cap stops zip bombs).
+MAX_PAYLOAD_BYTES = 64 << 20
 _SPECIAL_SYMBOLS = {"True": True, "False": False, "None": None}
 
 
@@ -90,18 +93,19 @@ def to_wl_text(value: Any) -> str:
     return str(value)
 
 
-def uncompress(text: str | bytes) -> Any:
+def uncompress(text: str | bytes, max_payload: int = MAX_PAYLOAD_BYTES) -> Any:
     """Decode a Wolfram ``Compress`` string into Python values.
 
     Args:
         text: the ``"1:..."`` string (surrounding whitespace and line breaks are ignored).
+        max_payload: largest decompressed payload accepted, in bytes.
 
     Returns:
         The decoded expression (see the module docstring for the value mapping).
 
     Raises:
         ExpressionError: bad prefix, invalid base64, invalid zlib data, missing ``!boR`` magic,
-            truncated payload, trailing bytes or an unknown tag.
+            truncated payload, trailing bytes, an unknown tag or a payload over the size cap.
     """
     if isinstance(text, bytes):
         try:
@@ -118,7 +122,15 @@ def uncompress(text: str | bytes) -> Any:
     except (binascii.Error, ValueError) as exc:
         raise ExpressionError(f"Compress string is not valid base64: {exc}") from exc
     try:
-        payload = zlib.decompress(raw)
+        inflater = zlib.decompressobj()
+        payload = inflater.decompress(raw, max_payload + 1)
+        if len(payload) > max_payload or inflater.unconsumed_tail:
+            raise ExpressionError(f"Compress string expands beyond {max_payload:,} bytes")
+        payload += inflater.flush()
+        if len(payload) > max_payload:
+            raise ExpressionError(f"Compress string expands beyond {max_payload:,} bytes")
+        if not inflater.eof:
+            raise ExpressionError("Compress string holds truncated zlib data")
     except zlib.error as exc:
         raise ExpressionError(f"Compress string holds corrupt zlib data: {exc}") from exc
     return decode_payload(payload)
@@ -129,7 +141,10 @@ def decode_payload(payload: bytes) -> Any:
     if not payload.startswith(MAGIC):
         raise ExpressionError(f"expression payload must start with {MAGIC!r}, got {payload[:4]!r}")
     reader = _Reader(payload, len(MAGIC))
-    value = reader.read(0)
+    try:
+        value = reader.read(0)
+    except RecursionError as exc:
+        raise ExpressionError("expression nested too deeply") from exc
     if reader.pos != len(payload):
         raise ExpressionError(
             f"{len(payload) - reader.pos} trailing bytes after the expression at offset "
@@ -199,7 +214,7 @@ class _Reader:
         dims = [self._int32() for _ in range(rank)]
         if any(d < 0 for d in dims):
             raise ExpressionError(f"negative packed-array dimension {dims}")
-        count = int(np.prod(dims))
+        count = math.prod(dims)
         data = self._take(8 * count)
         return np.frombuffer(data, dtype="<f8").reshape(dims).copy()
 

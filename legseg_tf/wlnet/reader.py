@@ -14,6 +14,7 @@ Importing this module never imports TensorFlow or Keras.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,13 @@ KNOWN_LAYER_TYPES = frozenset({
     "Total", "Threading", "Dropout", "Flatten", "Linear", "Softmax", "Transpose", "Reshape",
 })
 CONTAINER_TYPES = frozenset({"Chain", "Graph"})
+#: Layers whose inputs are ``$Multiport`` since Wolfram 11.3.2 (ports "1", "2", ...; before:
+#: one list-valued port "Input"), per the layers' "11.3.2 -> UpgradeToMultiport" upgraders.
+MULTIPORT_TYPES = frozenset({"Total", "Catenate", "Threading", "Dot"})
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Largest /Network (or /Metadata) string read, and largest total of array bytes accepted.
+MAX_NETWORK_CHARS = 64 << 20
+MAX_ARRAY_BYTES = 4 << 30
 
 
 class WlnetFormatError(WlnetError):
@@ -180,6 +187,116 @@ def unwrap(value: Any) -> Any:
     return value
 
 
+def _int(value: Any) -> int | None:
+    value = unwrap(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _ints(value: Any, n: int) -> tuple[int | None, ...]:
+    value = unwrap(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    if isinstance(value, list) and len(value) == n:
+        return tuple(_int(v) for v in value)
+    return (None,) * n
+
+
+def _first_shape(ports: dict) -> tuple[int | None, ...] | None:
+    spec = next(iter(ports.values()), None)
+    return spec.shape if isinstance(spec, TensorType) else None
+
+
+def expected_array_shapes(kind: str, params: dict, inputs: dict,
+                          outputs: dict) -> dict[str, tuple[int | None, ...] | None]:
+    """Array name -> shape the layer needs (None entries: not determined by the file).
+
+    The names are the ones Wolfram's layer definitions use (11.x ``Gamma``/``Beta`` and
+    12+ ``Scaling``/``Biases`` for normalisation); a layer type without arrays maps to {}.
+    """
+    in_shape, out_shape = _first_shape(inputs), _first_shape(outputs)
+    channels_in = in_shape[0] if in_shape else None
+    if kind in ("Convolution", "Deconvolution"):
+        kernel = unwrap(params.get("KernelSize"))
+        dims = len(kernel) if isinstance(kernel, list) else (
+            len(in_shape) - 1 if in_shape else None)
+        if dims is None:
+            return {"Weights": None, "Biases": None}
+        kernel_dims = _ints(kernel, dims)
+        groups = _int(params.get("ChannelGroups", params.get("$GroupNumber", 1))) or 1
+        out_ch = _int(params.get("OutputChannels")) or (out_shape[0] if out_shape else None)
+        in_ch = _int(params.get("$InputChannels")) or channels_in
+        per_group_in = None if in_ch is None or in_ch % groups else in_ch // groups
+        per_group_out = None if out_ch is None or out_ch % groups else out_ch // groups
+        if kind == "Convolution":
+            weights = (out_ch, per_group_in) + kernel_dims
+        else:
+            weights = (in_ch, per_group_out) + kernel_dims
+        return {"Weights": weights, "Biases": (out_ch,)}
+    if kind == "BatchNormalization":
+        c = channels_in or _int(params.get("Channels", params.get("$Channels")))
+        return {k: (c,) for k in ("Gamma", "Beta", "Scaling", "Biases", "MovingMean",
+                                  "MovingVariance")}
+    if kind == "InstanceNormalization":
+        return {k: (channels_in,) for k in ("Gamma", "Beta", "Scaling", "Biases")}
+    if kind == "Normalization":
+        return {"Scaling": None, "Biases": None}
+    if kind == "Linear":
+        out_dims = unwrap(params.get("OutputDimensions"))
+        units = None
+        if isinstance(out_dims, list) and len(out_dims) == 1:
+            units = _int(out_dims[0])
+        elif isinstance(out_dims, int) and not isinstance(out_dims, bool):
+            units = out_dims
+        elif out_dims is None and out_shape is not None and len(out_shape) == 1:
+            units = out_shape[0]
+        if isinstance(out_dims, list) and len(out_dims) > 1:
+            return {"Weights": None, "Biases": None}
+        n_in = None
+        if in_shape is not None and None not in in_shape:
+            n_in = math.prod(in_shape)
+        return {"Weights": (units, n_in), "Biases": (units,)}
+    return {}
+
+
+def layer_encoding(layer: Layer) -> str | None:
+    """How the file encodes a layer whose encoding changed across Wolfram versions.
+
+    E.g. ``multiport, 2`` (ports "1", "2"; Wolfram >= 11.3.2), ``list port, 2`` (one
+    list-valued "Input", older files), ``ScalarFunctionObject`` / ``symbol Ramp`` for
+    elementwise functions, ``rule 1->3`` / ``swap 1<->3`` / ``permutation {4, 1, 2, 3}`` for
+    TransposeLayer. None for layers with a single encoding.
+    """
+    if layer.type in MULTIPORT_TYPES:
+        if list(layer.inputs) == ["Input"] and isinstance(layer.inputs["Input"], tuple):
+            return f"list port, {len(layer.inputs['Input'])}"
+        return f"multiport, {len(layer.inputs)}"
+    if layer.type in ("Elementwise", "Threading"):
+        func = unwrap(layer.parameters.get("Function"))
+        if isinstance(func, Expr) and func.head_name == "ScalarFunctionObject":
+            return "ScalarFunctionObject"
+        if isinstance(func, Symbol):
+            return f"symbol {func.name}"
+        if isinstance(func, str):
+            return f"name {func!r}"
+        return None if func is None else f"{to_wl_text(func)[:40]}"
+    if layer.type == "Transpose":
+        spec = unwrap(layer.parameters.get("Specification"))
+        items = spec if isinstance(spec, list) else [spec]
+        if items and all(isinstance(v, int) for v in items):
+            return f"permutation {to_wl_text(items)}"
+        parts = []
+        for item in items:
+            if isinstance(item, Expr) and item.head_name == "Rule" and len(item.args) == 2:
+                parts.append(f"rule {item.args[0]}->{item.args[1]}")
+            elif isinstance(item, Expr) and item.head_name == "TwoWayRule" and \
+                    len(item.args) == 2:
+                parts.append(f"swap {item.args[0]}<->{item.args[1]}")
+            else:
+                parts.append(to_wl_text(item)[:30])
+        return ", ".join(parts) or None
+    return None
+
+
 def read_wlnet(path: str | Path) -> WlnetFile:
     """Read and decode a ``.wlnet`` file.
 
@@ -192,28 +309,46 @@ def read_wlnet(path: str | Path) -> WlnetFile:
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
+        file_size = path.stat().st_size
     except OSError as exc:
         raise WlnetFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
     if head != HDF5_SIGNATURE:
         raise WlnetFormatError(f"{path}: not a .wlnet file (no HDF5 signature)")
     try:
         h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise WlnetFormatError(f"{path}: unreadable HDF5 (truncated or corrupt): {exc}") from exc
-    with h5:
-        try:
-            return _read_open_file(path, h5)
-        except WlnetError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise WlnetFormatError(f"{path}: malformed .wlnet content: {exc}") from exc
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise WlnetFormatError(f"{path}: unreadable HDF5 (truncated or corrupt): "
+                               f"{_short(exc)}") from exc
+    try:
+        with h5:
+            return _read_open_file(path, h5, file_size)
+    except WlnetError:
+        raise
+    except RecursionError as exc:
+        raise WlnetFormatError(f"{path}: net description nested too deeply") from exc
+    except MemoryError as exc:
+        raise WlnetFormatError(f"{path}: not enough memory to read the file") from exc
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError,
+            IndexError, OverflowError, UnicodeError) as exc:
+        raise WlnetFormatError(f"{path}: malformed .wlnet content: {_short(exc)}") from exc
 
 
-def _read_open_file(path: Path, h5: h5py.File) -> WlnetFile:
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _read_open_file(path: Path, h5: h5py.File, file_size: int) -> WlnetFile:
     if "Network" not in h5:
         raise WlnetFormatError(f"{path}: HDF5 file has no /Network dataset (not a .wlnet file)")
     version = _scalar_text(h5, "Version", path) if "Version" in h5 else "unknown"
-    unstable = int(h5["Unstable"][()]) if "Unstable" in h5 else None
+    if "Unstable" in h5:
+        flag = h5["Unstable"]
+        if not isinstance(flag, h5py.Dataset) or flag.size != 1 or flag.dtype.kind not in "iub":
+            raise WlnetFormatError(f"{path}: /Unstable is not a scalar integer")
+        unstable = int(flag[()])
+    else:
+        unstable = None
     network_text = _scalar_text(h5, "Network", path)
     if not network_text.lstrip().startswith("1:"):
         raise WlnetFormatError(
@@ -227,7 +362,9 @@ def _read_open_file(path: Path, h5: h5py.File) -> WlnetFile:
     if not isinstance(tree, dict):
         raise WlnetFormatError(f"{path}: /Network does not decode to an association")
     datasets = h5["Arrays"] if "Arrays" in h5 else None
-    builder = _TreeBuilder(path, datasets)
+    if datasets is not None and not isinstance(datasets, h5py.Group):
+        raise WlnetFormatError(f"{path}: /Arrays is not a group")
+    builder = _TreeBuilder(path, datasets, file_size)
     net = builder.node(tree, ())
     unused = builder.unreferenced()
     if unused:
@@ -239,9 +376,17 @@ def _read_open_file(path: Path, h5: h5py.File) -> WlnetFile:
 
 
 def _scalar_text(h5: h5py.File, name: str, path: Path) -> str:
-    value = h5[name][()]
+    node = h5[name]
+    if not isinstance(node, h5py.Dataset) or node.size != 1 or node.dtype.kind not in "SOU":
+        raise WlnetFormatError(f"{path}: /{name} is not a scalar string")
+    if node.dtype.kind == "S" and node.dtype.itemsize > MAX_NETWORK_CHARS:
+        raise WlnetFormatError(f"{path}: /{name} declares an oversized string")
+    value = node[()]
     if isinstance(value, np.ndarray):
         value = value.item() if value.size == 1 else value
+    if isinstance(value, (bytes, str)) and len(value) > MAX_NETWORK_CHARS:
+        raise WlnetFormatError(f"{path}: /{name} is larger than {MAX_NETWORK_CHARS:,} "
+                               f"characters")
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace").rstrip("\x00")
     if isinstance(value, str):
@@ -252,9 +397,11 @@ def _scalar_text(h5: h5py.File, name: str, path: Path) -> str:
 class _TreeBuilder:
     """Walks the decoded association and builds typed records, resolving arrays."""
 
-    def __init__(self, path: Path, datasets: h5py.Group | None) -> None:
+    def __init__(self, path: Path, datasets: h5py.Group | None, file_size: int) -> None:
         self.path = path
         self.datasets = datasets
+        self.file_size = file_size
+        self.total_bytes = 0
         self.arrays: dict[str, np.ndarray] = {}
         self.array_datasets: dict[str, str] = {}
         self.used: set[str] = set()
@@ -298,19 +445,31 @@ class _TreeBuilder:
         if not isinstance(params, dict):
             raise self.fail(WlnetFormatError, path, "Parameters is not an association")
         arrays_raw = assoc.get("Arrays", {})
+        if arrays_raw is None:
+            arrays_raw = {}
         if not isinstance(arrays_raw, dict):
             raise self.fail(WlnetFormatError, path, "Arrays is not an association")
-        arrays = {str(name): self.array(ref, path, key + (str(name),))
-                  for name, ref in arrays_raw.items()}
+        inputs = self.ports(assoc.get("Inputs", {}), path)
+        outputs = self.ports(assoc.get("Outputs", {}), path)
+        expected = expected_array_shapes(kind, params, inputs, outputs)
+        arrays = {}
+        for name, ref in arrays_raw.items():
+            name = str(name)
+            if name not in expected:
+                allowed = ", ".join(expected) or "none"
+                raise self.fail(UnknownLayerError, path,
+                                f"{kind} layer has an unknown array {name!r} (known: {allowed})")
+            arrays[name] = self.array(ref, path, key + (name,), expected[name])
         subnet = None
         if isinstance(params.get("Net"), dict):
             subnet = self.node(params["Net"], path + ("Net",), key + ("Net",))
             params = {k: v for k, v in params.items() if k != "Net"}
         return Layer(path=path, type=kind, parameters=params, arrays=arrays,
-                     inputs=self.ports(assoc.get("Inputs", {}), path),
-                     outputs=self.ports(assoc.get("Outputs", {}), path), subnet=subnet)
+                     inputs=inputs, outputs=outputs, subnet=subnet)
 
-    def array(self, ref: Any, path: tuple[str, ...], key: tuple[str, ...]) -> np.ndarray | None:
+    def array(self, ref: Any, path: tuple[str, ...], key: tuple[str, ...],
+              expected: tuple[int | None, ...] | None = None) -> np.ndarray | None:
+        """Check dataset ``ref``'s declared shape, dtype and size, then read it."""
         if ref is None:
             return None
         if not (isinstance(ref, Expr) and ref.head_name == "ExportedArray" and len(ref.args) == 1
@@ -322,10 +481,33 @@ class _TreeBuilder:
         if self.datasets is None or name not in self.datasets:
             raise self.fail(WlnetFormatError, path,
                             f"array {key[-1]!r} refers to missing dataset /Arrays/{index}")
-        data = np.asarray(self.datasets[name][()])
-        if not np.issubdtype(data.dtype, np.floating):
+        if name in self.used:
+            raise self.fail(UnknownLayerError, path,
+                            f"dataset /Arrays/{index} is used twice (shared arrays are not "
+                            f"supported)")
+        dataset = self.datasets[name]
+        if not isinstance(dataset, h5py.Dataset):
+            raise self.fail(WlnetFormatError, path, f"/Arrays/{index} is not a dataset")
+        if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (2, 4, 8):
             raise self.fail(WlnetFormatError, path,
-                            f"/Arrays/{index} has dtype {data.dtype}, expected floats")
+                            f"/Arrays/{index} has dtype {dataset.dtype}, expected floats")
+        shape = tuple(int(d) for d in dataset.shape)
+        if expected is not None and (len(shape) != len(expected) or any(
+                e is not None and e != d for e, d in zip(expected, shape))):
+            want = "x".join("?" if e is None else str(e) for e in expected)
+            raise self.fail(WlnetFormatError, path,
+                            f"array {key[-1]!r} (/Arrays/{index}) has shape {list(shape)}, "
+                            f"the layer needs {want}")
+        nbytes = math.prod(shape) * dataset.dtype.itemsize
+        limit = self.file_size if dataset.compression is None else MAX_ARRAY_BYTES
+        if nbytes > limit or self.total_bytes + nbytes > MAX_ARRAY_BYTES:
+            raise self.fail(WlnetFormatError, path,
+                            f"/Arrays/{index} declares {nbytes:,} bytes of data, more than the "
+                            f"file can hold")
+        self.total_bytes += nbytes
+        data = np.asarray(dataset[()])
+        if tuple(data.shape) != shape:
+            raise self.fail(WlnetFormatError, path, f"/Arrays/{index} read with a wrong shape")
         array_key = "/".join(key)
         self.arrays[array_key] = data
         self.array_datasets[array_key] = f"/Arrays/{index}"
@@ -345,6 +527,15 @@ class _TreeBuilder:
     def port_type(self, value: Any, path: tuple[str, ...]) -> PortSpec:
         if isinstance(value, list):
             return tuple(self.port_type(v, path) for v in value)
+        if isinstance(value, Expr) and value.head_name == "ListT" and len(value.args) == 2:
+            count = value.args[0]
+            if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 4096:
+                raise self.fail(UnknownLayerError, path,
+                                f"list port of open or bad length {to_wl_text(count)}")
+            inner = self.port_type(value.args[1], path)
+            if isinstance(inner, tuple):
+                raise self.fail(WlnetFormatError, path, "nested list port")
+            return (inner,) * count
         if isinstance(value, Expr) and value.head_name in ("NetEncoder", "NetDecoder"):
             if len(value.args) < 3:
                 raise self.fail(WlnetFormatError, path, f"bad coder {to_wl_text(value)[:80]}")
@@ -360,7 +551,13 @@ class _TreeBuilder:
             dims = value.args[0]
             if not isinstance(dims, list):
                 return TensorType(shape=())
-            return TensorType(shape=tuple(d if isinstance(d, int) else None for d in dims))
+            if len(dims) > 32:
+                raise self.fail(WlnetFormatError, path, f"tensor of rank {len(dims)}")
+            shape = tuple(d if isinstance(d, int) and not isinstance(d, bool) else None
+                          for d in dims)
+            if any(d is not None and not 0 < d < 2**31 for d in shape):
+                raise self.fail(WlnetFormatError, path, f"bad tensor dimensions {dims}")
+            return TensorType(shape=shape)
         if isinstance(value, Expr) and value.head_name in ("IndexIntegerT", "RealT", "AtomT"):
             return TensorType(shape=())
         if value == Symbol("RealT"):
@@ -428,7 +625,9 @@ def layer_tree_lines(node: Node, indent: int = 0) -> list[str]:
     summary = _param_summary(node)
     out = ", ".join(_shape_text(v) for v in node.outputs.values())
     suffix = f"  [{arrays}]" if arrays else ""
-    lines.append(f"{pad}{name}: {node.type}{summary} -> {out}{suffix}")
+    encoding = layer_encoding(node)
+    kind = f"{node.type} ({encoding})" if encoding else node.type
+    lines.append(f"{pad}{name}: {kind}{summary} -> {out}{suffix}")
     if node.subnet is not None:
         lines.extend(layer_tree_lines(node.subnet, indent + 1))
     return lines
@@ -439,8 +638,21 @@ _SUMMARY_KEYS = ("OutputChannels", "KernelSize", "Stride", "PaddingSize", "Dilat
                  "Epsilon", "Resampling", "DropoutProbability")
 
 
+def _param_text(value: Any) -> str:
+    value = unwrap(value)
+    if isinstance(value, Expr) and value.head_name == "ScalarFunctionObject":
+        from legseg_tf.wlnet.scalar import ScalarProgram, ScalarProgramError
+
+        try:
+            return ScalarProgram.from_expr(value).text()
+        except ScalarProgramError as exc:
+            return f"<unreadable ScalarFunctionObject: {exc}>"
+    text = to_wl_text(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _param_summary(layer: Layer) -> str:
-    parts = [f"{k}={to_wl_text(unwrap(layer.parameters[k]))}" for k in _SUMMARY_KEYS
+    parts = [f"{k}={_param_text(layer.parameters[k])}" for k in _SUMMARY_KEYS
              if k in layer.parameters]
     return f"[{', '.join(parts)}]" if parts else ""
 

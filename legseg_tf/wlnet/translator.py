@@ -39,6 +39,7 @@ from legseg_tf.wlnet.expr import Expr, Symbol, WlnetError, to_wl_text
 from legseg_tf.wlnet.reader import (
     Container, Layer, Node, PortRef, TensorType, WlnetFile, unwrap,
 )
+from legseg_tf.wlnet.scalar import NAMED, ScalarProgram, ScalarProgramError, recognise
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,6 +55,27 @@ ACTIVATIONS = {
     "GELU": "gelu", "GaussianErrorLinearUnit": "gelu", "SoftPlus": "softplus",
     "Softplus": "softplus", "Swish": "silu", "SiLU": "silu", "Exp": "exponential",
     "SoftSign": "softsign", "Identity": "linear",
+}
+
+
+_CONV = {"OutputChannels", "KernelSize", "Stride", "PaddingSize", "Dilation", "ChannelGroups",
+         "Dimensionality", "Interleaving"}
+#: Public parameters each layer type may carry (Wolfram's own names, all versions seen or
+#: defined); any other public key is refused. Hidden ``$`` keys are derived shape data and are
+#: ignored unless the handler reads them (``$GroupNumber``, ``$MXGlobalPool``...).
+KNOWN_PARAMETERS = {
+    "Convolution": _CONV, "Deconvolution": _CONV,
+    "BatchNormalization": {"Momentum", "Epsilon", "Interleaving", "Channels"},
+    "Normalization": {"AggregationLevels", "ScalingLevels", "Epsilon", "GroupNumber"},
+    "InstanceNormalization": {"Epsilon", "Channels"},
+    "Elementwise": {"Function"}, "Function": {"Function"},
+    "Pooling": {"KernelSize", "Stride", "PaddingSize", "Function", "Dimensionality",
+                "Interleaving"},
+    "Resize": {"Specification", "Resampling", "Dimensionality", "Interleaving"},
+    "Catenate": {"Level"}, "Total": set(), "Threading": {"Function"},
+    "Dropout": {"DropoutProbability", "Method"}, "Flatten": {"Level"},
+    "Linear": {"OutputDimensions"}, "Softmax": {"Level"}, "Transpose": {"Specification"},
+    "Reshape": {"Specification"},
 }
 
 
@@ -101,7 +123,7 @@ def describe(wl: WlnetFile, *, free_spatial: bool = False) -> Description:
     Raises:
         TranslationError: for anything without an exact Keras equivalent.
     """
-    walker = _Walker(str(wl.path))
+    walker = _Walker(str(wl.path), wl.version)
     net = wl.net
     inputs_cfg = []
     port_tensors: dict[str, _Tensor] = {}
@@ -201,8 +223,9 @@ def _sanitize(text: str) -> str:
 class _Walker:
     """Emits ops while walking containers; tracks tensors and layouts."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, version: str = "unknown") -> None:
         self.source = source
+        self.version = version
         self.ops: list[dict] = []
         self.weights: dict[str, list[np.ndarray]] = {}
         self.names: set[str] = set()
@@ -320,6 +343,7 @@ class _Walker:
         handler = getattr(self, f"_l_{layer.type}", None)
         if handler is None:
             raise self.fail(layer, "layer type has no Keras translation")
+        self._check_params(layer)
         name = SEP.join(_sanitize(p) for part in layer.path for p in part.split("/")) or "layer"
         result = handler(layer, name, inputs)
         if isinstance(result, _Tensor):
@@ -331,6 +355,27 @@ class _Walker:
                 raise self.fail(layer, f"computed output shape {tensor.shape} differs from the "
                                        f"file's {declared.shape}")
         return result
+
+    def _check_params(self, layer: Layer) -> None:
+        """Refuse options this translator does not model (they could change results)."""
+        known = KNOWN_PARAMETERS.get(layer.type)
+        if known is None:
+            return
+        for key, value in layer.parameters.items():
+            if key in known:
+                continue
+            if isinstance(key, str) and key.startswith("$"):
+                LOGGER.debug("%s: ignoring internal parameter %s", layer.name, key)
+                continue
+            raise self.fail(layer, f"option {key} -> {to_wl_text(value)[:60]} is not supported")
+        if layer.parameters.get("Interleaving") is True:
+            raise self.fail(layer, "Interleaving -> True (channels-last Wolfram layers) is not "
+                                   "supported")
+        groups = unwrap(layer.parameters.get("GroupNumber"))
+        if groups not in (None, Symbol("Automatic"), Symbol("None"), 1) and not (
+                isinstance(groups, list) and all(g == 1 for g in groups)):
+            raise self.fail(layer, f"group normalisation (GroupNumber -> {to_wl_text(groups)}) "
+                                   f"is not supported")
 
     # -- layer handlers ----------------------------------------------------------------------
     def _single(self, layer: Layer, inputs: dict) -> _Tensor:
@@ -545,11 +590,29 @@ class _Walker:
         x = self._single(layer, inputs)
         func = unwrap(layer.parameters.get("Function"))
         activation = identify_activation(func)
-        if activation is None:
-            raise self.fail(layer, f"elementwise function {to_wl_text(func)[:80]} is not "
-                                   f"supported (known: {', '.join(sorted(ACTIVATIONS))}, or a "
-                                   f"pure function equal to one of them)")
-        return self.emit(name, "activation", [x], {"activation": activation}, x.shape, x.order)
+        if activation is not None:
+            return self.emit(name, "activation", [x], {"activation": activation}, x.shape,
+                             x.order)
+        program = self._program(layer, func, 1)
+        return self.emit(name, "scalar_program", [x], {"program": program.to_json()}, x.shape,
+                         x.order)
+
+    def _program(self, layer: Layer, func: Any, arity: int | None) -> ScalarProgram:
+        """The scalar program of an elementwise/threading function (symbol, name or SFO)."""
+        try:
+            if isinstance(func, Expr) and func.head_name == "ScalarFunctionObject":
+                program = ScalarProgram.from_expr(func)
+            elif isinstance(func, (Symbol, str)) and arity is not None:
+                program = _single_step_program(func, arity)
+            else:
+                raise ScalarProgramError("not a scalar function")
+        except ScalarProgramError as exc:
+            raise self.fail(layer, f"function {to_wl_text(func)[:100]} is not supported "
+                                   f"({exc})") from None
+        if arity is not None and program.arity != arity:
+            raise self.fail(layer, f"function {program.text()} takes {program.arity} "
+                                   f"argument(s), the layer has {arity} input(s)")
+        return program
 
     def _l_Function(self, layer: Layer, name: str, inputs: dict) -> dict[str, _Tensor]:
         if layer.subnet is None:
@@ -562,13 +625,20 @@ class _Walker:
         return self.emit(name, "dropout", [x], {"rate": rate}, x.shape, x.order)
 
     def _list_inputs(self, layer: Layer, inputs: dict) -> list[_Tensor]:
-        values = inputs.get("Input")
-        if isinstance(values, _Tensor):
-            values = [values]
+        """Inputs of a multiport layer: ports "1".."n" (Wolfram >= 11.3.2, one edge per port)
+        or one list-valued port "Input" (older files; ``UpgradeToMultiport`` converts it)."""
+        ports = list(layer.inputs)
+        if ports == ["Input"]:
+            values = inputs.get("Input")
+            if isinstance(values, _Tensor):
+                values = [values]
+        elif ports and ports == [str(k) for k in range(1, len(ports) + 1)]:
+            values = [inputs.get(p) for p in ports]
+        else:
+            raise self.fail(layer, f"unsupported input ports {ports} (expected \"1\", \"2\", "
+                                   f"... or one list port \"Input\")")
         if not values or not all(isinstance(v, _Tensor) for v in values):
-            raise self.fail(layer, "expected a list of tensors on port 'Input'")
-        if len(layer.inputs) > 1 or "Input" not in layer.inputs:
-            raise self.fail(layer, f"unsupported input ports {list(layer.inputs)}")
+            raise self.fail(layer, "expected one tensor per input port")
         return values
 
     def _merge(self, layer: Layer, name: str, values: list[_Tensor], op: str) -> _Tensor:
@@ -587,10 +657,19 @@ class _Walker:
 
     def _l_Threading(self, layer: Layer, name: str, inputs: dict) -> _Tensor:
         func = unwrap(layer.parameters.get("Function"))
-        ops = {Symbol("Plus"): "add", Symbol("Times"): "multiply"}
-        if func not in ops:
-            raise self.fail(layer, f"threading function {to_wl_text(func)} is not supported")
-        return self._merge(layer, name, self._list_inputs(layer, inputs), ops[func])
+        values = self._list_inputs(layer, inputs)
+        ops = {Symbol("Plus"): "add", Symbol("Times"): "multiply", Symbol("Max"): "maximum",
+               Symbol("Min"): "minimum"}
+        if func in ops:
+            return self._merge(layer, name, values, ops[func])
+        program = self._program(layer, func, len(values))
+        shapes = {v.shape for v in values}
+        if len(shapes) != 1:
+            raise self.fail(layer, f"inputs must have equal shapes, got {sorted(shapes)}")
+        order = values[0].order
+        values = [self.to_order(v, order, name) for v in values]
+        return self.emit(name, "scalar_program", values, {"program": program.to_json()},
+                         values[0].shape, order)
 
     def _l_Catenate(self, layer: Layer, name: str, inputs: dict) -> _Tensor:
         values = self._list_inputs(layer, inputs)
@@ -629,8 +708,16 @@ class _Walker:
     def _l_Transpose(self, layer: Layer, name: str, inputs: dict) -> _Tensor:
         x = self._single(layer, inputs)
         rank = len(x.shape)
-        perm = transpose_axes(unwrap(layer.parameters.get("Specification", [Expr(
-            Symbol("Rule"), (1, 2))])), rank)
+        spec = unwrap(layer.parameters.get("Specification", [Expr(Symbol("TwoWayRule"),
+                                                                  (1, 2))]))
+        has_rule = any(isinstance(v, Expr) and v.head_name == "Rule"
+                       for v in (spec if isinstance(spec, list) else [spec]))
+        moves = _version_at_least(self.version, (11, 3, 2))
+        if has_rule and moves is None:
+            raise self.fail(layer, f"a Rule transpose specification means a swap before "
+                                   f"Wolfram 11.3.2 and a move since; the file's version "
+                                   f"{self.version!r} does not tell which")
+        perm = transpose_axes(spec, rank, rules_move=bool(moves))
         if perm is None:
             raise self.fail(layer, "unsupported transpose specification "
                                    f"{to_wl_text(layer.parameters.get('Specification'))}")
@@ -679,10 +766,13 @@ class _Walker:
         out_dims = (tuple(int(d) for d in out_dims) if isinstance(out_dims, list)
                     else (int(out_dims),))
         units = int(np.prod(out_dims))
-        w2 = weights.reshape(units, -1)
         n_in = int(np.prod(x.shape)) if x.shape else 1
-        if w2.shape[1] != n_in:
-            raise self.fail(layer, f"weights {weights.shape} do not fit input {x.shape}")
+        if weights.shape != (units, n_in):
+            raise self.fail(layer, f"weights of shape {list(weights.shape)} do not fit "
+                                   f"{n_in} inputs -> {units} outputs (need [{units}, {n_in}])")
+        if bias is not None and bias.shape != (units,):
+            raise self.fail(layer, f"biases of shape {list(bias.shape)}, need [{units}]")
+        w2 = weights
         flat = self._reshape(self._flat_input(layer, name, x), (n_in,), f"{name}_flatten")
         y = self.emit(name, "dense", [flat], {"units": units, "use_bias": bias is not None},
                       (units,), (0,), [w2.T] + ([bias.reshape(units)] if bias is not None else []))
@@ -716,6 +806,11 @@ def identify_activation(func: Any) -> str | None:
         return ACTIVATIONS.get(func.name)
     if isinstance(func, str):
         return ACTIVATIONS.get(func)
+    if isinstance(func, Expr) and func.head_name == "ScalarFunctionObject":
+        try:
+            return recognise(ScalarProgram.from_expr(func))
+        except ScalarProgramError:
+            return None
     if not (isinstance(func, Expr) and func.head_name == "Function" and func.args):
         return None
     try:
@@ -782,17 +877,20 @@ def _evaluate(expr: Any, x: np.ndarray) -> Any:
     raise _Unevaluable(head)
 
 
-def transpose_axes(spec: Any, rank: int) -> list[int] | None:
+def transpose_axes(spec: Any, rank: int, *, rules_move: bool = True) -> list[int] | None:
     """Axis list ``perm`` (output axis j holds input axis perm[j], 0-based) of a TransposeLayer.
 
     Accepts a permutation list ``{p1, ..., pn}`` (``Transpose`` semantics: input level k goes
-    to output level p_k) and rule lists ``{a <-> b, ...}`` / ``{a -> b, ...}`` applied as
-    successive swaps (the form Wolfram 11.x stores). Returns None for anything else.
+    to output level p_k), TwoWayRules ``{a <-> b, ...}`` applied as successive swaps, and
+    Rules ``{a -> b, ...}``: since Wolfram 11.3.2 a Rule *moves* level a to position b (the
+    other levels keep their order: ``2 -> 4`` on (1,2,3,4) gives (1,3,4,2)); files written
+    before 11.3.2 meant a swap (``rules_move=False``; the package upgrades them to
+    TwoWayRule). Returns None for anything else.
     """
     if isinstance(spec, Expr) and spec.head_name in ("Rule", "TwoWayRule"):
         spec = [spec]
-    if isinstance(spec, int):
-        spec = [Expr(Symbol("Rule"), (1, spec))]
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [Expr(Symbol("TwoWayRule"), (1, spec))]
     if not isinstance(spec, list) or not spec:
         return None
     if all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
@@ -803,16 +901,55 @@ def transpose_axes(spec: Any, rank: int) -> list[int] | None:
         for k, target in enumerate(spec):
             perm[target - 1] = k
         return perm
-    perm = list(range(rank))
+    pairs = []
+    heads = set()
     for rule in spec:
         if not (isinstance(rule, Expr) and rule.head_name in ("Rule", "TwoWayRule")
-                and len(rule.args) == 2 and all(isinstance(a, int) for a in rule.args)):
+                and len(rule.args) == 2
+                and all(isinstance(a, int) and not isinstance(a, bool) for a in rule.args)):
             return None
         a, b = (v - 1 if v > 0 else rank + v for v in rule.args)
         if not (0 <= a < rank and 0 <= b < rank):
             return None
-        perm[a], perm[b] = perm[b], perm[a]
-    return perm
+        pairs.append((a, b))
+        heads.add("TwoWayRule" if rule.head_name == "TwoWayRule" or not rules_move else "Rule")
+    if heads == {"TwoWayRule"}:
+        perm = list(range(rank))
+        for a, b in pairs:
+            perm[a], perm[b] = perm[b], perm[a]
+        return perm
+    if heads != {"Rule"}:
+        return None
+    sources = [a for a, _ in pairs]
+    targets = [b for _, b in pairs]
+    if len(set(sources)) != len(sources) or len(set(targets)) != len(targets):
+        return None
+    perm: list[int | None] = [None] * rank
+    for a, b in pairs:
+        perm[b] = a
+    rest = iter(k for k in range(rank) if k not in sources)
+    return [p if p is not None else next(rest) for p in perm]
+
+
+def _version_at_least(version: str, minimum: tuple[int, ...]) -> bool | None:
+    """Whether a file's Wolfram version string is >= ``minimum`` (None if unparsable)."""
+    parts = re.findall(r"\d+", str(version))
+    if not parts:
+        return None
+    numbers = tuple(int(p) for p in parts[:3])
+    return numbers + (0,) * (3 - len(numbers)) >= minimum
+
+
+def _single_step_program(func: Symbol | str, arity: int) -> ScalarProgram:
+    """A one-operation program for a primitive symbol or a named function."""
+    from legseg_tf.wlnet.scalar import Ref
+
+    name = func.name if isinstance(func, Symbol) else NAMED.get(func)
+    if name is None:
+        raise ScalarProgramError(f"unknown function name {func!r}")
+    program = ScalarProgram(tuple(range(1, arity + 1)), arity + 1,
+                            ((arity + 1, name, tuple(Ref(k) for k in range(1, arity + 1))),))
+    return ScalarProgram.from_json(program.to_json())  # validates op name and arity
 
 
 def _required(walker: _Walker, layer: Layer, key: str) -> np.ndarray:
@@ -893,7 +1030,7 @@ def build_from_config(config: dict):
     return keras.Model(ins, outs, name=_sanitize(source.rsplit(".", 1)[0]))
 
 
-_MULTI_INPUT = {"add", "multiply", "concat", "arith"}
+_MULTI_INPUT = {"add", "multiply", "concat", "arith", "maximum", "minimum", "scalar_program"}
 
 
 def _keras_layer(keras, op: dict):
@@ -939,6 +1076,16 @@ def _keras_layer(keras, op: dict):
         return L.Add(name=name)
     if kind == "multiply":
         return L.Multiply(name=name)
+    if kind == "maximum":
+        return L.Maximum(name=name)
+    if kind == "minimum":
+        return L.Minimum(name=name)
+    if kind == "scalar_program":
+        from legseg_tf.wlnet.scalar import keras_backend
+
+        program = ScalarProgram.from_json(c["program"])
+        backend = keras_backend()
+        return L.Lambda(lambda xs: program.evaluate(backend, *xs), name=name)
     if kind == "dropout":
         return L.Dropout(c["rate"], name=name)
     if kind == "permute":
