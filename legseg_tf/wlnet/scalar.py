@@ -240,6 +240,8 @@ def _arg_from_json(a: Any) -> Any:
 
 def _check_arity(op: str, args: tuple) -> None:
     n = len(args)
+    if op not in UNARY | BINARY | NARY | COMPARE | SPECIAL and op not in NAMED.values():
+        raise ScalarProgramError(f"scalar function operation {op} is not supported")
     ok = False
     if op in UNARY or op in NAMED.values():
         ok = n == 1

@@ -660,7 +660,7 @@ class _Walker:
         values = self._list_inputs(layer, inputs)
         ops = {Symbol("Plus"): "add", Symbol("Times"): "multiply", Symbol("Max"): "maximum",
                Symbol("Min"): "minimum"}
-        if func in ops:
+        if isinstance(func, Symbol) and func in ops:
             return self._merge(layer, name, values, ops[func])
         program = self._program(layer, func, len(values))
         shapes = {v.shape for v in values}
