@@ -35,7 +35,10 @@ import logging
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,9 +47,12 @@ sys.path.insert(0, str(ROOT))
 from legseg_tf.networks.config import UNetConfig  # noqa: E402
 from legseg_tf.training.augmentation import HEAVY_AUGMENTATION  # noqa: E402
 from legseg_tf.training.data import (  # noqa: E402
+    IGNORE_LABEL,
     TrainingCase,
     crop_to_body,
     final_to_training_map,
+    ignore_incomplete_slices,
+    incomplete_slices,
     load_case,
     load_volume,
     resample_case,
@@ -90,6 +96,12 @@ JOIN_POSITIONS = {
     "Join_7": [(0, 2, "Upper"), (3, 30, "Hip")],
 }
 
+#: Slices of out.nii.gz that the data README documents as incompletely labelled (judged from
+#: per-slice left/right label areas: left leg complete from z >= 7, right from z >= 3, both
+#: tapering from z = 22 up); with ``--hygiene`` they are ignored together with the slices that
+#: :func:`legseg_tf.training.data.incomplete_slices` detects.
+OUT_NII_INCOMPLETE = {"R": (range(0, 3), range(22, 31)), "L": (range(0, 7), range(22, 31))}
+
 #: Network and training recipe per region (small networks for CPU training).
 SMALL_FEATURES = (8, 16, 32, 48, 64)
 REGIONS = {
@@ -101,7 +113,7 @@ REGIONS = {
 
 
 def region_train_config(region: str, rounds: int, threads: int = 2,
-                        class_balanced: bool = False) -> TrainConfig:
+                        class_balanced: bool = False, stack_ends: float = 0.0) -> TrainConfig:
     """The training configuration of ``region`` ("upper" or "lower")."""
     from legseg_tf.labels import TRAIN_TABLES
 
@@ -111,7 +123,7 @@ def region_train_config(region: str, rounds: int, threads: int = 2,
     return TrainConfig(
         network=network,
         patch=PatchConfig(patch_size=(16, 64, 64), foreground_fraction=0.7,
-                          class_balanced=class_balanced),
+                          class_balanced=class_balanced, stack_end_probability=stack_ends),
         augmentation=augmentation,
         batch_size=2,
         round_length=64,
@@ -129,8 +141,11 @@ def patch_normaliser():
     return uniform_normalise
 
 
-def region_cases(region: str, data: Path) -> tuple[TrainingCase, TrainingCase]:
-    """(training leg, held-out leg) of ``region``."""
+def region_cases(region: str, data: Path,
+                 hygiene: bool = False) -> tuple[TrainingCase, TrainingCase]:
+    """(training leg, held-out leg) of ``region``; with ``hygiene`` the incompletely labelled
+    end slices of each leg are marked ignore (detected, and for the thigh also the slices the
+    data README documents: :data:`OUT_NII_INCOMPLETE`)."""
     q = data / "qmritools"
     if region == "upper":
         case = load_case(q / "scripts_test_data" / "test.nii.gz",
@@ -141,7 +156,19 @@ def region_cases(region: str, data: Path) -> tuple[TrainingCase, TrainingCase]:
                          name="twoLegs", label_map=CALF_LABELS)
         case = resample_case(case, (case.spacing[0], 1.5, 1.5))
     right, left = split_legs(crop_to_body(case))
+    if hygiene:
+        right, left = (_hygiene(leg, region) for leg in (right, left))
     return right, left
+
+
+def _hygiene(leg: TrainingCase, region: str) -> TrainingCase:
+    slices = incomplete_slices(leg)
+    if region == "upper":
+        if leg.image.shape[0] != 31:
+            raise ValueError(f"{leg.name}: expected the 31 slices of test.nii.gz")
+        for block in OUT_NII_INCOMPLETE[leg.side]:
+            slices[list(block)] = True
+    return ignore_incomplete_slices(leg, slices)
 
 
 def classifier_stacks(data: Path):
@@ -184,8 +211,9 @@ def cmd_classifier(args) -> int:
 def cmd_region(args) -> int:
     from legseg_tf.training.train import train
 
-    train_case, held_case = region_cases(args.region, args.data)
-    config = region_train_config(args.region, args.rounds, args.threads, args.class_balanced)
+    train_case, held_case = region_cases(args.region, args.data, args.hygiene)
+    config = region_train_config(args.region, args.rounds, args.threads, args.class_balanced,
+                                 args.stack_ends)
     logger.info("train %s %s, held out %s %s", train_case.name, train_case.image.shape,
                 held_case.name, held_case.image.shape)
     result = train(config, [train_case], [held_case], run_dir(args), resume=args.resume,
@@ -205,19 +233,42 @@ def cmd_evaluate(args) -> int:
     """Sliding-window prediction of both legs; the held-out leg is the validation figure."""
     from legseg_tf.training.evaluate import evaluate_case
 
-    train_case, held_case = region_cases(args.region, args.data)
+    # incompletely labelled reference slices are never scored (not "no muscle")
+    train_case, held_case = region_cases(args.region, args.data, hygiene=True)
     run = run_dir(args)
     config = UNetConfig.from_json((run / "network.json").read_text())
     weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
     table = REGIONS[args.region]["table"]
     report = {}
     for role, case in (("held_out", held_case), ("training", train_case)):
-        report[role] = evaluate_case(config, weights, case, table, patch_size=(16, 64, 64),
-                                     normalise=patch_normaliser())
+        report[role] = evaluate_case(config, weights, case, table, patch_size=(16, 64, 64))
+        report[role]["stack_ends"] = stack_end_shares(config, weights, case)
     name = "heldout_evaluation_best.json" if args.best else "heldout_evaluation.json"
     (run / name).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v["summary"] for k, v in report.items()}, indent=1))
     return 0
+
+
+def stack_end_shares(config: UNetConfig, weights: Path, case: TrainingCase) -> dict:
+    """Labelled share of muscle-like tissue per slice of the prediction (app inference path):
+    the first and last 3 slices against the middle slices (a stack-end drop-out shows as
+    end shares far below the middle)."""
+    from legseg_tf.networks.config import total_stride
+    from legseg_tf.networks.unet import build_unet
+    from legseg_tf.training.data import labelled_fraction_per_slice
+    from legseg_tf.training.evaluate import predict_volume
+
+    model = build_unet(config, None)
+    model.load_weights(weights)
+    predicted = predict_volume(model, case.image, config.n_classes, total_stride(config),
+                               (16, 64, 64))
+    reference = replace(case, labels=np.where(case.labels == IGNORE_LABEL, 0, case.labels))
+    shares, _ = labelled_fraction_per_slice(replace(reference, labels=predicted))
+    nz = shares.size
+    middle = float(np.median(shares[nz // 4: nz - nz // 4]))
+    return {"per_slice": [round(float(v), 3) for v in shares],
+            "first3_vs_middle": round(float(np.mean(shares[:3])) / middle, 3),
+            "last3_vs_middle": round(float(np.mean(shares[-3:])) / middle, 3)}
 
 
 def cmd_install(args) -> int:
@@ -287,6 +338,10 @@ def main(argv=None) -> int:
                        help="start a new run from these weights (fine-tuning)")
         p.add_argument("--run-name", default=None,
                        help="run folder training_runs/<region>-<name> instead of <region>")
+        p.add_argument("--hygiene", action="store_true",
+                       help="ignore incompletely labelled reference end slices")
+        p.add_argument("--stack-ends", type=float, default=0.0,
+                       help="probability of an artificial stack end per patch")
         p.set_defaults(region=region)
     p = sub.add_parser("evaluate")
     p.add_argument("region", choices=("upper", "lower"))

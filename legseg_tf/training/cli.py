@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "as often as large ones)")
     seg.add_argument("--init-from", type=Path, default=None,
                      help="start from these weights (same architecture; fine-tuning)")
+    seg.add_argument("--ignore-incomplete", action="store_true",
+                     help="reference slices at the stack ends that label far less muscle-like "
+                          "tissue than the stack's typical slice are not trusted: their "
+                          "unlabelled body voxels are ignored in loss and validation")
+    seg.add_argument("--stack-ends", type=float, default=0.0, metavar="P",
+                     help="probability of an artificial stack end per patch (slices beyond a "
+                          "random plane emptied and ignored), so that a stack border is not "
+                          "learned as 'no muscle'")
     seg.add_argument("--resume", action="store_true")
     seg.add_argument("--no-progress", action="store_true")
 
@@ -84,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--table")
     ev.add_argument("--label-map", choices=("final", "none"), default="final")
     ev.add_argument("--best", action="store_true", help="use best.weights.h5 of the run")
+    ev.add_argument("--ignore-incomplete", action="store_true",
+                    help="leave incompletely labelled end slices of the reference out of the "
+                         "scores (as in training)")
     ev.add_argument("--output", type=Path, help="also write the JSON report here")
 
     ins = sub.add_parser("install", help="copy a trained network into a models folder")
@@ -129,7 +140,7 @@ def _load_cases(images: Sequence[Path], labels: Sequence[Path], table: str, labe
 def _cmd_segmentation(args) -> int:
     from legseg_tf.labels import TRAIN_TABLES
     from legseg_tf.networks.config import UNetConfig
-    from legseg_tf.training.data import split_legs
+    from legseg_tf.training.data import ignore_incomplete_slices, split_legs
     from legseg_tf.training.sampling import PatchConfig
     from legseg_tf.training.train import TrainConfig, train
 
@@ -143,16 +154,21 @@ def _cmd_segmentation(args) -> int:
                         args.target_spacing)
     if args.split_legs:
         legs = [leg for case in cases for leg in split_legs(case)]
+        if args.ignore_incomplete:
+            legs = [ignore_incomplete_slices(leg) for leg in legs]
         held = {"left": "L", "right": "R"}.get(args.hold_out)
         training = [leg for leg in legs if leg.side != held]
         validation = [leg for leg in legs if leg.side == held] or training
     else:
+        if args.ignore_incomplete:
+            cases = [ignore_incomplete_slices(case) for case in cases]
         training = validation = cases
     n_classes = len(TRAIN_TABLES[args.table]) + 1
     features = tuple(args.features)
     network = UNetConfig(n_classes=n_classes, features=features,
                          downsample=_downsample(len(features)), dropout_rate=args.dropout)
-    patch = PatchConfig(patch_size=tuple(args.patch), class_balanced=args.class_balanced)
+    patch = PatchConfig(patch_size=tuple(args.patch), class_balanced=args.class_balanced,
+                        stack_end_probability=args.stack_ends)
     config = TrainConfig(network=network, patch=patch,
                          augmentation=_augmentation(args.augment), batch_size=args.batch_size,
                          round_length=args.round_length, rounds=args.rounds,
@@ -190,6 +206,10 @@ def _cmd_evaluate(args) -> int:
         weights = (args.run_dir / BEST_WEIGHTS if args.best
                    else args.run_dir / CHECKPOINT_DIR / WEIGHTS_NAME)
         case = _load_cases([args.image], [args.labels], args.table, args.label_map, None)[0]
+        if args.ignore_incomplete:
+            from legseg_tf.training.data import ignore_incomplete_slices
+
+            case = ignore_incomplete_slices(case)
         report = evaluate_case(config, weights, case, args.table, patch)
     else:
         raise ValueError("evaluate needs --reference and --prediction, or --run-dir, --image, "

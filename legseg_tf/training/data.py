@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 #: Crop rule of ``PrepareTrainingData``: NormalizeData(data) >= 5, box + 5 voxels.
 BODY_THRESHOLD = 5.0
 BODY_PADDING = 5
+#: Training-label value of voxels whose reference is unknown ("ignore"): no loss, no score.
+IGNORE_LABEL = 255
 
 
 @dataclass(frozen=True)
@@ -189,9 +191,102 @@ def split_legs(case: TrainingCase, cut: int | None = None) -> tuple[TrainingCase
     return crop_to_body(right), crop_to_body(left)
 
 
+def _body(image: np.ndarray, threshold: float) -> np.ndarray:
+    body = normalize_data(image) >= threshold
+    return np.stack([ndimage.binary_fill_holes(s) for s in body])
+
+
+def labelled_fraction_per_slice(case: TrainingCase, threshold: float = BODY_THRESHOLD,
+                                tissue_percentiles: tuple[float, float] = (10.0, 90.0),
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice: the share of muscle-like tissue that carries a label, and that tissue's area.
+
+    Muscle-like tissue is the body (``NormalizeData(image) >= threshold``, holes filled per
+    slice) within the intensity range of the labelled voxels (``tissue_percentiles`` of their
+    intensities), so that subcutaneous fat, which varies along the leg, does not count.
+    Ignored voxels count as unlabelled.
+
+    Returns:
+        ``(fraction (z,) float64 in [0, 1] (0 where a slice has no such tissue),
+        area (z,) int voxels)``.
+    """
+    labelled = (case.labels > 0) & (case.labels != IGNORE_LABEL)
+    nz = case.labels.shape[0]
+    if not labelled.any():
+        return np.zeros(nz), np.zeros(nz, dtype=np.int64)
+    low, high = np.percentile(case.image[labelled], tissue_percentiles)
+    tissue = _body(case.image, threshold) & (case.image >= low) & (case.image <= high)
+    area = tissue.reshape(nz, -1).sum(axis=1)
+    counts = (labelled & tissue).reshape(nz, -1).sum(axis=1)
+    fraction = np.divide(counts, area, out=np.zeros(nz, dtype=np.float64), where=area > 0)
+    return fraction, area
+
+
+def incomplete_slices(case: TrainingCase, relative: float = 0.8, min_area: int = 50,
+                      threshold: float = BODY_THRESHOLD) -> np.ndarray:
+    """End slices whose reference labels cover far less muscle-like tissue than usual.
+
+    A reference that tapers off at the stack ends (QMRITools' automatic ``out.nii.gz``: whole
+    muscles missing in the first and last slices) would teach a network that a stack end holds
+    no muscle. Starting at each stack end, slices are incomplete while their labelled share of
+    muscle-like tissue (:func:`labelled_fraction_per_slice`) is below ``relative`` times the
+    median share of the slices with tissue; the run stops at the first slice that reaches it
+    (a gap inside the stack is anatomy, not a tapering reference). Slices with less than
+    ``min_area`` tissue voxels are passed over at the ends.
+
+    Returns:
+        (z,) bool, True for incomplete slices.
+    """
+    if not 0 < relative <= 1:
+        raise ValueError(f"relative must be in (0, 1], got {relative}")
+    fraction, area = labelled_fraction_per_slice(case, threshold)
+    nz = fraction.size
+    flagged = np.zeros(nz, dtype=bool)
+    with_tissue = area >= min_area
+    if not with_tissue.any():
+        return flagged
+    typical = float(np.median(fraction[with_tissue]))
+    for order in (range(nz), range(nz - 1, -1, -1)):
+        for z in order:
+            if not with_tissue[z]:
+                continue
+            if fraction[z] >= relative * typical:
+                break
+            flagged[z] = True
+    return flagged
+
+
+def ignore_incomplete_slices(case: TrainingCase, slices: np.ndarray | None = None,
+                             **kwargs) -> TrainingCase:
+    """Mark the unlabelled body voxels of incomplete slices as :data:`IGNORE_LABEL`.
+
+    Labelled voxels stay (what the reference names is kept) and so does the background
+    outside the body; only "no label here" inside the body is no longer trusted.
+
+    Args:
+        slices: (z,) bool slices to treat; default :func:`incomplete_slices` (``kwargs``).
+    """
+    if slices is None:
+        slices = incomplete_slices(case, **kwargs)
+    slices = np.asarray(slices, dtype=bool)
+    if slices.shape != (case.labels.shape[0],):
+        raise ValueError(f"slices must be a ({case.labels.shape[0]},) mask, got {slices.shape}")
+    if not slices.any():
+        return case
+    body = _body(case.image, kwargs.get("threshold", BODY_THRESHOLD))
+    labels = case.labels.copy()
+    unknown = body & (labels == 0) & slices[:, None, None]
+    labels[unknown] = IGNORE_LABEL
+    logger.info("%s: %d of %d slices incompletely labelled (%s); %d voxels ignored", case.name,
+                int(slices.sum()), slices.size, np.flatnonzero(slices).tolist(),
+                int(unknown.sum()))
+    return replace(case, labels=labels)
+
+
 def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Voxel count per class 0..n_classes-1."""
+    """Voxel count per class 0..n_classes-1 (:data:`IGNORE_LABEL` voxels not counted)."""
     labels = np.asarray(labels)
+    labels = labels[labels != IGNORE_LABEL]
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"labels outside 0..{n_classes - 1}")
     return np.bincount(labels.ravel().astype(np.intp), minlength=n_classes)

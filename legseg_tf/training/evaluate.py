@@ -1,59 +1,44 @@
-"""Evaluation: sliding-window prediction of a trained network and per-label scores.
+"""Evaluation: a trained network's prediction through the app's inference path, scored.
 
-The prediction tiles the (z, y, x) volume with patches of the training size (overlap 50 %,
-zero padding where the volume is smaller), normalises each tile with the "Uniform"
-histogram normalisation as in training, averages the softmax outputs and takes the arg-max.
-Scores follow the QMRITools definitions (:mod:`legseg_tf.training.metrics`).
+The prediction is the participant level's own network step (one tiler for the app and the
+model cards: :mod:`legseg_tf.sliding_window` via :func:`legseg_tf.inference.
+apply_segmentation_network`), with the training patch size as the tile size. Reference voxels
+marked ignore (:data:`~legseg_tf.training.data.IGNORE_LABEL`, e.g. the incompletely labelled
+end slices of an automatic reference) are left out of the scores. Scores follow the
+QMRITools definitions (:mod:`legseg_tf.training.metrics`).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from legseg_tf.config import InferenceConfig
 from legseg_tf.labels import BY_INDEX, TRAIN_TABLES
-from legseg_tf.training.data import TrainingCase, load_volume
+from legseg_tf.training.data import IGNORE_LABEL, TrainingCase, load_volume
 from legseg_tf.training.metrics import per_label_scores
 
 logger = logging.getLogger(__name__)
 
 
-def tile_starts(size: int, patch: int, overlap: float = 0.5) -> list[int]:
-    """Tile starts along one axis covering ``size`` with at least ``overlap`` overlap."""
-    if size <= patch:
-        return [0]
-    step = max(1, int(patch * (1 - overlap)))
-    count = int(np.ceil((size - patch) / step)) + 1
-    return sorted({int(round(s)) for s in np.linspace(0, size - patch, count)})
+def predict_volume(model, volume: np.ndarray, n_classes: int,
+                   stride: tuple[int, int, int], patch_size: tuple[int, int, int] | None = None,
+                   config: InferenceConfig | None = None) -> np.ndarray:
+    """Arg-max labels (z, y, x) of ``model`` on ``volume`` through the app's own path.
 
+    This is the participant level's network step (:func:`legseg_tf.inference.
+    apply_segmentation_network`: crop to the non-zero box, per-tile "Uniform" normalisation,
+    :mod:`legseg_tf.sliding_window` tiling and merging), without the per-label largest
+    component, so that a model card's figures are what the app produces.
+    """
+    from legseg_tf.inference import apply_segmentation_network
 
-def predict_volume(model, volume: np.ndarray, patch_size: tuple[int, int, int], n_classes: int,
-                   normalise: Callable[[np.ndarray], np.ndarray] | None = None,
-                   overlap: float = 0.5, batch_size: int = 4) -> np.ndarray:
-    """Arg-max labels (z, y, x) of ``model`` on ``volume`` by averaged overlapping tiles."""
-    if normalise is None:
-        from legseg_tf.normalization import uniform_normalise as normalise
-    volume = np.asarray(volume, dtype=np.float32)
-    padded_shape = tuple(max(n, p) for n, p in zip(volume.shape, patch_size))
-    padded = np.zeros(padded_shape, dtype=np.float32)
-    padded[tuple(slice(0, n) for n in volume.shape)] = volume
-    probability = np.zeros((*padded_shape, n_classes), dtype=np.float32)
-    counts = np.zeros(padded_shape, dtype=np.float32)
-    boxes = [tuple(slice(s, s + p) for s, p in zip((z, y, x), patch_size))
-             for z in tile_starts(padded_shape[0], patch_size[0], overlap)
-             for y in tile_starts(padded_shape[1], patch_size[1], overlap)
-             for x in tile_starts(padded_shape[2], patch_size[2], overlap)]
-    for first in range(0, len(boxes), batch_size):
-        chunk = boxes[first:first + batch_size]
-        tiles = np.stack([np.asarray(normalise(padded[b]), dtype=np.float32) for b in chunk])
-        output = np.asarray(model(tiles[..., None], training=False))
-        for box, prob in zip(chunk, output):
-            probability[box] += prob
-            counts[box] += 1
-    labels = np.argmax(probability / counts[..., None], axis=-1)
-    return labels[tuple(slice(0, n) for n in volume.shape)].astype(np.int32)
+    output = apply_segmentation_network(np.asarray(volume, dtype=np.float32), model, n_classes,
+                                        config or InferenceConfig(), tuple(stride),
+                                        largest_component=False, patch=patch_size)
+    return np.asarray(output.labels, dtype=np.int32)
 
 
 def class_names(table: str) -> dict[int, str]:
@@ -77,23 +62,30 @@ def summarise(scores: Mapping[int, Mapping[str, float]], names: Mapping[int, str
 
 
 def evaluate_case(config, weights: str | Path, case: TrainingCase, table: str,
-                  patch_size: tuple[int, int, int] | None = None,
-                  normalise: Callable | None = None) -> dict:
+                  patch_size: tuple[int, int, int] | None = None) -> dict:
     """Predict ``case`` with a UNET config + weights file and score every training class.
+
+    Ignored reference voxels are removed from both maps before scoring.
 
     Returns:
         ``{"case", "weights", "summary": {...}, "scores": {class: {...}}}``.
     """
+    from legseg_tf.networks.config import total_stride
     from legseg_tf.networks.unet import build_unet
 
     patch = tuple(patch_size or config.patch_size or (32, 112, 112))
-    model = build_unet(config, patch)
+    model = build_unet(config, None)
     model.load_weights(weights)
-    prediction = predict_volume(model, case.image, patch, config.n_classes, normalise)
+    prediction = predict_volume(model, case.image, config.n_classes, total_stride(config),
+                                patch)
+    ignored = case.labels == IGNORE_LABEL
+    reference = np.where(ignored, 0, case.labels)
+    prediction = np.where(ignored, 0, prediction)
     labels = [c for c in range(1, config.n_classes)
-              if (case.labels == c).any() or (prediction == c).any()]
-    scores = per_label_scores(case.labels, prediction, case.spacing, labels)
+              if (reference == c).any() or (prediction == c).any()]
+    scores = per_label_scores(reference, prediction, case.spacing, labels)
     return {"case": case.name, "weights": str(weights), "patch_size": list(patch),
+            "ignored_voxels": int(ignored.sum()), "inference": "legseg_tf.sliding_window",
             "summary": summarise(scores, class_names(table)),
             "scores": {str(k): {m: (x if np.isfinite(x) else None) for m, x in v.items()}
                        for k, v in scores.items()}}

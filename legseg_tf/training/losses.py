@@ -13,6 +13,11 @@ class, then the mean over classes (background included) and over the batch:
 current code): Dice, Jaccard, Tversky 1 each, CE x1, Focal x2 (the focal term's own x2 from
 g = 2, on top of which no extra factor is applied), MSD x75. Which weights the shipped
 QMRITools networks used is not known (spec 5.3).
+
+Ignored voxels: a target row that is all zero (an "ignore" voxel of an incomplete reference,
+see :func:`legseg_tf.training.sampling.one_hot`) contributes nothing: every voxel term is
+weighted by ``m = S_c t`` (1 for a labelled voxel, 0 for an ignored one) and voxel means
+become ``S m x / S m``. With no ignored voxel this is exactly the unweighted family.
 """
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ def _spatial_axes(tensor: tf.Tensor) -> list[int]:
     return list(range(1, len(tensor.shape) - 1))
 
 
+def voxel_mask(target: tf.Tensor) -> tf.Tensor:
+    """(b, ..., 1) weight per voxel: 1 where the target names a class, 0 where ignored."""
+    return tf.reduce_sum(target, axis=-1, keepdims=True)
+
+
 def overlap_loss(target: tf.Tensor, prob: tf.Tensor, alpha: float, beta: float,
                  power: int) -> tf.Tensor:
     """QMRITools overlap loss, mean over classes and batch (tensors (b, ..., C))."""
@@ -39,7 +49,7 @@ def overlap_loss(target: tf.Tensor, prob: tf.Tensor, alpha: float, beta: float,
     prob_n = prob ** power if power != 1 else prob
     tp = tf.reduce_sum(target * prob, axis=axes)
     tpn = tf.reduce_sum(target * prob_n, axis=axes)
-    fp = tf.reduce_sum((1.0 - target) * prob_n, axis=axes)
+    fp = tf.reduce_sum(voxel_mask(target) * (1.0 - target) * prob_n, axis=axes)
     fn = tf.reduce_sum(target * (1.0 - prob_n), axis=axes)
     score = (tp + 1.0) / (tpn + alpha * fp + beta * fn + 1.0)
     return tf.reduce_mean(1.0 - score)
@@ -48,16 +58,23 @@ def overlap_loss(target: tf.Tensor, prob: tf.Tensor, alpha: float, beta: float,
 def pixel_loss(target: tf.Tensor, prob: tf.Tensor, gamma: float) -> tf.Tensor:
     """Cross-entropy (gamma 0) or focal loss (gamma >= 2 is multiplied by gamma)."""
     q = tf.reduce_sum(target * prob, axis=-1)
+    mask = tf.reduce_sum(target, axis=-1)
     loss = -tf.math.log(q + 1e-15)
     if gamma:
         loss = loss * (1.0 - q) ** gamma
     factor = gamma if gamma >= 2 else 1.0
-    return factor * tf.reduce_mean(loss)
+    return factor * _masked_mean(loss, mask)
+
+
+def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """``S m x / S m`` (0 when nothing is unmasked)."""
+    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
 
 
 def msd_loss(target: tf.Tensor, prob: tf.Tensor) -> tf.Tensor:
-    """Mean squared difference of probabilities and one-hot targets."""
-    return tf.reduce_mean(tf.square(prob - target))
+    """Mean squared difference of probabilities and one-hot targets (labelled voxels)."""
+    mask = tf.reduce_sum(target, axis=-1)
+    return _masked_mean(tf.reduce_mean(tf.square(prob - target), axis=-1), mask)
 
 
 def loss_terms(target: tf.Tensor, prob: tf.Tensor) -> dict[str, tf.Tensor]:

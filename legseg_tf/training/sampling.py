@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from legseg_tf.training.augmentation import NO_AUGMENTATION, AugmentConfig, augment
-from legseg_tf.training.data import TrainingCase
+from legseg_tf.training.data import IGNORE_LABEL, TrainingCase
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,12 @@ class PatchConfig:
         class_balanced: a foreground centre is a random voxel of a class drawn uniformly from
             the classes present (nnU-Net's class oversampling), so small muscles are seen as
             often as large ones; otherwise a random labelled voxel.
+        stack_end_probability: probability that a patch gets an artificial stack end: the
+            slices beyond a random plane (above or below, keeping at least
+            ``min_stack_slices`` slices) become empty image and ignored labels, so that a
+            network does not learn "stack end = no muscle" from where the stacks happened to
+            end (a border is then seen next to labelled muscle).
+        min_stack_slices: slices kept on the patch side of an artificial stack end.
     """
 
     patch_size: tuple[int, int, int] = (32, 112, 112)
@@ -39,6 +45,8 @@ class PatchConfig:
     grid_extra: int = 2
     max_tries: int = 20
     class_balanced: bool = False
+    stack_end_probability: float = 0.0
+    min_stack_slices: int = 2
 
     def __post_init__(self) -> None:
         size = tuple(int(p) for p in self.patch_size)
@@ -50,6 +58,12 @@ class PatchConfig:
                              f"{self.foreground_fraction}")
         if len(self.context) != 3 or any(c < 1.0 for c in self.context):
             raise ValueError(f"context must be 3 factors >= 1, got {self.context}")
+        if not 0.0 <= self.stack_end_probability <= 1.0:
+            raise ValueError(f"stack_end_probability must be in [0, 1], got "
+                             f"{self.stack_end_probability}")
+        if not 1 <= self.min_stack_slices <= size[0]:
+            raise ValueError(f"min_stack_slices must be in 1..{size[0]}, got "
+                             f"{self.min_stack_slices}")
 
 
 def grid_starts(size: int, patch: int, extra: int = 2) -> np.ndarray:
@@ -80,11 +94,36 @@ def crop_centered(array: np.ndarray, centre: Sequence[int], size: Sequence[int])
 
 
 def foreground_index(case: TrainingCase, config: PatchConfig) -> list[np.ndarray]:
-    """Flat indices of labelled voxels: one array, or one per present class (class_balanced)."""
+    """Flat indices of labelled voxels: one array, or one per present class (class_balanced).
+
+    Ignored voxels (:data:`IGNORE_LABEL`) are not foreground."""
     labels = case.labels.ravel()
     if not config.class_balanced:
-        return [np.flatnonzero(labels)]
-    return [np.flatnonzero(labels == c) for c in np.unique(labels) if c]
+        return [np.flatnonzero((labels > 0) & (labels != IGNORE_LABEL))]
+    return [np.flatnonzero(labels == c) for c in np.unique(labels) if c and c != IGNORE_LABEL]
+
+
+def cut_stack_end(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                  min_slices: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """An artificial stack end: empty image and ignored labels beyond a random slice plane.
+
+    Args:
+        image, labels: (z, y, x) patch.
+        min_slices: slices kept on the kept side (at least 1).
+
+    Returns:
+        copies of ``image`` and ``labels``; the removed side (top or bottom, at random) has
+        image 0 and labels :data:`IGNORE_LABEL` (what lies outside a stack is never scored).
+    """
+    nz = image.shape[0]
+    if nz <= min_slices:
+        return image, labels
+    keep = int(rng.integers(min_slices, nz))  # slices kept, min_slices..nz-1
+    image, labels = image.copy(), labels.copy()
+    removed = slice(keep, None) if rng.random() < 0.5 else slice(0, nz - keep)
+    image[removed] = 0
+    labels[removed] = IGNORE_LABEL
+    return image, labels
 
 
 def choose_centre(case: TrainingCase, config: PatchConfig, rng: np.random.Generator,
@@ -134,6 +173,10 @@ def make_patch(case: TrainingCase, config: PatchConfig, augmentation: AugmentCon
         if not image.any():
             continue
         labels = crop_centered(labels, middle, config.patch_size)
+        if config.stack_end_probability and rng.random() < config.stack_end_probability:
+            cut_image, cut_labels = cut_stack_end(image, labels, rng, config.min_stack_slices)
+            if cut_image.any():
+                image, labels = cut_image, cut_labels
         return np.asarray(normalise(image), dtype=np.float32), labels.astype(np.int32)
     raise RuntimeError(f"no non-empty patch found in case {case.name!r} after "
                        f"{config.max_tries} tries")
@@ -153,15 +196,25 @@ def patch_stream(cases: Sequence[TrainingCase], config: PatchConfig,
                          side_swap=side_swap, foreground=foregrounds[index])
 
 
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """One-hot targets (..., C) float32; :data:`IGNORE_LABEL` voxels get an all-zero row,
+    which the loss reads as "no target here" (:func:`legseg_tf.training.losses.combined_loss`).
+    """
+    labels = np.asarray(labels)
+    known = labels[labels != IGNORE_LABEL]
+    if known.size and (known.min() < 0 or known.max() >= n_classes):
+        raise ValueError(f"label {known.max()} outside the {n_classes} classes")
+    table = np.zeros((n_classes + 1, n_classes), dtype=np.float32)
+    table[:n_classes] = np.eye(n_classes, dtype=np.float32)
+    return table[np.where(labels == IGNORE_LABEL, n_classes, labels)]
+
+
 def make_batch(stream: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int,
                n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stack ``batch_size`` patches: images (b, z, y, x, 1), one-hot targets (b, z, y, x, C)."""
+    """Stack ``batch_size`` patches: images (b, z, y, x, 1), one-hot targets (b, z, y, x, C)
+    (all-zero rows where the labels are ignored)."""
     images, labels = zip(*(next(stream) for _ in range(batch_size)))
-    labels = np.stack(labels)
-    if labels.max() >= n_classes:
-        raise ValueError(f"label {labels.max()} outside the {n_classes} classes")
-    onehot = np.eye(n_classes, dtype=np.float32)[labels]
-    return np.stack(images)[..., None], onehot
+    return np.stack(images)[..., None], one_hot(np.stack(labels), n_classes)
 
 
 def fixed_patches(cases: Sequence[TrainingCase], config: PatchConfig, count: int, seed: int,

@@ -33,11 +33,17 @@ import numpy as np
 
 from legseg_tf.networks.config import UNetConfig, total_stride
 from legseg_tf.training.augmentation import AugmentConfig
-from legseg_tf.training.data import TrainingCase
+from legseg_tf.training.data import IGNORE_LABEL, TrainingCase
 from legseg_tf.training.losses import LOSS_WEIGHTS
 from legseg_tf.training.metrics import batch_dice_per_class
 from legseg_tf.training.progress import ProgressBar
-from legseg_tf.training.sampling import PatchConfig, fixed_patches, make_batch, patch_stream
+from legseg_tf.training.sampling import (
+    PatchConfig,
+    fixed_patches,
+    make_batch,
+    one_hot,
+    patch_stream,
+)
 from legseg_tf.training.schedule import learning_rate
 
 logger = logging.getLogger(__name__)
@@ -261,20 +267,20 @@ def _batches(cases, config, first_step, last_step, normalise):
 def _validate(trainer: _Trainer, images: np.ndarray, labels: np.ndarray,
               n_classes: int, batch_size: int) -> tuple[float, np.ndarray]:
     losses, predicted = [], []
-    eye = np.eye(n_classes, dtype=np.float32)
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size]
-        y = eye[labels[start:start + batch_size]]
+        y = one_hot(labels[start:start + batch_size], n_classes)
         loss, pred = trainer.eval_step(x, y)
         losses.append(float(loss) * x.shape[0])
         predicted.append(np.asarray(pred))
-    predicted = np.concatenate(predicted)
+    # ignored voxels are left out of every class's Dice
+    predicted = np.where(labels == IGNORE_LABEL, IGNORE_LABEL, np.concatenate(predicted))
     return (sum(losses) / images.shape[0],
             batch_dice_per_class(labels, predicted, n_classes))
 
 
 def _present_classes(labels: np.ndarray) -> list[int]:
-    return [int(c) for c in np.unique(labels) if c]
+    return [int(c) for c in np.unique(labels) if c and c != IGNORE_LABEL]
 
 
 def train(config: TrainConfig, cases: Sequence[TrainingCase],
@@ -317,8 +323,9 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
     config_path = run_dir / "train_config.json"
     n_classes = config.network.n_classes
     for case in list(cases) + list(validation_cases):
-        if case.labels.max() >= n_classes:
-            raise ValueError(f"case {case.name!r} has label {case.labels.max()} but the network "
+        top = int(case.labels[case.labels != IGNORE_LABEL].max(initial=0))
+        if top >= n_classes:
+            raise ValueError(f"case {case.name!r} has label {top} but the network "
                              f"has {n_classes} classes")
     if resume:
         if not (checkpoint / "state.json").is_file():
