@@ -30,7 +30,6 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -43,16 +42,12 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Tensor:
-    """Keras tensor name, logical shape (no batch), stored order, and down-sampling per axis.
-
-    ``scale`` is the input size divided by this tensor's size per spatial axis (None when
-    the tensor is not spatial); it gives the total stride a tiled input must respect.
-    """
+    """Keras tensor name, logical shape (no batch axis), and the logical axis of each stored
+    Keras axis (batch excluded)."""
 
     name: str
     shape: tuple[int | None, ...]
     order: tuple[int, ...]
-    scale: tuple[Fraction, ...] | None = None
 
 
 def _channels_last(rank: int) -> tuple[int, ...]:
@@ -113,8 +108,7 @@ def describe(graph: OnnxGraph, *, free_spatial: bool = False) -> Description:
             convolutional net accepts any valid patch size.
 
     Returns:
-        The ``"wlnet_graph"`` config (with ``total_stride`` per spatial axis when the net
-        has one spatial input) and the weights per Keras layer name.
+        The ``"wlnet_graph"`` config and the weights per Keras layer name.
 
     Raises:
         OnnxImportError: for anything without an exact Keras equivalent.
@@ -132,7 +126,6 @@ class _Walker:
         self.names: set[str] = set()
         self.tensors: dict[str, _Tensor] = {}
         self.permuted: dict[tuple[str, tuple[int, ...]], _Tensor] = {}
-        self.strides: list[tuple[Fraction, ...]] = []
         self.node: Any = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -150,16 +143,13 @@ class _Walker:
         return name
 
     def emit(self, name: str, op: str, inputs: list[_Tensor], config: dict, shape: tuple,
-             order: tuple, weights: list[np.ndarray] | None = None,
-             scale: tuple[Fraction, ...] | None = None) -> _Tensor:
+             order: tuple, weights: list[np.ndarray] | None = None) -> _Tensor:
         name = self.unique(name)
         self.ops.append({"name": name, "op": op, "inputs": [t.name for t in inputs],
                          "config": config})
         if weights is not None:
             self.weights[name] = [np.asarray(w, dtype=np.float32) for w in weights]
-        if scale is not None:
-            self.strides.append(scale)
-        return _Tensor(name, tuple(shape), tuple(order), scale)
+        return _Tensor(name, tuple(shape), tuple(order))
 
     def to_order(self, t: _Tensor, order: tuple[int, ...], hint: str) -> _Tensor:
         if t.order == order:
@@ -168,7 +158,7 @@ class _Walker:
         if key not in self.permuted:
             dims = [t.order.index(a) + 1 for a in order]
             self.permuted[key] = self.emit(f"{hint}_permute", "permute", [t], {"dims": dims},
-                                           t.shape, order, scale=t.scale)
+                                           t.shape, order)
         return self.permuted[key]
 
     def attrs(self, node, allowed: dict[str, Any]) -> dict[str, Any]:
@@ -226,8 +216,7 @@ class _Walker:
             inputs_cfg.append({"name": name, "port": port, "wolfram_shape": list(logical),
                                "keras_shape": keras_shape,
                                "layout": "channels_last" if rank >= 2 else "as_is"})
-            scale = tuple(Fraction(1) for _ in range(rank - 1)) if rank >= 2 else None
-            self.tensors[port] = _Tensor(name, logical, order, scale)
+            self.tensors[port] = _Tensor(name, logical, order)
         fused, skipped = _fuse_chains(g)
         for index, node in enumerate(g.nodes):
             self.node = node
@@ -238,7 +227,7 @@ class _Walker:
                 x = self.tensor(source)
                 name = self.layer_name(node, index)
                 self.tensors[node.output[0]] = x if kind == "identity" else self.emit(
-                    name, kind, [x], cfg, x.shape, x.order, scale=x.scale)
+                    name, kind, [x], cfg, x.shape, x.order)
                 continue
             handler = getattr(self, f"_op_{node.op_type}", None)
             if handler is None:
@@ -274,9 +263,6 @@ class _Walker:
                                                         model.producer_version) if p)},
             "inputs": inputs_cfg, "outputs": outputs_cfg, "ops": ops,
         }
-        stride = self.total_stride()
-        if stride is not None:
-            config["total_stride"] = stride
         weights = {k: v for k, v in self.weights.items() if k in kept}
         return Description(config=config, weights=weights)
 
@@ -294,19 +280,6 @@ class _Walker:
             if got is not None and want is not None and got != want:
                 raise self.fail(f"computed shape {t.shape} differs from the inferred shape "
                                 f"{inferred[1:]} (batch axis dropped)")
-
-    def total_stride(self) -> list[int] | None:
-        """Least common multiple of the down-sampling factors reached, per spatial axis."""
-        spatial = [t for t in self.g.inputs.values() if len(t) >= 3]
-        if len(spatial) != 1 or len(self.g.inputs) != 1:
-            return None
-        dims = len(spatial[0]) - 2
-        out = [1] * dims
-        for scale in self.strides:
-            if len(scale) != dims:
-                continue
-            out = [math.lcm(o, f.numerator) for o, f in zip(out, scale)]
-        return out
 
     # -- convolutions ------------------------------------------------------------------------
     def _spatial_in(self, x: _Tensor, dims: int, name: str) -> _Tensor:
@@ -348,7 +321,7 @@ class _Walker:
                                       for s, (lo, hi) in zip(x.shape[1:], pads))
         return self.emit(f"{name}_pad", "zero_pad", [x],
                          {"rank": len(pads), "padding": [list(p) for p in pads]},
-                         shape, x.order, scale=x.scale)
+                         shape, x.order)
 
     def _op_Conv(self, node, name: str) -> _Tensor:
         a = self.attrs(node, {"auto_pad": "NOTSET", "dilations": None, "group": 1,
@@ -390,9 +363,8 @@ class _Walker:
         cfg = {"rank": dims, "filters": out_ch, "kernel_size": kernel, "strides": strides,
                "dilation_rate": dilations, "groups": groups, "use_bias": bias is not None,
                "padding": "same" if same else "valid"}
-        scale = None if x.scale is None else tuple(f * s for f, s in zip(x.scale, strides))
         return self.emit(name, "conv", [x], cfg, (out_ch,) + spatial, _channels_last(dims + 1),
-                         [kernel_arr] + ([bias] if bias is not None else []), scale=scale)
+                         [kernel_arr] + ([bias] if bias is not None else []))
 
     def _op_ConvTranspose(self, node, name: str) -> _Tensor:
         a = self.attrs(node, {"auto_pad": "NOTSET", "dilations": None, "group": 1,
@@ -426,10 +398,9 @@ class _Walker:
                "use_bias": bias is not None}
         keras_len = [None if s is None else s * st + max(k - st, 0)
                      for s, k, st in zip(x.shape[1:], kernel, strides)]
-        scale = None if x.scale is None else tuple(f / s for f, s in zip(x.scale, strides))
         y = self.emit(name, "conv_transpose", [x], cfg, (out_ch,) + tuple(keras_len),
                       _channels_last(dims + 1),
-                      [kernel_arr] + ([bias] if bias is not None else []), scale=scale)
+                      [kernel_arr] + ([bias] if bias is not None else []))
         crops = [(lo, max(st - k, 0) - op + hi)
                  for (lo, hi), k, st, op in zip(pads, kernel, strides, out_pad)]
         if any(c < 0 for pair in crops for c in pair):
@@ -440,8 +411,7 @@ class _Walker:
         shape = (out_ch,) + tuple(None if s is None else s - lo - hi
                                   for s, (lo, hi) in zip(keras_len, crops))
         return self.emit(f"{name}_crop", "crop", [y],
-                         {"rank": dims, "cropping": [list(c) for c in crops]}, shape, y.order,
-                         scale=scale)
+                         {"rank": dims, "cropping": [list(c) for c in crops]}, shape, y.order)
 
     def _pool(self, node, name: str, kind: str) -> _Tensor:
         allowed = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": None,
@@ -489,9 +459,7 @@ class _Walker:
         cfg = {"rank": dims, "pool_size": kernel, "strides": strides}
         if padding == "same":
             cfg["padding"] = "same"
-        scale = None if x.scale is None else tuple(f * s for f, s in zip(x.scale, strides))
-        return self.emit(name, kind, [x], cfg, (x.shape[0],) + tuple(spatial), x.order,
-                         scale=scale)
+        return self.emit(name, kind, [x], cfg, (x.shape[0],) + tuple(spatial), x.order)
 
     def _op_MaxPool(self, node, name: str) -> _Tensor:
         return self._pool(node, name, "max_pool")
@@ -519,7 +487,7 @@ class _Walker:
                             f"channels")
         x = self.to_order(x, _channels_last(len(x.shape)), name)
         return self.emit(name, "batch_norm", [x], {"epsilon": float(a["epsilon"])}, x.shape,
-                         x.order, params, scale=x.scale)
+                         x.order, params)
 
     def _op_InstanceNormalization(self, node, name: str) -> _Tensor:
         a = self.attrs(node, {"epsilon": 1e-5})
@@ -534,14 +502,13 @@ class _Walker:
         x = self.to_order(x, _channels_last(len(x.shape)), name)
         cfg = {"channels": int(ch), "epsilon": float(a["epsilon"]), "scale": True,
                "center": True}
-        return self.emit(name, "instance_norm", [x], cfg, x.shape, x.order, [gamma, beta],
-                         scale=x.scale)
+        return self.emit(name, "instance_norm", [x], cfg, x.shape, x.order, [gamma, beta])
 
     # -- activations -------------------------------------------------------------------------
     def _activation(self, node, name: str, activation: str) -> _Tensor:
         x = self.tensor(node.input[0])
         return self.emit(name, "activation", [x], {"activation": activation}, x.shape,
-                         x.order, scale=x.scale)
+                         x.order)
 
     def _op_Relu(self, node, name):
         self.attrs(node, {})
@@ -576,8 +543,7 @@ class _Walker:
             return self._activation(node, name, "gelu")
         if a["approximate"] == "tanh":
             x = self.tensor(node.input[0])
-            return self.emit(name, "unary", [x], {"function": "gelu_tanh"}, x.shape, x.order,
-                             scale=x.scale)
+            return self.emit(name, "unary", [x], {"function": "gelu_tanh"}, x.shape, x.order)
         raise self.fail(f"approximate={a['approximate']!r} is not supported")
 
     def _op_Elu(self, node, name):
@@ -585,14 +551,13 @@ class _Walker:
         if a["alpha"] == 1.0:
             return self._activation(node, name, "elu")
         x = self.tensor(node.input[0])
-        return self.emit(name, "elu", [x], {"alpha": float(a["alpha"])}, x.shape, x.order,
-                         scale=x.scale)
+        return self.emit(name, "elu", [x], {"alpha": float(a["alpha"])}, x.shape, x.order)
 
     def _op_LeakyRelu(self, node, name):
         a = self.attrs(node, {"alpha": 0.01})
         x = self.tensor(node.input[0])
         return self.emit(name, "leaky_relu", [x], {"negative_slope": float(a["alpha"])},
-                         x.shape, x.order, scale=x.scale)
+                         x.shape, x.order)
 
     def _op_PRelu(self, node, name):
         self.attrs(node, {})
@@ -608,13 +573,12 @@ class _Walker:
                if k not in shared):
             raise self.fail("slope varies along an axis of open size")
         return self.emit(name, "prelu", [x], {"shared_axes": shared}, x.shape, x.order,
-                         [stored], scale=x.scale)
+                         [stored])
 
     def _unary(self, node, name, function: str) -> _Tensor:
         self.attrs(node, {})
         x = self.tensor(node.input[0])
-        return self.emit(name, "unary", [x], {"function": function}, x.shape, x.order,
-                         scale=x.scale)
+        return self.emit(name, "unary", [x], {"function": function}, x.shape, x.order)
 
     def __getattr__(self, attr: str):
         if attr.startswith("_op_") and attr[4:] in _UNARY_ONNX:
@@ -661,8 +625,7 @@ class _Walker:
                     return x  # x + 0, x - 0, x * 1, x / 1
             stored = np.transpose(c, x.order) if c.ndim else c
             cfg = {"op": op, "constant_shape": list(stored.shape), "constant_first": k == 0}
-            return self.emit(name, "const_arith", [x], cfg, x.shape, x.order, [stored],
-                             scale=x.scale)
+            return self.emit(name, "const_arith", [x], cfg, x.shape, x.order, [stored])
         a, b = self.tensor(names[0]), self.tensor(names[1])
         if len(a.shape) != len(b.shape):
             raise self.fail(f"inputs of ranks {len(a.shape) + 1} and {len(b.shape) + 1}: "
@@ -675,9 +638,8 @@ class _Walker:
             shape.append(max(da, db) if None not in (da, db) else (da if db == 1 else db))
         if tuple(shape) == a.shape == b.shape and op in ("add", "mul"):
             kind = "add" if op == "add" else "multiply"
-            return self.emit(name, kind, [a, b], {}, a.shape, a.order, scale=a.scale)
-        return self.emit(name, "arith", [a, b], {"op": op}, tuple(shape), a.order,
-                         scale=a.scale)
+            return self.emit(name, kind, [a, b], {}, a.shape, a.order)
+        return self.emit(name, "arith", [a, b], {"op": op}, tuple(shape), a.order)
 
     def _op_Sum(self, node, name):
         self.attrs(node, {})
@@ -689,8 +651,7 @@ class _Walker:
             return values[0]
         order = values[0].order
         values = [self.to_order(v, order, name) for v in values]
-        return self.emit(name, "add", values, {}, values[0].shape, order,
-                         scale=values[0].scale)
+        return self.emit(name, "add", values, {}, values[0].shape, order)
 
     # -- structure ---------------------------------------------------------------------------
     def _op_Identity(self, node, name):
@@ -735,7 +696,7 @@ class _Walker:
         shape = list(values[0].shape)
         shape[axis] = None if None in sizes else sum(sizes)
         return self.emit(name, "concat", values, {"axis": order.index(axis) + 1}, tuple(shape),
-                         order, scale=values[0].scale)
+                         order)
 
     def _op_Transpose(self, node, name):
         a = self.attrs(node, {"perm": None})
@@ -749,8 +710,7 @@ class _Walker:
         p = [q - 1 for q in perm[1:]]
         inverse = {src: dst for dst, src in enumerate(p)}
         shape = tuple(x.shape[p[j]] for j in range(rank - 1))
-        scale = x.scale if x.scale is None or p[0] == 0 else None
-        return _Tensor(x.name, shape, tuple(inverse[q] for q in x.order), scale)
+        return _Tensor(x.name, shape, tuple(inverse[q] for q in x.order))
 
     def _reshape(self, x: _Tensor, shape: tuple, name: str) -> _Tensor:
         x = self.to_order(x, _logical(len(x.shape)), f"{name}_channels_first")
@@ -853,7 +813,7 @@ class _Walker:
             raise self.fail(f"opset-{self.g.opset} softmax over several axes "
                             f"({x.shape[axis - 1:]}) is not supported")
         return self.emit(name, "softmax", [x], {"axis": x.order.index(axis - 1) + 1},
-                         x.shape, x.order, scale=x.scale)
+                         x.shape, x.order)
 
     # -- resampling --------------------------------------------------------------------------
     def _upsample(self, x: _Tensor, scales: list[float], name: str) -> _Tensor:
@@ -872,9 +832,8 @@ class _Walker:
         x = self._spatial_in(x, dims, name)
         shape = (x.shape[0],) + tuple(None if s is None else s * f
                                       for s, f in zip(x.shape[1:], factors))
-        scale = None if x.scale is None else tuple(v / f for v, f in zip(x.scale, factors))
         return self.emit(name, "upsample", [x], {"rank": dims, "size": factors}, shape,
-                         x.order, scale=scale)
+                         x.order)
 
     def _op_Upsample(self, node, name):
         a = self.attrs(node, {"mode": "nearest", "scales": None})
@@ -997,6 +956,11 @@ def _prune(ops: list[dict], outputs: list[str]) -> list[dict]:
 def _fuse_chains(graph: OnnxGraph) -> tuple[dict[int, tuple[str, str, dict]], set[int]]:
     """Find chains of elementwise nodes equal to one activation.
 
+    For each elementwise node (last first) the candidate chains end at that node and start
+    at one tensor ``x`` (every other input of the chain is a scalar constant, and no inner
+    result is used outside the chain); the longest chain whose function equals a known
+    activation on [-4, 4] to 1e-6 is taken.
+
     Returns:
         (fused, skipped): ``fused`` maps the id of a chain's last node to (source tensor,
         config op kind, config); ``skipped`` holds the ids of the chain's other nodes.
@@ -1009,41 +973,57 @@ def _fuse_chains(graph: OnnxGraph) -> tuple[dict[int, tuple[str, str, dict]], se
     curves = None
     fused: dict[int, tuple[str, str, dict]] = {}
     claimed: set[int] = set()
-    for root in reversed(nodes):
-        if id(root) in claimed or not _chain_node(graph, root):
-            continue
+
+    def position(name: str) -> int:
+        return index[id(producer[name])] if name in producer else -1
+
+    def cone(root, stop: str | None):
+        """(members, non-constant leaves) of the chain ending at root, stopping at ``stop``."""
         members = {id(root): root}
         frontier = {t for t in root.input if t}
         leaves: set[str] = set()
-        ok = True
-        while frontier and ok:
-            t = max(frontier, key=lambda n: index[id(producer[n])] if n in producer else -1)
+        while frontier:
+            t = max(frontier, key=position)
             frontier.discard(t)
             if t in graph.constants:
                 if graph.constants[t].size != 1:
-                    ok = False
+                    return None, None
                 continue
             p = producer.get(t)
-            if (p is not None and id(p) not in claimed and _chain_node(graph, p)
+            if (t != stop and p is not None and id(p) not in claimed and _chain_node(graph, p)
                     and t not in outputs and len([o for o in p.output if o]) == 1
                     and all(id(c) in members for c in consumers.get(t, []))):
                 members[id(p)] = p
                 frontier.update(n for n in p.input if n)
             else:
                 leaves.add(t)
-        if not ok or len(members) < 2 or len(leaves) != 1:
+        return members, leaves
+
+    for root in reversed(nodes):
+        if id(root) in claimed or not _chain_node(graph, root):
             continue
-        source = leaves.pop()
-        values = _evaluate_chain(graph, root, source, producer, members)
-        if values is None:
+        widest, leaves = cone(root, None)
+        if widest is None or len(widest) < 2:
             continue
-        curves = curves or _curves()
-        for key, (kind, cfg, ref) in curves.items():
-            if np.max(np.abs(values - ref)) <= 1e-6:
+        # candidate sources: the leaves and every tensor inside the widest chain, the
+        # earliest (longest chain) first
+        inner = {o for n in widest.values() for o in n.output if o} - {root.output[0]}
+        for source in sorted(leaves | inner, key=position):
+            members, found = cone(root, source)
+            if members is None or len(members) < 2 or found != {source}:
+                continue
+            values = _evaluate_chain(graph, root, source, producer, members)
+            if values is None:
+                continue
+            curves = curves or _curves()
+            match = next((k for k, (_, _, ref) in curves.items()
+                          if np.max(np.abs(values - ref)) <= 1e-6), None)
+            if match is not None:
+                kind, cfg, _ = curves[match]
                 fused[id(root)] = (source, kind, cfg)
                 claimed.update(members)
                 LOGGER.info("%d elementwise nodes ending in %r equal %s", len(members),
-                            root.name, key)
+                            root.name, match)
                 break
     skipped = claimed - set(fused)
     return fused, skipped
