@@ -198,7 +198,7 @@ class _Reader:
             try:
                 return int(digits)
             except ValueError as exc:
-                raise ExpressionError(f"bad integer text {digits!r} at offset {offset}") from exc
+                raise ExpressionError(f"bad integer text {digits[:40]!r} at offset {offset}") from exc
         if tag == b"R":
             return parse_big_real(self._text())
         if tag == b"e":
@@ -254,7 +254,7 @@ def parse_big_real(text: str) -> float:
     """Parse Wolfram's InputForm of a real, e.g. ``1.23`20.``, ``-5.`` or ``1.5`*^-7``."""
     match = _BIG_REAL.match(text.strip())
     if not match or match.group(1) in ("", "+", "-", "."):
-        raise ExpressionError(f"bad real number text {text!r}")
+        raise ExpressionError(f"bad real number text {text[:40]!r}")
     mantissa = float(match.group(1))
     exponent = int(match.group(2)) if match.group(2) else 0
     return mantissa * 10.0 ** exponent

@@ -345,7 +345,14 @@ class _Walker:
             raise self.fail(layer, "layer type has no Keras translation")
         self._check_params(layer)
         name = SEP.join(_sanitize(p) for part in layer.path for p in part.split("/")) or "layer"
-        result = handler(layer, name, inputs)
+        try:
+            result = handler(layer, name, inputs)
+        except WlnetError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
+                OverflowError) as exc:
+            raise self.fail(layer, f"malformed parameters or arrays ({type(exc).__name__}: "
+                                   f"{str(exc)[:200]})") from exc
         if isinstance(result, _Tensor):
             result = {"Output": result}
         for port, tensor in result.items():
@@ -1127,6 +1134,10 @@ def translate(wl: WlnetFile, *, free_spatial: bool = False):
         (model, config): the ``keras.Model`` and its ``"wlnet_graph"`` config.
     """
     description = describe(wl, free_spatial=free_spatial)
-    model = build_from_config(description.config)
+    try:
+        model = build_from_config(description.config)
+    except ValueError as exc:  # Keras refuses a layer configuration the file implies
+        raise TranslationError(f"{wl.path}: Keras cannot build the translated net: "
+                               f"{' '.join(str(exc).split())[:300]}") from exc
     set_weights(model, description.weights)
     return model, description.config
