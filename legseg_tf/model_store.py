@@ -13,7 +13,8 @@ Manifest format (``schema_version`` 1)::
           "sha256": "<hex digest of the weights file>",
           "label_table": "N5_UpperLeg",     # key of legseg_tf.labels.TRAIN_TABLES (null
                                             # allowed for the classifier)
-          "provenance": {"source": "legseg-train" | "qmritools-wlnet", ...}
+          "provenance": {"source": "legseg-train" | "qmritools-wlnet" | "qmritools-onnx"
+                         | "wlnet" | "onnx", ...}
         }
       ]
     }
@@ -49,7 +50,9 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 ROLES = ("classifier", "upper_leg", "lower_leg", "hip")
 SEGMENTATION_ROLES = ("upper_leg", "lower_leg", "hip")
-PROVENANCE_SOURCES = ("legseg-train", "qmritools-wlnet", "qmritools-onnx")
+#: "wlnet"/"onnx": a non-QMRITools network file installed with ``legseg-import --role``.
+PROVENANCE_SOURCES = ("legseg-train", "qmritools-wlnet", "qmritools-onnx", "wlnet",
+                      "onnx")
 WEIGHTS_SUFFIX = ".weights.h5"
 ENTRY_KEYS = ("id", "role", "config", "weights", "sha256", "label_table", "provenance")
 

@@ -1,16 +1,22 @@
-"""``legseg-import``: convert Wolfram ``.wlnet`` networks into legseg models.
+"""``legseg-import``: convert Wolfram ``.wlnet`` (and ONNX) networks into legseg models.
 
 Usage::
 
-    legseg-import PATH [PATH ...] [--out MODELS_DIR]
-    legseg-import --inspect FILE.wlnet
+    legseg-import PATH [PATH ...] [--out MODELS_DIR] [--role ROLE] [--classes PORT=L1,...]
+    legseg-import --inspect FILE.wlnet|FILE.onnx
 
 PATH is a QMRITools release ``.paclet`` (a zip holding ``NeuralNetworks/*.wlnet``), a folder
-(searched recursively) or ``.wlnet`` files. The QMRITools nets are recognised by file name
-(:data:`KNOWN_NETS`) and installed into ``MODELS_DIR/manifest.json`` with their role and label
-table; any other net is converted too (role "other", id = file stem) and described by a
-``<id>.entry.json`` file next to its config, since the manifest only holds the roles the
-pipeline uses. TensorFlow is imported only when converting.
+(searched recursively) or ``.wlnet`` / ``.onnx`` files (ONNX files, e.g. the QMRITools nets
+exported by Wolfram, are translated by :mod:`legseg_tf.onnxnet`; they need the ``onnx``
+package, extra ``legseg[onnx]``). ``--role`` sets the role of the one file given (default:
+from the file name); ``--classes`` gives the class labels of an ONNX output, which ONNX files
+do not store (the slice classifier needs those of ``Side`` and ``Position``).
+
+The QMRITools nets are recognised by file name (:data:`KNOWN_NETS`) and installed into
+``MODELS_DIR/manifest.json`` with their role and label table; any other net is converted
+too (role "other", id = file stem) and described by a ``<id>.entry.json`` file next to its
+config, since the manifest only holds the roles the pipeline uses. TensorFlow is imported
+only when converting.
 
 Exit codes: 0 success, 64 usage error, 65 a file could not be read or translated (one-line
 message, the other files are still converted), 66 input missing, 73 output not writable.
@@ -79,12 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert Wolfram .wlnet networks (e.g. the QMRITools release paclet) into "
                     "legseg Keras models (config JSON + .weights.h5 + manifest entry).")
     parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
-                        help="a .paclet file, a folder, or .wlnet files")
+                        help="a .paclet file, a folder, or .wlnet / .onnx files")
     parser.add_argument("--out", type=Path, default=None, metavar="MODELS_DIR",
                         help="models directory to write into (default: $LEGSEG_MODELS_DIR, "
                              "else the models/ folder of the source tree)")
     parser.add_argument("--inspect", type=Path, metavar="FILE",
-                        help="print the layer tree of one .wlnet file and exit")
+                        help="print the layer tree of one .wlnet file (or the operators of "
+                             "an .onnx file) and exit")
+    parser.add_argument("--role", choices=("classifier", "upper_leg", "lower_leg", "hip",
+                                           "other"),
+                        help="role of the one network file given (default: from the file "
+                             "name, e.g. N5_UpperLeg_3D -> upper_leg)")
+    parser.add_argument("--classes", action="append", metavar="PORT=L1,L2,...",
+                        help="class labels of an ONNX output in output order, e.g. "
+                             "--classes Side=Left,Right,Both (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return parser
 
@@ -102,10 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.paths:
             print("legseg-import: --inspect takes one FILE and no PATH", file=sys.stderr)
             return EXIT_USAGE
+        if args.inspect.suffix.lower() == ".onnx":
+            return _inspect_onnx(args.inspect)
         return _inspect(args.inspect)
     if not args.paths:
         parser.print_usage(sys.stderr)
-        print("legseg-import: give a .paclet, a folder or .wlnet files", file=sys.stderr)
+        print("legseg-import: give a .paclet, a folder or .wlnet / .onnx files",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from legseg_tf.onnxnet.importer import parse_classes
+
+        classes = parse_classes(args.classes)
+    except ValueError as exc:
+        print(f"legseg-import: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.out is None:
         args.out = default_models_dir()
@@ -129,12 +153,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"legseg-import: {exc}", file=sys.stderr)
             return EXIT_DATA
         if not sources:
-            print("legseg-import: no .wlnet files found", file=sys.stderr)
+            print("legseg-import: no .wlnet or .onnx files found", file=sys.stderr)
             return EXIT_NOINPUT
+        if (args.role or classes) and len(sources) != 1:
+            print(f"legseg-import: --role and --classes apply to one network file; "
+                  f"{len(sources)} were found", file=sys.stderr)
+            return EXIT_USAGE
         failures = 0
         for source in sources:
             try:
-                summary = convert_file(source.path, args.out, container=source.container)
+                if source.path.suffix.lower() == ".onnx":
+                    from legseg_tf.onnxnet.importer import convert_onnx
+
+                    summary = convert_onnx(source.path, args.out, role=args.role,
+                                           classes=classes)
+                else:
+                    summary = convert_file(source.path, args.out, container=source.container,
+                                           role=args.role)
             except WlnetError as exc:
                 print(f"legseg-import: {_one_line(exc)}", file=sys.stderr)
                 failures += 1
@@ -183,6 +218,21 @@ def _inspect(path: Path) -> int:
     return EXIT_OK
 
 
+def _inspect_onnx(path: Path) -> int:
+    if not path.is_file():
+        print(f"legseg-import: {path}: no such file", file=sys.stderr)
+        return EXIT_NOINPUT
+    from legseg_tf.onnxnet.importer import inspect_lines
+
+    try:
+        lines = inspect_lines(path)
+    except WlnetError as exc:
+        print(f"legseg-import: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 @dataclass(frozen=True)
 class Source:
     """A .wlnet file to convert and the file it came from (a paclet) if any."""
@@ -197,8 +247,12 @@ def collect_sources(paths: list[Path], tmp: Path) -> list[Source]:
     for path in paths:
         if path.is_dir():
             found += [Source(p) for p in sorted(path.rglob("*.wlnet"))]
+            found += [Source(p) for p in sorted(path.rglob("*"))
+                      if p.suffix.lower() == ".onnx" and p.is_file()]
             for paclet in sorted(path.rglob("*.paclet")):
                 found += _extract_paclet(paclet, tmp)
+        elif path.suffix.lower() == ".onnx":
+            found.append(Source(path))
         elif path.suffix.lower() == ".paclet" or zipfile.is_zipfile(path):
             found += _extract_paclet(path, tmp)
         else:
@@ -232,8 +286,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_file(path: Path, models_dir: Path, *, container: Path | None = None) -> str:
+def convert_file(path: Path, models_dir: Path, *, container: Path | None = None,
+                 role: str | None = None) -> str:
     """Convert one .wlnet file into ``models_dir``; returns the one-line summary.
+
+    ``role`` overrides the role taken from the file name (QMRITools names, else "other").
 
     Raises:
         WlnetError: the file cannot be read or translated.
@@ -244,6 +301,10 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None)
     wl = read_wlnet(path)
     stem = path.stem
     known = KNOWN_NETS.get(stem)
+    qmritools = known is not None or stem in LEGACY_NETS
+    if role is not None and role != (known.role if known else "other"):
+        tables = {k.role: k.label_table for k in KNOWN_NETS.values()}
+        known = KnownNet(role, tables.get(role)) if role != "other" else None
     role = known.role if known else "other"
     model, config = translate(wl, free_spatial=role in SEGMENTATION_ROLES)
     if role in SEGMENTATION_ROLES:
@@ -252,14 +313,14 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None)
     (models_dir / config_name).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     model.save_weights(models_dir / weights_name)
     provenance = {
-        "source": "qmritools-wlnet" if known or stem in LEGACY_NETS else "wlnet",
+        "source": "qmritools-wlnet" if qmritools else "wlnet",
         "file": path.name, "file_sha256": sha256_of(path), "wolfram_version": wl.version,
         "converter": f"legseg-import {__version__}",
     }
     if container is not None:
         provenance["paclet"] = container.name
         provenance["paclet_sha256"] = sha256_of(container)
-    if known or stem in LEGACY_NETS:
+    if qmritools:
         provenance["licence"] = LICENCE_NOTICE
         provenance["citation"] = CITATION
     if stem in LEGACY_NETS:
