@@ -344,7 +344,6 @@ def install_tiny_models(models_dir, seed=0):
 
 
 def test_load_segmenter_runs_installed_models_end_to_end(tmp_path):
-    pytest.importorskip("legseg_tf.inference", reason="per-network inference not installed")
     install_tiny_models(tmp_path / "models")
     volume, _ = world_phantom(shape=(64, 32, 16))
     qmri = nifti_io.ras_to_qmri(volume)

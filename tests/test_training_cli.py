@@ -45,8 +45,6 @@ def _train_args(img, lab, run_dir, steps):
 
 @pytest.mark.slow
 def test_train_resume_evaluate_install(tmp_path, capsys):
-    pytest.importorskip("legseg_tf.normalization", reason="the Uniform patch normalisation "
-                        "module is needed for training")
     from legseg_tf import model_store
 
     img, lab = _phantom(tmp_path, 0)

@@ -16,7 +16,6 @@ from legseg_tf.wlnet.reader import read_wlnet
 from tests import wlnet_writer as W
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest.importorskip("legseg_tf.networks.unet", reason="native network builders not available")
 
 
 def _import(tmp_path, net, name):
