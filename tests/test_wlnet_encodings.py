@@ -73,7 +73,7 @@ def test_qmritools_topologies_in_both_encodings(tmp_path, topology, encoding):
     if topology != "classifier":
         want = "multiport, 2" if encoding == "multiport" else "list port, 2"
         assert want in encodings
-    assert "ScalarFunctionObject" in encodings  # GELU
+    assert "GELU, ScalarFunctionObject" in encodings
     # GELU programs are recognised as Keras' exact gelu, not evaluated step by step
     assert {op["op"] for op in config["ops"]} >= {"activation"}
     assert "scalar_program" not in {op["op"] for op in config["ops"]}
@@ -127,8 +127,9 @@ def test_elementwise_programs(tmp_path, encoding):
     assert kinds["a9"]["op"] == "scalar_program"  # Sin: a primitive without a Keras activation
     assert _check(model, wl) <= TOL
     rl = [layer_encoding(layer) for layer in iter_layers(wl.net) if layer.type == "Elementwise"]
-    assert rl[0] == "ScalarFunctionObject" and rl[8] == "symbol Tanh"
-    assert rl[7] == ("symbol Ramp" if encoding == "multiport" else "ScalarFunctionObject")
+    assert rl[0] == "GELU, ScalarFunctionObject" and rl[8] == "symbol Tanh"
+    assert rl[7] == ("symbol Ramp" if encoding == "multiport" else "ReLU, ScalarFunctionObject")
+    assert rl[10] == "ScalarFunctionObject"  # custom1: no known activation
 
 
 def test_unknown_program_operation_is_a_clear_error(tmp_path):

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,22 +261,80 @@ def collect_sources(paths: list[Path], tmp: Path) -> list[Source]:
     return found
 
 
+#: Limits for extracting a paclet (the 2023 QMRITools paclet holds 157 MB of networks).
+MAX_MEMBER_BYTES = 4 << 30
+MAX_EXTRACT_BYTES = 8 << 30
+MAX_COMPRESSION_RATIO = 200
+PACLET_SUFFIXES = (".wlnet",)
+
+
 def _extract_paclet(paclet: Path, tmp: Path) -> list[Source]:
-    out = []
+    """Extract the network files of a paclet (a zip) into ``tmp``, keeping member paths.
+
+    Refuses absolute or ``..`` member paths, two networks with the same file name (their
+    models would overwrite each other), declared sizes over :data:`MAX_MEMBER_BYTES` /
+    :data:`MAX_EXTRACT_BYTES` or a compression ratio over :data:`MAX_COMPRESSION_RATIO`
+    (zip bombs), and members that inflate past their declared size.
+
+    Raises:
+        WlnetError: an unsafe, oversized or corrupt paclet (the message names the member).
+    """
     target = tmp / hashlib.sha256(str(paclet.resolve()).encode()).hexdigest()[:12]
-    with zipfile.ZipFile(paclet) as archive:
-        for member in archive.infolist():
-            name = Path(member.filename)
-            if member.is_dir() or name.suffix.lower() != ".wlnet":
-                continue
-            dest = target / name.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, open(dest, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            out.append(Source(dest, paclet))
-    LOGGER.info("%s: %d .wlnet file(s)", paclet, len(out))
+    try:
+        with zipfile.ZipFile(paclet) as archive:
+            members = _paclet_members(paclet, archive)
+            out = []
+            for member, parts in members:
+                dest = target.joinpath(*parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _extract_member(paclet, archive, member, dest)
+                out.append(Source(dest, paclet))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError,
+            EOFError, ValueError, zlib.error) as exc:
+        raise WlnetError(f"{paclet}: unreadable paclet: {_one_line(exc)}") from exc
+    LOGGER.info("%s: %d network file(s)", paclet, len(out))
     return sorted(out, key=lambda s: s.path.name)
+
+
+def _paclet_members(paclet: Path, archive: zipfile.ZipFile) -> list[tuple]:
+    members, seen, total = [], {}, 0
+    for member in archive.infolist():
+        name = member.filename.replace("\\", "/")
+        if member.is_dir() or not name.lower().endswith(PACLET_SUFFIXES):
+            continue
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]) or not parts:
+            raise WlnetError(f"{paclet}: member {member.filename!r} has an unsafe path")
+        key = parts[-1].lower()
+        if key in seen:
+            raise WlnetError(f"{paclet}: members {seen[key]!r} and {member.filename!r} have "
+                             f"the same file name; their models would overwrite each other")
+        seen[key] = member.filename
+        if member.file_size > MAX_MEMBER_BYTES:
+            raise WlnetError(f"{paclet}: member {member.filename!r} declares "
+                             f"{member.file_size:,} bytes (limit {MAX_MEMBER_BYTES:,})")
+        if member.file_size > MAX_COMPRESSION_RATIO * max(member.compress_size, 1) + (1 << 20):
+            raise WlnetError(f"{paclet}: member {member.filename!r} expands "
+                             f"{member.file_size:,} bytes from {member.compress_size:,} "
+                             f"(zip bomb?)")
+        total += member.file_size
+        if total > MAX_EXTRACT_BYTES:
+            raise WlnetError(f"{paclet}: network files total more than "
+                             f"{MAX_EXTRACT_BYTES:,} bytes")
+        members.append((member, parts))
+    return members
+
+
+def _extract_member(paclet: Path, archive: zipfile.ZipFile, member: zipfile.ZipInfo,
+                    dest: Path) -> None:
+    written = 0
+    with archive.open(member) as src, open(dest, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > member.file_size:
+                raise WlnetError(f"{paclet}: member {member.filename!r} inflates past its "
+                                 f"declared size")
+            dst.write(chunk)
 
 
 def sha256_of(path: Path) -> str:

@@ -258,12 +258,17 @@ def expected_array_shapes(kind: str, params: dict, inputs: dict,
     return {}
 
 
+_ACTIVATION_LABELS = {"gelu": "GELU", "elu": "ELU", "selu": "SELU", "silu": "Swish",
+                      "softplus": "SoftPlus", "softsign": "SoftSign", "relu": "ReLU",
+                      "sigmoid": "LogisticSigmoid", "tanh": "Tanh"}
+
+
 def layer_encoding(layer: Layer) -> str | None:
     """How the file encodes a layer whose encoding changed across Wolfram versions.
 
     E.g. ``multiport, 2`` (ports "1", "2"; Wolfram >= 11.3.2), ``list port, 2`` (one
-    list-valued "Input", older files), ``ScalarFunctionObject`` / ``symbol Ramp`` for
-    elementwise functions, ``rule 1->3`` / ``swap 1<->3`` / ``permutation {4, 1, 2, 3}`` for
+    list-valued "Input", older files), ``GELU, ScalarFunctionObject`` (a compiled program,
+    named when it equals a known activation) / ``symbol Ramp`` for elementwise functions, ``rule 1->3`` / ``swap 1<->3`` / ``permutation {4, 1, 2, 3}`` for
     TransposeLayer. None for layers with a single encoding.
     """
     if layer.type in MULTIPORT_TYPES:
@@ -273,7 +278,14 @@ def layer_encoding(layer: Layer) -> str | None:
     if layer.type in ("Elementwise", "Threading"):
         func = unwrap(layer.parameters.get("Function"))
         if isinstance(func, Expr) and func.head_name == "ScalarFunctionObject":
-            return "ScalarFunctionObject"
+            from legseg_tf.wlnet.scalar import ScalarProgram, ScalarProgramError, recognise
+
+            try:
+                known = recognise(ScalarProgram.from_expr(func))
+            except ScalarProgramError:
+                known = None
+            label = _ACTIVATION_LABELS.get(known or "")
+            return f"{label}, ScalarFunctionObject" if label else "ScalarFunctionObject"
         if isinstance(func, Symbol):
             return f"symbol {func.name}"
         if isinstance(func, str):
