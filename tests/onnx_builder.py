@@ -390,3 +390,52 @@ class Runner:
 def to_keras(x: np.ndarray) -> np.ndarray:
     """(N, C, s...) -> (N, s..., C)."""
     return np.moveaxis(x, 1, -1) if x.ndim >= 3 else x
+
+
+# ------------------------------------------------------------------ single-operator nets ----
+
+def small_model(nodes: list, inputs: dict[str, list], initializers: dict[str, np.ndarray],
+                outputs: tuple[str, ...] = ("y",), opset: int = 17) -> onnx.ModelProto:
+    """A graph of ``nodes`` with float inputs (batch first) and shape-inferred outputs."""
+    graph = helper.make_graph(
+        nodes, "ops",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=8)
+    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    del model.graph.output[:]
+    model.graph.output.extend(inferred[o] for o in outputs)
+    return model
+
+
+def translate_file(path: Path, free_spatial: bool = False):
+    """(keras model, config) of an ONNX file, through the config like ``legseg-import``."""
+    from legseg_tf.onnxnet.graph import read_onnx
+    from legseg_tf.onnxnet.translator import describe
+    from legseg_tf.wlnet.translator import build_from_config, set_weights
+
+    description = describe(read_onnx(path), free_spatial=free_spatial)
+    model = build_from_config(description.config)
+    set_weights(model, description.weights)
+    return model, description.config
+
+
+def compare(path: Path, feeds: dict[str, np.ndarray], free_spatial: bool = False,
+            model=None) -> tuple[float, dict]:
+    """Max abs difference of ONNX Runtime and the translated Keras model on ``feeds``."""
+    config = None
+    if model is None:
+        model, config = translate_file(path, free_spatial)
+    want = Runner(path)(**feeds)
+    inputs = {k: to_keras(v) for k, v in feeds.items()}
+    got = model(next(iter(inputs.values())) if len(inputs) == 1 else inputs, training=False)
+    if not isinstance(got, dict):
+        got = {next(iter(want)): got}
+    diff = 0.0
+    for name, ref in want.items():
+        value = np.asarray(got[name])
+        assert value.shape == ref.shape, (name, value.shape, ref.shape)
+        diff = max(diff, float(np.max(np.abs(value - ref))))
+    return diff, config
