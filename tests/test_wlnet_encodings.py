@@ -255,3 +255,13 @@ def test_options_that_change_results_are_refused(tmp_path, layer, key, value, ma
     net["Nodes"][layer]["Parameters"][key] = value
     with pytest.raises(TranslationError, match=match):
         _translate(W.write_wlnet(tmp_path / "opt.wlnet", net))
+
+
+def test_instance_norm_arrays_must_be_per_channel(tmp_path):
+    from legseg_tf.wlnet.translator import TranslationError
+
+    w = W.Weights(1)
+    net = W.chain((3, 4, 4), [("n", lambda s: W.instance_norm(w, s))]).assoc
+    net["Nodes"]["n"]["Arrays"]["Scaling"] = W.ArrayRef(np.ones((3, 4)))
+    with pytest.raises(TranslationError, match=r"node n .*scaling of shape \[3, 4\], need \[3\]"):
+        _translate(W.write_wlnet(tmp_path / "in.wlnet", net))

@@ -588,6 +588,10 @@ class _Walker:
         channels = x.shape[0]
         if channels is None:
             raise self.fail(layer, "channel count unknown")
+        for label, array in (("scaling", gamma), ("biases", beta)):
+            if array is not None and array.shape != (channels,):
+                raise self.fail(layer, f"{label} of shape {list(array.shape)}, need "
+                                       f"[{channels}] (per-channel instance normalisation)")
         cfg = {"channels": int(channels), "epsilon": eps, "scale": gamma is not None,
                "center": beta is not None}
         weights = [w for w in (gamma, beta) if w is not None]
