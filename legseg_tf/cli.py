@@ -15,29 +15,23 @@ from pathlib import Path
 
 from legseg_tf import __version__
 from legseg_tf.config import DEVICES, MERGE_MODES, REGIONS, InferenceConfig, RunConfig
+from legseg_tf.errors import ExitCode, UsageError
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_NO_MODEL = 3
-EXIT_INVALID_DATASET = 16
-EXIT_UNKNOWN_LEVEL = 17
-EXIT_NO_INPUT = 18
-EXIT_USAGE = 64
-EXIT_NO_BIDS_DIR = 66
-EXIT_OUTPUT_DIR = 73
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
+#: The app's exit codes (names kept for the CLI's users; values from legseg_tf.errors).
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.FAILED
+EXIT_NO_MODEL = ExitCode.NO_MODEL
+EXIT_INVALID_DATASET = ExitCode.INVALID_DATASET
+EXIT_UNKNOWN_LEVEL = ExitCode.UNKNOWN_LEVEL
+EXIT_NO_INPUT = ExitCode.NO_INPUT
+EXIT_USAGE = ExitCode.USAGE
+EXIT_NO_BIDS_DIR = ExitCode.NO_BIDS_DIR
+EXIT_OUTPUT_DIR = ExitCode.OUTPUT_DIR
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
+EXIT_TERMINATED = ExitCode.TERMINATED
 ANALYSIS_LEVELS = ("participant", "group")
-
-
-class UsageError(Exception):
-    """A command-line problem; carries the exit code and a one-line message."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE):
-        super().__init__(message)
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):

@@ -193,7 +193,8 @@ def run_group(output_dir: Path) -> int:
     from legseg_tf.reports.group_report import group_page
 
     written.append(
-        atomic_write_text(output_dir / "group.html", group_page(table, asymmetry, output_dir))
+        atomic_write_text(output_dir / "group.html", group_page(table, asymmetry, output_dir,
+                                                                 ROBUST_Z_LIMIT))
     )
     n_images = len(wide)
     n_outliers = int(table["outlier"].sum())

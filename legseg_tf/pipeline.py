@@ -14,18 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from legseg_tf import derivatives, nifti_io, split
-from legseg_tf.cli import (
-    EXIT_FAILED,
-    EXIT_INVALID_DATASET,
-    EXIT_NO_INPUT,
-    EXIT_NO_MODEL,
-    EXIT_OK,
-    EXIT_USAGE,
-    UsageError,
-)
+from legseg_tf.errors import ExitCode, NoModelError, UsageError
 from legseg_tf.config import RunConfig
 from legseg_tf.results import ImageResult, InputImage
-from legseg_tf.segmenter import NoModelError, Segmenter, load_segmenter
+from legseg_tf.segmenter import Segmenter, load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +62,7 @@ def validate_dataset(bids_dir: Path) -> None:
             logger.error("validator: %s", line)
         raise UsageError(
             f"{bids_dir} failed BIDS validation (see the log above, or use --skip_bids_validator)",
-            EXIT_INVALID_DATASET,
+            ExitCode.INVALID_DATASET,
         )
 
 
@@ -86,10 +78,10 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
         )
     except InputSelectionError as error:
         logger.error("%s", error)
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     except ValueError as error:
         logger.error("invalid --bids-filter-file query: %s", error)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     subjects = sorted({image.subject for image in images})
     logger.info("%d image(s) of %d participant(s): %s", len(images), len(subjects), ", ".join(subjects))
     pending = [im for im in images if config.overwrite or not _outputs_exist(config, im)]
@@ -98,7 +90,7 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
             segmenter = _load_segmenter(config)
         except NoModelError as error:
             logger.error("%s", error)
-            return EXIT_NO_MODEL
+            return ExitCode.NO_MODEL
     derivatives.ensure_dataset_files(config.output_dir, config.bids_dir)
 
     results: list[ImageResult] = []
@@ -117,7 +109,7 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
     logger.info("finished: %d segmented, %d skipped, %d failed", done, skipped, len(failed))
     for result in failed:
         logger.error("FAILED %s: %s", result.image.relpath, result.error)
-    return EXIT_FAILED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def _outputs_exist(config: RunConfig, image: InputImage) -> bool:
@@ -134,7 +126,7 @@ def _load_segmenter(config: RunConfig) -> Segmenter:
     try:
         _DEVICE.update(configure_device(config.inference.device, config.inference.nprocs))
     except DeviceError as error:
-        raise UsageError(str(error), EXIT_USAGE) from error
+        raise UsageError(str(error), ExitCode.USAGE) from error
     return load_segmenter(config.inference, models_dir)
 
 

@@ -17,15 +17,16 @@ MEASURE_TITLES = {
 }
 
 
-def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path) -> str:
+def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
+               robust_z_limit: float) -> str:
     """The self-contained group HTML page.
 
     Args:
         table: long table from :func:`legseg_tf.group.long_table`.
         asymmetry: table from :func:`legseg_tf.group.asymmetry_table`.
         output_dir: the derivatives folder (for links to existing subject reports).
+        robust_z_limit: |robust z| above which a muscle volume is flagged as an outlier.
     """
-    from legseg_tf.group import ROBUST_Z_LIMIT
 
     muscles = table[table["region"].isin(["lower_leg", "upper_leg", "hip"])]
     images = table[["participant", "session", "source"]].drop_duplicates()
@@ -63,13 +64,13 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path) -
     parts.append("<h2>Per-muscle distributions</h2>")
     parts.append(
         '<p class="note">Boxes: quartiles and median; whiskers 1.5 IQR; one point per '
-        f"image, red = outlier (|robust z| &gt; {ROBUST_Z_LIMIT}).</p>"
+        f"image, red = outlier (|robust z| &gt; {robust_z_limit}).</p>"
     )
     for measure, title in MEASURE_TITLES.items():
         if measure not in muscles or not np.isfinite(muscles[measure].astype(float)).any():
             continue
         z_column = f"{measure}_robust_z"
-        highlight = muscles[z_column].abs() > ROBUST_Z_LIMIT if z_column in muscles else None
+        highlight = muscles[z_column].abs() > robust_z_limit if z_column in muscles else None
         parts.append(f"<h3>{html.escape(title)}</h3>")
         parts.append(
             html.png_img(
@@ -125,7 +126,7 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path) -
         )
     else:
         parts.append(
-            f'<p class="ok">No value with |robust z| &gt; {ROBUST_Z_LIMIT} '
+            f'<p class="ok">No value with |robust z| &gt; {robust_z_limit} '
             "(needs at least 3 images per label).</p>"
         )
     return html.page("legseg group report", "\n".join(parts))
