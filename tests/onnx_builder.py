@@ -360,10 +360,10 @@ def classifier_model(spec: ClassifierSpec = ClassifierSpec(), export: Export = E
 
 
 def save(model: onnx.ModelProto, path: Path, external: bool = False) -> Path:
-    """Write ``model`` (optionally with its arrays in an external data file)."""
+    """Write ``model`` (optionally with its arrays of 1 kB or more in an external file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-              location=f"{path.stem}.data", size_threshold=0)
+              location=f"{path.stem}.data", size_threshold=1024)
     return path
 
 

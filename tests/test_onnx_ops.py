@@ -152,7 +152,7 @@ def test_gelu_tanh_node(tmp_path):
 
 def test_external_data_and_symbolic_batch(tmp_path):
     model = B.small_model([node("Conv", "xw", pads=[1, 1, 1, 1])], {"x": ["N", 4, 8, 8]},
-                          {"w": f32(3, 4, 3, 3)})
+                          {"w": f32(16, 4, 3, 3)})
     path = B.save(model, tmp_path / "ext.onnx", external=True)
     assert (tmp_path / "ext.data").is_file()
     diff, _ = B.compare(path, {"x": f32(5, 4, 8, 8)})
