@@ -198,7 +198,8 @@ class _Reader:
             try:
                 return int(digits)
             except ValueError as exc:
-                raise ExpressionError(f"bad integer text {digits[:40]!r} at offset {offset}") from exc
+                raise ExpressionError(
+                    f"bad integer text {digits[:40]!r} at offset {offset}") from exc
         if tag == b"R":
             return parse_big_real(self._text())
         if tag == b"e":

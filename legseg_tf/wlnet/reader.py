@@ -268,7 +268,8 @@ def layer_encoding(layer: Layer) -> str | None:
 
     E.g. ``multiport, 2`` (ports "1", "2"; Wolfram >= 11.3.2), ``list port, 2`` (one
     list-valued "Input", older files), ``GELU, ScalarFunctionObject`` (a compiled program,
-    named when it equals a known activation) / ``symbol Ramp`` for elementwise functions, ``rule 1->3`` / ``swap 1<->3`` / ``permutation {4, 1, 2, 3}`` for
+    named when it equals a known activation) / ``symbol Ramp`` for elementwise functions,
+    ``rule 1->3`` / ``swap 1<->3`` / ``permutation {4, 1, 2, 3}`` for
     TransposeLayer. None for layers with a single encoding.
     """
     if layer.type in MULTIPORT_TYPES:
