@@ -9,6 +9,7 @@ everything)::
     group_muscles.tsv         long format: one row per image x label
     group_muscles_wide.tsv    one row per image, columns <ABBR>_<measure>
     group_asymmetry.tsv       one row per image x bilateral muscle: left/right asymmetry
+    group_qc_flags.tsv        one row per QC flag raised (from the label maps' sidecars)
     group.html                distributions, asymmetry, outliers, links to subject reports
 
 Outliers: for each label and measure (volume, maximum cross-sectional area, median fat
@@ -18,6 +19,9 @@ non-zero MAD, else z is n/a.
 
 Asymmetry: ``100 * (L - R) / ((L + R) / 2)`` in % for volume and cross-sectional area;
 ``L - R`` in percentage points for fat fraction.
+
+QC flags (:mod:`legseg_tf.qc_flags`) are read from each label map's sidecar (``legseg.qc``);
+the wide table counts them per image (``qc_flags``, ``qc_fail``; n/a when not recorded).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 DSEG_GLOBS = ("sub-*/*/*_desc-muscles_dseg.nii.gz", "sub-*/ses-*/*/*_desc-muscles_dseg.nii.gz")
 ID_COLUMNS = ("participant", "session", "source")
+QC_FLAG_COLUMNS = ID_COLUMNS + ("code", "severity", "message", "structures")
+QC_COUNT_COLUMNS = ("qc_flags", "qc_fail")
 #: Measures checked for outliers and spread into the wide table.
 OUTLIER_MEASURES = ("volume_ml", "max_csa_cm2", "ff_median")
 WIDE_MEASURES = ("volume_ml", "max_csa_cm2", "ff_median", "ff_eroded_median")
@@ -71,12 +77,46 @@ def image_table(dseg_path: Path) -> pd.DataFrame:
             label_morphometry(np.rint(data).astype(np.uint16), geometry.ras_affine),
             columns=list(MORPH_COLUMNS),
         )
-    entities, _ = parse_entities(dseg_path)
-    source = dseg_path.name[: -len("_desc-muscles_dseg.nii.gz")]
-    frame.insert(0, "source", source)
-    frame.insert(0, "session", f"ses-{entities['ses']}" if "ses" in entities else "n/a")
-    frame.insert(0, "participant", f"sub-{entities.get('sub', '')}")
+    for column, value in reversed(image_ids(dseg_path).items()):
+        frame.insert(0, column, value)
     return frame
+
+
+def image_ids(dseg_path: Path) -> dict[str, str]:
+    """participant, session ("n/a" without) and source of a label map, from its name."""
+    entities, _ = parse_entities(dseg_path)
+    return {
+        "participant": f"sub-{entities.get('sub', '')}",
+        "session": f"ses-{entities['ses']}" if "ses" in entities else "n/a",
+        "source": dseg_path.name[: -len("_desc-muscles_dseg.nii.gz")],
+    }
+
+
+def image_qc(dseg_path: Path) -> tuple[dict, list[dict]]:
+    """QC flag counts of one label map and one row per flag, from its JSON sidecar.
+
+    Returns:
+        ``(counts, rows)``: counts has the ID columns and ``qc_flags``/``qc_fail`` (NaN when
+        the sidecar records no QC flags); rows follow :data:`QC_FLAG_COLUMNS`.
+    """
+    import json
+
+    ids = image_ids(dseg_path)
+    sidecar = dseg_path.with_name(dseg_path.name[: -len(".nii.gz")] + ".json")
+    try:
+        qc = json.loads(sidecar.read_text(encoding="utf-8")).get("legseg", {}).get("qc")
+    except (OSError, ValueError, AttributeError) as error:
+        logger.warning("cannot read the QC flags of %s: %s", dseg_path.name, error)
+        qc = None
+    if not isinstance(qc, dict) or not isinstance(qc.get("flags"), list):
+        return {**ids, "qc_flags": np.nan, "qc_fail": np.nan}, []
+    rows = [
+        {**ids, "code": f.get("code"), "severity": f.get("severity"),
+         "message": f.get("message"), "structures": ";".join(f.get("structures") or [])}
+        for f in qc["flags"] if isinstance(f, dict)
+    ]
+    counts = {**ids, "qc_flags": len(rows), "qc_fail": sum(r["severity"] == "fail" for r in rows)}
+    return counts, rows
 
 
 def robust_z(values: pd.Series) -> pd.Series:
@@ -171,38 +211,50 @@ def run_group(output_dir: Path) -> int:
             output_dir,
         )
         return 0
-    frames = []
+    frames, qc_counts, qc_rows = [], [], []
     for dseg in maps:
         try:
             frames.append(image_table(dseg))
         except Exception as error:  # noqa: BLE001 - one unreadable file must not stop the group
             logger.error("cannot read %s: %s", dseg, error)
+            continue
+        counts, rows = image_qc(dseg)
+        qc_counts.append(counts)
+        qc_rows += rows
     frames = [f for f in frames if len(f)]
     if not frames:
         logger.warning("the participant outputs in %s hold no labels: nothing to do", output_dir)
         return 0
     table = long_table(frames)
-    wide = wide_table(table)
+    counts = pd.DataFrame(qc_counts, columns=list(ID_COLUMNS + QC_COUNT_COLUMNS))
+    for column in QC_COUNT_COLUMNS:
+        counts[column] = counts[column].astype("Int64")
+    wide = wide_table(table).merge(counts, on=list(ID_COLUMNS), how="left")
+    wide = wide[list(ID_COLUMNS + QC_COUNT_COLUMNS)
+                + [c for c in wide.columns if c not in ID_COLUMNS + QC_COUNT_COLUMNS]]
+    flags = pd.DataFrame(qc_rows, columns=list(QC_FLAG_COLUMNS))
     asymmetry = asymmetry_table(table)
     written = [
         write_tsv(table, output_dir / "group_muscles.tsv"),
         write_tsv(wide, output_dir / "group_muscles_wide.tsv"),
         write_tsv(asymmetry, output_dir / "group_asymmetry.tsv"),
+        write_tsv(flags, output_dir / "group_qc_flags.tsv"),
     ]
     from legseg_tf.derivatives import atomic_write_text
     from legseg_tf.reports.group_report import group_page
 
     written.append(
         atomic_write_text(output_dir / "group.html", group_page(table, asymmetry, output_dir,
-                                                                 ROBUST_Z_LIMIT))
+                                                                 ROBUST_Z_LIMIT, counts, flags))
     )
     n_images = len(wide)
     n_outliers = int(table["outlier"].sum())
     logger.info(
-        "group level: %d image(s) of %d participant(s), %d outlier row(s); wrote %s",
+        "group level: %d image(s) of %d participant(s), %d outlier row(s), %d QC flag(s); wrote %s",
         n_images,
         table["participant"].nunique(),
         n_outliers,
+        len(flags),
         ", ".join(p.name for p in written),
     )
     return 0

@@ -40,6 +40,8 @@ class NetworkOutput:
         patch: patch size used (z, y, x).
         n_tiles: network calls' tiles.
         forward_s: seconds spent inside the network.
+        confidence: {"mean_max_probability", "voxels"}: mean of the top softmax probability
+            over the voxels labelled foreground (for the QC flags), when probabilities exist.
     """
 
     labels: np.ndarray
@@ -47,6 +49,7 @@ class NetworkOutput:
     patch: tuple[int, int, int] | None = None
     n_tiles: int = 0
     forward_s: float = 0.0
+    confidence: dict | None = None
 
 
 def _read_int(path: Path) -> int | None:
@@ -263,6 +266,10 @@ def apply_segmentation_network(
         crop_labels = np.argmax(crop_probabilities, axis=-1).astype(np.int16)
         if largest_component:
             crop_labels = postprocessing.largest_component_per_label(crop_labels)
+    confidence = None
+    if crop_probabilities is not None and (crop_labels > 0).any():
+        top = crop_probabilities.max(axis=-1)[crop_labels > 0]
+        confidence = {"mean_max_probability": round(float(top.mean()), 4), "voxels": int(top.size)}
     labels[box] = crop_labels
     if config.save_probabilities and crop_probabilities is not None:
         probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)
@@ -270,4 +277,4 @@ def apply_segmentation_network(
         probabilities[box] = crop_probabilities
     logger.debug("part %s: patch %s, %d tile(s), %.2f s in the network",
                  volume.shape, patch, n_tiles, timer[0])
-    return NetworkOutput(labels, probabilities, tuple(patch), n_tiles, timer[0])
+    return NetworkOutput(labels, probabilities, tuple(patch), n_tiles, timer[0], confidence)

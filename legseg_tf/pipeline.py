@@ -167,6 +167,8 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
                 "report": {k: v for k, v in result.report.items() if k != "timings_s"},
             }
         }
+        provenance["legseg"]["qc"] = _qc_flags(volume, result, nifti_io.qmri_spacing(geometry),
+                                               segmenter, image.relpath)
         written.append(derivatives.write_json(sidecar, derivatives.dseg_sidecar(image, result.models, provenance)))
         present = sorted(int(v) for v in np.unique(result.labels) if v)
         logger.info("wrote %s (%d labels, %.1f s)", dseg, len(present), elapsed)
@@ -182,6 +184,26 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
             path.unlink(missing_ok=True)
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         return ImageResult(image, "failed", error=message)
+
+
+def _qc_flags(volume: np.ndarray, result, spacing_zyx, segmenter: Segmenter, name: str) -> dict:
+    """QC flags of one segmentation (``qc_flags.evaluate``) for the sidecar; never raises.
+
+    ``volume`` and ``result.labels`` are (z, y, x) in the QMRITools layout, spacing (dz, dy, dx)
+    in mm; the body mask is recomputed with the segmenter's mask parameters.
+    """
+    from legseg_tf import masking, qc_flags
+
+    try:
+        config = getattr(segmenter, "mask_config", None) or masking.MaskConfig()
+        body = masking.body_mask(volume, config)
+        outcome = qc_flags.evaluate(result.labels, body, spacing_zyx, result.report)
+    except Exception as error:  # noqa: BLE001 - a QC failure must not lose the segmentation
+        logger.warning("QC flags of %s not computed: %s: %s", name, type(error).__name__, error)
+        logger.debug("QC failure details", exc_info=True)
+        return {"error": f"{type(error).__name__}: {error}"}
+    qc_flags.log_flags(outcome, name)
+    return outcome.to_dict()
 
 
 def _save_probabilities(result, geometry: nifti_io.Geometry, path: Path) -> Path:

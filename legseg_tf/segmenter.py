@@ -412,6 +412,7 @@ class QMRIToolsSegmenter:
                 "region": part.region, "side": part.side, "model": network.model_id,
                 "box_zyx": part.box_report(),
                 "labels": sorted(int(v) for v in np.unique(final) if v),
+                "confidence": getattr(output, "confidence", None),
             })
             if network.describe() not in used:
                 used.append(network.describe())

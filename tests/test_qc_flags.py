@@ -224,3 +224,116 @@ def test_flags_round_trip_and_validation():
         qc_flags.evaluate(labels, body, (0.0, 2.0, 2.0), REPORT)
     assert set(QCConfig.reasons()) == set(QCConfig().values())
     assert qc_flags.slice_ranges_text([7, 0, 1, 2, 9, 10]) == "0-2, 7, 9-10"
+
+
+# ------------------------------------------------------------ through the command line
+
+
+class AsymmetricSegmenter:
+    """Test segmenter planting a failed segmentation: vastus lateralis over the bright voxels
+    of the patient's left leg, but only on every tenth row of the right leg (about 10x less).
+    Columns before the middle of the (z, y, x) layout are the patient's right."""
+
+    def segment(self, volume, spacing_zyx, *, midline_column=None):
+        from legseg_tf.segmenter import SegmentationResult
+
+        labels = np.zeros(volume.shape, dtype=np.uint16)
+        middle = volume.shape[2] // 2
+        bright = volume > 50
+        labels[:, :, middle:][bright[:, :, middle:]] = VL_L
+        right = np.zeros_like(bright)
+        right[:, ::10, :middle] = bright[:, ::10, :middle]
+        labels[right] = VL_R
+        report = {"side": {"decision": "Both"}, "split": {"cut_column": middle},
+                  "region_ranges": {"UpperLegs": [0, volume.shape[0] - 1]},
+                  "parts": [{"region": "UpperLegs", "side": side, "model": "planted",
+                             "confidence": {"mean_max_probability": 0.95, "voxels": 1}}
+                            for side in ("R", "L")]}
+        return SegmentationResult(labels=labels, report=report,
+                                  models=[{"id": "planted", "role": "upper_leg", "sha256": None}])
+
+
+def _sidecar(out):
+    path = out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.json"
+    return json.loads(path.read_text())
+
+
+def test_planted_asymmetry_reaches_sidecar_html_and_group(tmp_path, monkeypatch):
+    from legseg_tf import cli, demo, pipeline
+
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    demo.write_demo(bids, subjects=1)
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: AsymmetricSegmenter())
+    assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator"]) == 0
+    qc = _sidecar(out)["legseg"]["qc"]
+    assert [(f["code"], f["severity"], f["structures"]) for f in qc["flags"]] == [
+        ("lr_volume_ratio", "fail", ["VL_L", "VL_R"])]
+    assert qc["flags"][0]["details"]["ratio"] > 3.0
+    assert qc["checks"] == {"lr_volume_ratio": "flagged", "wrong_region_label": "passed",
+                            "unlabelled_slices": "passed", "low_confidence": "passed"}
+    page = (out / "sub-01.html").read_text()
+    box = page[page.index('<div class="qc-box" id="qc-flags">'):]
+    box = box[: box.index("</div>")]
+    assert 'data-code="lr_volume_ratio"' in box and "FAIL" in box
+    assert html_escape(qc["flags"][0]["message"]) in box
+    assert page.index("qc-flags") < page.index("<h2>Overview</h2>")  # near the top
+    assert cli.main([str(bids), str(out), "group"]) == 0
+    wide = (out / "group_muscles_wide.tsv").read_text().splitlines()
+    header, row = wide[0].split("\t"), wide[1].split("\t")
+    assert header[:5] == ["participant", "session", "source", "qc_flags", "qc_fail"]
+    assert row[3:5] == ["1", "1"]
+    flags = (out / "group_qc_flags.tsv").read_text().splitlines()
+    assert len(flags) == 2 and flags[1].split("\t")[3:5] == ["lr_volume_ratio", "fail"]
+    group_page = (out / "group.html").read_text()
+    assert 'href="sub-01.html#qc-flags"' in group_page
+    assert html_escape(qc["flags"][0]["message"]) in group_page
+
+
+def test_tiny_networks_on_the_demo_flag_low_confidence(tmp_path):
+    """Untrained networks through the CLI: near-uniform softmax outputs must be flagged."""
+    from legseg_tf import cli, demo
+    from tests.test_segmenter import install_tiny_models
+
+    install_tiny_models(tmp_path / "models")
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    demo.write_demo(bids, subjects=1)
+    assert cli.main([str(bids), str(out), "participant", "--models", str(tmp_path / "models"),
+                     "--region", "upper", "--device", "cpu", "--skip_bids_validator"]) == 0
+    qc = _sidecar(out)["legseg"]["qc"]
+    assert set(qc["checks"]) == set(qc_flags.CHECKS)
+    low = [f for f in qc["flags"] if f["code"] == "low_confidence"]
+    assert low and all(f["severity"] == "fail" for f in low)
+    assert {f["structures"][0] for f in low} <= {"UpperLegs left", "UpperLegs right"}
+    page = (out / "sub-01.html").read_text()
+    for flag in qc["flags"]:
+        assert html_escape(flag["message"]) in page
+
+
+def test_flag_text_is_escaped_in_the_pages():
+    from legseg_tf.reports.group_report import qc_summary
+    from legseg_tf.reports.participant import qc_box
+
+    import pandas as pd
+
+    flag = QCFlag("lr_volume_ratio", "fail", "<script>alert(1)</script> & more", ("GM_L",))
+
+    class Summary:  # the attributes qc_box reads
+        result = type("R", (), {"image": type("I", (), {"relpath": "sub-01/<x>.nii.gz"})()})()
+        qc = QCResult((flag,), {"lr_volume_ratio": "flagged"})
+        qc_note = ""
+
+    page = qc_box([Summary()])
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert "sub-01/&lt;x&gt;.nii.gz" in page
+    rows = pd.DataFrame([{"participant": "sub-01", "session": "n/a", "source": "<s>",
+                          "code": "lr_volume_ratio", "severity": "fail",
+                          "message": "<b>x</b>", "structures": "GM_L"}])
+    section = qc_summary(None, rows, __import__("pathlib").Path("/nonexistent"))
+    assert "<b>x</b>" not in section and "&lt;b&gt;x&lt;/b&gt;" in section
+    assert "&lt;s&gt;" in section
+
+
+def html_escape(text: str) -> str:
+    from html import escape
+
+    return escape(text)

@@ -18,7 +18,8 @@ MEASURE_TITLES = {
 
 
 def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
-               robust_z_limit: float) -> str:
+               robust_z_limit: float, qc_counts: pd.DataFrame | None = None,
+               qc_flags: pd.DataFrame | None = None) -> str:
     """The self-contained group HTML page.
 
     Args:
@@ -26,6 +27,8 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
         asymmetry: table from :func:`legseg_tf.group.asymmetry_table`.
         output_dir: the derivatives folder (for links to existing subject reports).
         robust_z_limit: |robust z| above which a muscle volume is flagged as an outlier.
+        qc_counts: per image ``qc_flags``/``qc_fail`` counts (``legseg_tf.group.image_qc``).
+        qc_flags: one row per QC flag (``legseg_tf.group.QC_FLAG_COLUMNS``).
     """
 
     muscles = table[table["region"].isin(["lower_leg", "upper_leg", "hip"])]
@@ -36,8 +39,13 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
         f"{muscles['label'].nunique()} muscle label(s). Tables: "
         '<a href="group_muscles.tsv">group_muscles.tsv</a>, '
         '<a href="group_muscles_wide.tsv">group_muscles_wide.tsv</a>, '
-        '<a href="group_asymmetry.tsv">group_asymmetry.tsv</a>.</p>',
+        '<a href="group_asymmetry.tsv">group_asymmetry.tsv</a>'
+        + (', <a href="group_qc_flags.tsv">group_qc_flags.tsv</a>' if qc_flags is not None
+           else "")
+        + ".</p>",
     ]
+    if qc_flags is not None:
+        parts.append(qc_summary(qc_counts, qc_flags, output_dir))
     parts.append("<h2>Participants</h2>")
     rows = []
     for participant, group in images.groupby("participant", sort=True):
@@ -48,13 +56,14 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
             else html.escape(participant)
         )
         subset = table[table["participant"] == participant]
+        flags = _participant_flags(qc_counts, participant)
         rows.append(
             f'<tr><td class="text">{link}</td><td>{len(group)}</td>'
-            f"<td>{int(subset['outlier'].sum())}</td></tr>"
+            f"<td>{int(subset['outlier'].sum())}</td><td>{flags}</td></tr>"
         )
     parts.append(
         '<table class="participants"><thead><tr><th class="text">participant</th>'
-        "<th>images</th><th>outlier rows</th></tr></thead><tbody>"
+        "<th>images</th><th>outlier rows</th><th>QC flags (fail)</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
     )
@@ -130,6 +139,58 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
             "(needs at least 3 images per label).</p>"
         )
     return html.page("legseg group report", "\n".join(parts))
+
+
+def _participant_flags(qc_counts: pd.DataFrame | None, participant: str) -> str:
+    """"<flags> (<fails>)" over a participant's images; "n/a" when none recorded them."""
+    if qc_counts is None:
+        return "n/a"
+    mine = qc_counts[qc_counts["participant"] == participant]
+    recorded = mine[mine["qc_flags"].notna()]
+    if recorded.empty:
+        return "n/a"
+    text = f"{int(recorded['qc_flags'].sum())} ({int(recorded['qc_fail'].sum())})"
+    return text + (" + n/a" if len(recorded) < len(mine) else "")
+
+
+def qc_summary(
+    qc_counts: pd.DataFrame | None, qc_flags: pd.DataFrame, output_dir: Path
+) -> str:
+    """The "QC flags" section: counts per check and severity, then every flag, one line each,
+    grouped by image with a link to the subject's page."""
+    parts = ['<div class="qc-box" id="qc-flags">', "<h2>QC flags</h2>"]
+    recorded = 0 if qc_counts is None else int(qc_counts["qc_flags"].notna().sum())
+    total = 0 if qc_counts is None else len(qc_counts)
+    flagged = 0 if qc_counts is None else int((qc_counts["qc_flags"].fillna(0) > 0).sum())
+    parts.append(
+        f"<p>{len(qc_flags)} flag(s) on {flagged} of {total} image(s)"
+        + (f"; {total - recorded} image(s) without recorded QC flags" if recorded < total else "")
+        + ".</p>"
+    )
+    if len(qc_flags) == 0:
+        parts.append('<p class="ok qc-none">no QC flag raised</p>')
+    else:
+        counts = (qc_flags.groupby(["code", "severity"]).size().rename("flags").reset_index()
+                  .to_dict("records"))
+        parts.append(html.table(counts, ["code", "severity", "flags"],
+                                text_columns=["code", "severity"], css_class="qc-counts"))
+        for (participant, session, source), group in qc_flags.groupby(
+                ["participant", "session", "source"], sort=True):
+            report = Path(output_dir) / f"{participant}.html"
+            name = html.escape(source)
+            link = f'<a href="{html.escape(report.name)}#qc-flags">{name}</a>' \
+                if report.exists() else name
+            parts.append(f'<p class="qc-image">{link}</p>')
+            items = "".join(
+                f'<li class="qc-{html.escape(str(r.severity))}" '
+                f'data-code="{html.escape(str(r.code))}">'
+                f'<span class="qc-severity">{html.escape(str(r.severity).upper())}</span> '
+                f"<code>{html.escape(str(r.code))}</code>: {html.escape(str(r.message))}</li>"
+                for r in group.itertuples()
+            )
+            parts.append(f'<ul class="qc-flags">{items}</ul>')
+    parts.append("</div>")
+    return "\n".join(parts)
 
 
 def summary_table(muscles: pd.DataFrame) -> str:

@@ -24,6 +24,10 @@ img.figure { max-width: 100%; border: 1px solid #ddd; }
 ul.warnings li { color: #a40000; } .ok { color: #176317; }
 .note { font-size: 0.85em; color: #555; }
 nav a { margin-right: 1em; }
+.qc-box { border: 2px solid #999; border-radius: 4px; padding: 0.3em 1em 0.6em; margin: 1em 0; }
+.qc-box h2 { margin-top: 0.3em; } .qc-box ul { margin: 0.2em 0; }
+.qc-fail { color: #a40000; } .qc-warning { color: #8a5300; }
+.qc-severity { font-weight: bold; } .qc-image { font-weight: bold; margin: 0.5em 0 0.1em; }
 """
 
 

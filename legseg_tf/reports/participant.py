@@ -36,6 +36,7 @@ from legseg_tf.fatfraction import (
     session_fat_fraction,
 )
 from legseg_tf.morphometry import MORPH_COLUMNS, label_morphometry
+from legseg_tf.qc_flags import QCResult
 from legseg_tf.reports import html, plotting, qc
 from legseg_tf.results import ImageResult, InputImage
 
@@ -107,6 +108,8 @@ class ImageSummary:
     warnings: list[str] = field(default_factory=list)
     confidence: tuple[dict, dict] | None = None
     fat_source: dict = field(default_factory=dict)
+    qc: QCResult | None = None
+    qc_note: str = ""
 
 
 def morph_path(dseg_path: Path) -> Path:
@@ -259,6 +262,7 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
             warnings += qc.confidence_warnings(*confidence, names)
         except (OSError, ValueError, json.JSONDecodeError) as error:
             warnings.append(f"probability map not usable for confidence checks: {error}")
+    qc_result, qc_note = image_qc_flags(sidecar, labels, volume, zooms, report)
     return ImageSummary(
         result,
         labels,
@@ -272,7 +276,50 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
         warnings,
         confidence,
         fat.source.describe(bids_dir) if fat is not None else {},
+        qc_result,
+        qc_note,
     )
+
+
+def image_qc_flags(
+    sidecar: dict,
+    labels_ras: np.ndarray,
+    volume_ras: np.ndarray | None,
+    zooms_mm: tuple[float, float, float],
+    report: dict,
+) -> tuple[QCResult | None, str]:
+    """The QC flags of one label map: from its sidecar, else computed for the report.
+
+    Args:
+        sidecar: the label map's JSON sidecar (``legseg.qc`` written by the participant level).
+        labels_ras, volume_ras: (x, y, z) label map and source image in canonical RAS.
+        zooms_mm: voxel size (x, y, z) in mm.
+        report: the segmenter report (may be empty for outputs of older versions).
+
+    Returns:
+        ``(result or None, note)``; the note says where the flags come from when not from
+        the sidecar, or why there are none.
+    """
+    from legseg_tf import masking, qc_flags
+
+    stored = (sidecar.get("legseg") or {}).get("qc") if isinstance(sidecar, dict) else None
+    if isinstance(stored, dict) and "flags" in stored:
+        try:
+            return QCResult.from_dict(stored), ""
+        except (KeyError, TypeError, ValueError) as error:
+            logger.warning("unreadable QC flags in the sidecar: %s", error)
+    elif isinstance(stored, dict) and stored.get("error"):
+        return None, f"QC flags not computed by the participant level: {stored['error']}"
+    try:
+        labels = nifti_io.ras_to_qmri(np.asarray(labels_ras))
+        body = (masking.body_mask(nifti_io.ras_to_qmri(np.asarray(volume_ras)))
+                if volume_ras is not None else None)
+        spacing = (zooms_mm[2], zooms_mm[1], zooms_mm[0])
+        result = qc_flags.evaluate(labels, body, spacing, report or {})
+    except Exception as error:  # noqa: BLE001 - the report shows the rest then
+        logger.debug("QC flag failure", exc_info=True)
+        return None, f"QC flags not computed: {type(error).__name__}: {error}"
+    return result, "not recorded in the sidecar (earlier version): computed for this report"
 
 
 def morph_frame(rows: list[dict], with_fat_fraction: bool) -> pd.DataFrame:
@@ -327,6 +374,7 @@ def subject_page(
                 [f"{r.image.relpath}: {r.error or 'unknown error'}" for r in failed], "warnings"
             )
         )
+    parts.append(qc_box(summaries))
     parts.append(
         '<p class="note">Figures are in the radiological convention: the patient\'s '
         "right (R) is on the left of each image; R/L, A/P and S/I are marked on every "
@@ -343,17 +391,19 @@ def subject_page(
         link = f'<a href="#{anchors[id(s)]}">{html.escape(s.result.image.relpath)}</a>'
         method = s.fat_fraction.source.method if s.fat_fraction else "n/a"
         status = "segmented" if s.result.status == "done" else "existing output"
+        flags = str(len(s.qc.flags)) if s.qc is not None else "n/a"
         rows.append(
             f'<tr><td class="text">{html.escape(s.result.image.session or "n/a")}</td>'
             f'<td class="text">{link}</td><td class="text">{status}</td>'
-            f"<td>{len(s.rows)}</td><td>{len(s.warnings)}</td>"
+            f"<td>{len(s.rows)}</td><td>{flags}</td><td>{len(s.warnings)}</td>"
             f'<td class="text">{html.escape(method)}</td></tr>'
         )
     head = "".join(
         f'<th class="text">{name}</th>'
-        if name not in ("labels", "warnings")
+        if name not in ("labels", "QC flags", "warnings")
         else f"<th>{name}</th>"
-        for name in ("session", "image", "status", "labels", "warnings", "fat fraction")
+        for name in ("session", "image", "status", "labels", "QC flags", "warnings",
+                     "fat fraction")
     )
     parts.append("<h2>Overview</h2>")
     parts.append(
@@ -367,6 +417,38 @@ def subject_page(
             if (s.result.image.session or "") == session:
                 parts.append(image_section(s, output_dir, anchors[id(s)]))
     return html.page(f"legseg: sub-{subject}", "\n".join(parts))
+
+
+def qc_box(summaries: list[ImageSummary]) -> str:
+    """The "QC flags" box at the top of a subject page: every flag of every image, one line
+    each (severity, code, message), the checks that could not run, or "no QC flag raised"."""
+    parts = ['<div class="qc-box" id="qc-flags">', "<h2>QC flags</h2>"]
+    if not summaries:
+        parts.append('<p class="note">No label map to check.</p>')
+    for s in summaries:
+        parts.append(f'<p class="qc-image">{html.escape(s.result.image.relpath)}</p>')
+        if s.qc is None:
+            parts.append(f'<p class="note">{html.escape(s.qc_note or "not recorded")}</p>')
+            continue
+        if s.qc.flags:
+            items = "".join(
+                f'<li class="qc-{html.escape(f.severity)}" data-code="{html.escape(f.code)}">'
+                f'<span class="qc-severity">{html.escape(f.severity.upper())}</span> '
+                f"<code>{html.escape(f.code)}</code>: {html.escape(f.message)}</li>"
+                for f in s.qc.flags
+            )
+            parts.append(f'<ul class="qc-flags">{items}</ul>')
+        else:
+            parts.append('<p class="ok qc-none">no QC flag raised</p>')
+        skipped = [(c, state) for c, state in s.qc.checks.items()
+                   if state.startswith("not available")]
+        notes = [f"{code}: {state}" for code, state in skipped]
+        if s.qc_note:
+            notes.append(s.qc_note)
+        if notes:
+            parts.append('<p class="note">' + html.escape("; ".join(notes)) + "</p>")
+    parts.append("</div>")
+    return "\n".join(parts)
 
 
 def _relative(path: Path, output_dir: Path) -> str:
