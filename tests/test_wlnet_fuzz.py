@@ -10,6 +10,7 @@ hand-made payloads (zip bomb, deep nesting, huge packed arrays).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import resource
@@ -105,16 +106,17 @@ def _raw(payload: bytes) -> str:
     return "1:" + base64.b64encode(zlib.compress(payload, 1)).decode()
 
 
+@functools.lru_cache(maxsize=1)
 def _payload_cases():
     zeros = b"\0" * (80 << 20)  # beyond the 64 MiB payload cap
     deep = b"!boR" + (b"f\x01\x00\x00\x00s\x04\x00\x00\x00List" * 5000) + b"i\x01\x00\x00\x00"
     packed = b"!boR" + b"e" + struct.pack("<iii", 2, 2**30, 2**30)
     many = b"!boR" + b"f" + struct.pack("<i", 2**31 - 1) + b"s\x04\x00\x00\x00List"
     big_int = b"!boR" + b"I" + struct.pack("<i", 5000) + b"9" * 5000
-    return [("zip bomb", _raw(b"!boR" + zeros)), ("deep nesting", _raw(deep)),
+    return (("zip bomb", _raw(b"!boR" + zeros)), ("deep nesting", _raw(deep)),
             ("huge packed array", _raw(packed)), ("huge argument count", _raw(many)),
             ("huge integer text", _raw(big_int)), ("not compress", "hello"),
-            ("empty", "1:")]
+            ("empty", "1:"))
 
 
 def _mutate(src: Path, dst: Path, rng: np.random.Generator, kind: str) -> str:
