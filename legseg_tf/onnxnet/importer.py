@@ -3,7 +3,7 @@
 The result is stored exactly like an imported ``.wlnet`` net: ``<id>.json`` (a
 ``"wlnet_graph"`` config), ``<id>.weights.h5`` and a manifest entry (or ``<id>.entry.json``
 for a net without a pipeline role). The role comes from the file name (the QMRITools names
-of :data:`legseg_tf.wlnet.cli.KNOWN_NETS`, e.g. ``N5_UpperLeg_3D.onnx``) or from ``--role``.
+of :data:`legseg_tf.wlnet.catalogue.KNOWN_NETS`, e.g. ``N5_UpperLeg_3D.onnx``) or from ``--role``.
 
 Class labels. ONNX has no class decoders, so the labels of an output come from the file's
 ``metadata_props`` or from ``--classes PORT=L1,L2,...`` (which wins). Metadata keys read:
@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from legseg_tf.onnxnet.graph import OnnxGraph, OnnxImportError, read_onnx
+from legseg_tf.wlnet.expr import WlnetError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -131,13 +132,13 @@ def convert_onnx(path: Path, models_dir: Path, *, role: str | None = None,
     """
     from legseg_tf import __version__
     from legseg_tf.onnxnet.translator import describe
-    from legseg_tf.wlnet import cli as wl
+    from legseg_tf.wlnet import catalogue as wl
     from legseg_tf.wlnet.translator import build_from_config, set_weights
 
     graph = read_onnx(path)
     stem = path.stem
     known = wl.KNOWN_NETS.get(stem)
-    role_tables = {k.role: k.label_table for k in wl.KNOWN_NETS.values()}
+    role_tables = wl.ROLE_TABLES
     role = role or (known.role if known else "other")
     if role not in role_tables and role != "other":
         raise OnnxImportError(f"{path}: unknown role {role!r}; known: "
@@ -148,8 +149,8 @@ def convert_onnx(path: Path, models_dir: Path, *, role: str | None = None,
     origin = attach_labels(graph, config, classes or {})
     if role in wl.SEGMENTATION_ROLES:
         try:
-            wl._check_classes(path, config, table)
-        except Exception as exc:  # WlnetError from the shared check
+            wl.check_classes(path, config, table)
+        except WlnetError as exc:
             raise OnnxImportError(str(exc)) from exc
     elif role == "classifier":
         _check_classifier(graph, config)

@@ -36,6 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legseg_tf import SOURCE_ROOT, __version__
+from legseg_tf.wlnet.catalogue import (  # noqa: F401 - re-exported for callers of the CLI
+    CITATION, KNOWN_NETS, LEGACY_NETS, LICENCE_NOTICE, ROLE_TABLES, SEGMENTATION_ROLES,
+    KnownNet, check_classes, sha256_of,
+)
 from legseg_tf.wlnet.expr import WlnetError
 from legseg_tf.wlnet.reader import (
     WlnetFile, count_parameters, iter_layers, layer_tree_lines, read_wlnet,
@@ -44,40 +48,6 @@ from legseg_tf.wlnet.reader import (
 LOGGER = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_CANTCREATE = 0, 64, 65, 66, 73
-
-LICENCE_NOTICE = (
-    "QMRITools, Copyright (c) 2016, Martijn Froeling. Redistributed under the BSD 3-Clause "
-    "licence: redistributions must retain this copyright notice, the list of conditions and "
-    "the disclaimer of the QMRITools LICENSE.txt; the author's name may not be used to endorse "
-    "derived products without permission. THE SOFTWARE IS PROVIDED \"AS IS\" WITHOUT WARRANTY "
-    "OF ANY KIND.")
-CITATION = ("Froeling M. QMRTools: a Mathematica toolbox for quantitative MRI analysis. "
-            "J Open Source Softw 2019;4(38):1204. doi:10.21105/joss.01204")
-
-
-@dataclass(frozen=True)
-class KnownNet:
-    """How a QMRITools network file is installed."""
-
-    role: str
-    label_table: str | None
-
-
-#: QMRITools release nets by file stem (spec section 7).
-KNOWN_NETS = {
-    "Body_Pos_Side": KnownNet("classifier", None),
-    "N4_Hip_3D": KnownNet("hip", "N4_Hip"),
-    "N5_UpperLeg_3D": KnownNet("upper_leg", "N5_UpperLeg"),
-    "N6_LowerLeg_3D": KnownNet("lower_leg", "N6_LowerLeg"),
-}
-#: Nets of QMRITools <= 4.5.3: recognised, but their label files are not legseg tables, so
-#: they are converted as "other" models with the role they used to play recorded.
-LEGACY_NETS = {
-    "Muscles_leg_upper": "upper_leg", "Muscles_leg_lower": "lower_leg",
-    "Bones_leg_full": "bones", "Leg_side_full": "side_classifier",
-    "Leg_pos_full": "position_classifier",
-}
-SEGMENTATION_ROLES = ("upper_leg", "lower_leg", "hip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,14 +307,6 @@ def _extract_member(paclet: Path, archive: zipfile.ZipFile, member: zipfile.ZipI
             dst.write(chunk)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_file(path: Path, models_dir: Path, *, container: Path | None = None,
                  role: str | None = None) -> str:
     """Convert one .wlnet file into ``models_dir``; returns the one-line summary.
@@ -362,12 +324,11 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None,
     known = KNOWN_NETS.get(stem)
     qmritools = known is not None or stem in LEGACY_NETS
     if role is not None and role != (known.role if known else "other"):
-        tables = {k.role: k.label_table for k in KNOWN_NETS.values()}
-        known = KnownNet(role, tables.get(role)) if role != "other" else None
+        known = KnownNet(role, ROLE_TABLES.get(role)) if role != "other" else None
     role = known.role if known else "other"
     model, config = translate(wl, free_spatial=role in SEGMENTATION_ROLES)
     if role in SEGMENTATION_ROLES:
-        _check_classes(path, config, known.label_table)
+        check_classes(path, config, known.label_table)
     config_name, weights_name = f"{stem}.json", f"{stem}.weights.h5"
     (models_dir / config_name).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     model.save_weights(models_dir / weights_name)
@@ -404,19 +365,6 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None,
                            "table, so it is not installed in the manifest", path.name,
                            LEGACY_NETS[stem])
     return summarize(wl, config, role, where)
-
-
-def _check_classes(path: Path, config: dict, table: str) -> None:
-    """A segmentation net must predict background + every class of its label table."""
-    from legseg_tf.labels import TRAIN_TABLES
-
-    expected = len(TRAIN_TABLES[table]) + 1
-    outputs = config["outputs"]
-    got = outputs[0]["wolfram_shape"][-1] if len(outputs) == 1 and outputs[0]["wolfram_shape"] \
-        else None
-    if got != expected:
-        raise WlnetError(f"{path}: the net predicts {got} classes but label table {table} has "
-                         f"{expected} (with background); not installed")
 
 
 def summarize(wl: WlnetFile, config: dict, role: str, where: str) -> str:
