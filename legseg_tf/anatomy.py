@@ -1,0 +1,475 @@
+"""Network-free body-level check from bone cross-sections (calf, knee, thigh, pelvis).
+
+The position classifier (:mod:`legseg_tf.body_position`) only knows the contrasts and scanners
+it was trained on. This module estimates each slice's level from anatomy that every
+lower-extremity MRI shows, whatever the contrast: bone cortex is a signal void, so a bone is a
+compact, closed, roughly round dark structure inside the leg:
+
+* water-like images (fat dark): cortex and marrow are one dark disc;
+* in-phase, opposed-phase and fat images (marrow bright): a dark ring around bright marrow.
+  Opposed-phase images also draw thin dark lines at every fat-water boundary; a one-pixel
+  opening removes them, and only compact round structures count.
+
+Per leg (the columns on either side of the left/right cut) the bones are found and read:
+
+* **Lower** (calf): a large bone (tibia) with a small bone (fibula) lateral to it;
+* **Upper** (thigh): one round bone (femur, 2.5-12 cm\\ :sup:`2` with marrow) deep in the leg
+  and no second bone;
+* **Knee**: one very large bone (condyles, tibial plateau), or a tibia-fibula pair whose tibia
+  is very large (plateau and fibular head);
+* **Hip**: bone on the body midline (pubis, sacrum), a large bone medial to the femur
+  (ischium, pubic ramus) or one body lobe without separate legs.
+
+All measurements are in mm and mm\\ :sup:`2` (the voxel size is used), so a 0.8 mm and a 3 mm
+in-plane grid behave alike. Arrays are in the QMRITools layout (z, y, x): slice 0 inferior, row
+0 anterior, column 0 the patient's right; spacing is (dz, dy, dx) in mm. Columns ``< cut`` are
+the patient's right leg, whose lateral side is towards column 0.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+logger = logging.getLogger(__name__)
+
+#: Levels this module can return, in body order.
+ANATOMY_LEVELS = ("Lower", "Knee", "Upper", "Hip")
+
+
+@dataclass(frozen=True)
+class AnatomyConfig:
+    """Thresholds of the bone detector (lengths in mm, areas in mm^2).
+
+    Attributes:
+        tissue_fraction: tissue = intensity above this fraction of the volume's 98th percentile.
+        dark_fraction: a voxel is void (cortex) below this fraction of its leg's 75th
+            percentile.
+        min_bone_area, max_bone_area: filled cross-section of a bone candidate.
+        min_solidity: area / convex-hull area of a candidate.
+        max_axis_ratio: major / minor axis of a candidate's second moments.
+        min_bright_rim: fraction of the 2-mm rim around a candidate that must be non-void (a
+            bone lies in muscle; fat pockets along the skin in water images do not).
+        femur_area: (min, max) cross-section of a thigh femur.
+        knee_area: a single bone at least this large is a knee (condyles or tibial plateau).
+        tibia_knee_area: a tibia of a tibia-fibula pair at least this large is a knee level.
+        fibula_area: (min, max) cross-section of the fibula.
+        fibula_distance: (min, max) distance between the tibia and fibula centres.
+        fibula_lateral: minimum lateral offset of the fibula centre from the tibia centre.
+        min_femur_depth: minimum distance from the femur centre to the skin.
+        tibia_max_depth: maximum distance from the tibia centre to the skin (its
+            anteromedial face lies under the skin).
+        knee_fraction: a knee bone covers at least this fraction of the leg's cross-section;
+            a very large deep bone covering less is a proximal femur (hip level).
+        min_inner_depth: minimum distance from the skin to the centre of a bone other than
+            the largest (void pockets in subcutaneous fat are shallower).
+        midline_zone: half-width of the zone around the cut where a deep bone in a body
+            lobe crossing the cut means pelvis.
+        hip_medial_area, hip_medial_depth: a second bone this large, this deep, medial to the
+            main bone means pelvis (ischium, pubis; femoral vessels are shallower).
+        lobe_ratio: one lobe across the cut spanning this fraction of the body's
+            anterior-posterior extent (with no bone pattern of legs) means pelvis.
+        max_knee_leg_area: a leg (body half) larger than this is no calf or knee.
+    """
+
+    tissue_fraction: float = 0.12
+    dark_fraction: float = 0.3
+    min_bone_area: float = 40.0
+    max_bone_area: float = 6000.0
+    min_solidity: float = 0.8
+    max_axis_ratio: float = 2.5
+    min_bright_rim: float = 0.5
+    femur_area: tuple[float, float] = (250.0, 1200.0)
+    knee_area: float = 1200.0
+    tibia_knee_area: float = 1300.0
+    fibula_area: tuple[float, float] = (50.0, 450.0)
+    fibula_distance: tuple[float, float] = (12.0, 75.0)
+    fibula_lateral: float = 5.0
+    min_femur_depth: float = 25.0
+    tibia_max_depth: float = 35.0
+    knee_fraction: float = 0.12
+    min_inner_depth: float = 12.0
+    midline_zone: float = 15.0
+    hip_medial_area: float = 300.0
+    hip_medial_depth: float = 25.0
+    lobe_ratio: float = 0.85
+    max_knee_leg_area: float = 18000.0
+
+
+@dataclass(frozen=True)
+class Bone:
+    """One bone candidate of a slice (positions in the slice's pixel grid)."""
+
+    area_mm2: float
+    center_yx: tuple[float, float]
+    solidity: float
+    axis_ratio: float
+    depth_mm: float
+
+    def to_report(self) -> dict:
+        return {"area_mm2": round(self.area_mm2, 1),
+                "center_yx": [round(c, 1) for c in self.center_yx],
+                "solidity": round(self.solidity, 3), "axis_ratio": round(self.axis_ratio, 2),
+                "depth_mm": round(self.depth_mm, 1)}
+
+
+@dataclass(frozen=True)
+class LegReading:
+    """Level read from one leg of one slice."""
+
+    side: str
+    level: str | None
+    reason: str
+    bones: tuple[Bone, ...] = ()
+
+
+@dataclass(frozen=True)
+class SliceLevel:
+    """Anatomical level of one slice.
+
+    Attributes:
+        level: "Lower", "Knee", "Upper", "Hip" or None (undecided).
+        confidence: 0..1; 1.0 when both legs agree (or a pelvis sign), 0.8 when the slice
+            shows one leg, 0.5 when one of two legs is undecided, 0 when undecided.
+        legs: per-leg readings.
+    """
+
+    level: str | None
+    confidence: float
+    legs: tuple[LegReading, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AnatomyResult:
+    """Per-slice levels of a volume (index = slice of the (z, y, x) volume)."""
+
+    slices: tuple[SliceLevel, ...]
+    cut: int
+    config: AnatomyConfig = field(default_factory=AnatomyConfig)
+
+    @property
+    def levels(self) -> list[str | None]:
+        return [s.level for s in self.slices]
+
+    @property
+    def confidences(self) -> np.ndarray:
+        return np.array([s.confidence for s in self.slices], dtype=np.float64)
+
+    def confident_levels(self, threshold: float = 0.75) -> list[str | None]:
+        """Level of each slice whose confidence reaches ``threshold``, otherwise None."""
+        return [s.level if s.level is not None and s.confidence >= threshold else None
+                for s in self.slices]
+
+    def to_report(self) -> dict:
+        """JSON-serialisable per-slice levels for the segmentation report."""
+        return {
+            "method": "bone cross-sections (network-free)",
+            "cut_column": int(self.cut),
+            "levels": [s.level for s in self.slices],
+            "confidence": [round(float(s.confidence), 2) for s in self.slices],
+            "counts": dict(Counter(s.level for s in self.slices if s.level)),
+        }
+
+
+def _disc(radius_px: int) -> np.ndarray:
+    r = max(int(radius_px), 1)
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return yy**2 + xx**2 <= r * r + 0.5
+
+
+def tissue_mask(image: np.ndarray, threshold: float, spacing_yx: tuple[float, float]) -> np.ndarray:
+    """Filled tissue mask of one (y, x) slice: above ``threshold``, closed over ~3 mm."""
+    mask = image > threshold
+    if not mask.any():
+        return mask
+    radius = max(1, int(round(3.0 / min(spacing_yx))))
+    mask = ndimage.binary_closing(np.pad(mask, radius + 1), structure=_disc(radius))
+    mask = mask[radius + 1:-radius - 1, radius + 1:-radius - 1]
+    mask = ndimage.binary_fill_holes(mask)
+    return ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+
+
+def _shape(region: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, float]:
+    """(solidity, axis ratio) of a filled 2-D region, in mm."""
+    ys, xs = np.nonzero(region)
+    dy, dx = spacing_yx
+    if ys.size < 5:
+        return 0.0, np.inf
+    points = np.column_stack([ys * dy, xs * dx])
+    corners = np.concatenate([points + [sy * dy / 2, sx * dx / 2]
+                              for sy in (-1, 1) for sx in (-1, 1)])
+    try:
+        hull_area = ConvexHull(corners).volume
+    except QhullError:
+        return 0.0, np.inf
+    solidity = ys.size * dy * dx / hull_area if hull_area > 0 else 0.0
+    cov = np.cov(points.T) + np.eye(2) * (dy * dx / 12.0)
+    eig = np.sort(np.linalg.eigvalsh(cov))
+    ratio = float(np.sqrt(eig[1] / eig[0])) if eig[0] > 0 else np.inf
+    return float(solidity), ratio
+
+
+def find_bones(
+    image: np.ndarray,
+    leg: np.ndarray,
+    spacing_yx: tuple[float, float],
+    config: AnatomyConfig = AnatomyConfig(),
+) -> list[Bone]:
+    """Bone candidates in one leg of one slice, largest first.
+
+    Args:
+        image: (y, x) intensities of the slice.
+        leg: (y, x) bool mask of the leg (filled tissue).
+        spacing_yx: (dy, dx) pixel size in mm.
+
+    Returns:
+        Compact round void structures (rings filled with their marrow, or dark discs) inside
+        the leg, surrounded mainly by non-void tissue.
+    """
+    dy, dx = spacing_yx
+    pixel_area = dy * dx
+    values = image[leg]
+    if values.size == 0:
+        return []
+    reference = float(np.percentile(values, 75))
+    if reference <= 0:
+        return []
+    dark = (image < config.dark_fraction * reference) & leg
+    depth_map = ndimage.distance_transform_edt(leg, sampling=spacing_yx)
+    candidates: list[np.ndarray] = []
+    # three routes: raw void components (thin isolated rings such as a fibula), a one-pixel
+    # opening (drops fat-water lines touching a ring; rings keep their marrow)
+    thin = ndimage.binary_opening(dark, structure=np.ones((3, 3), bool))
+    # thick route: a ~3.5 mm opening parts dark discs from thin fat layers they touch
+    radius = max(1, int(round(3.5 / min(spacing_yx))))
+    thick = ndimage.binary_opening(dark, structure=_disc(radius))
+    for route in (dark, thin, thick):
+        labels, count = ndimage.label(route)
+        if not count:
+            continue
+        for index, box in enumerate(ndimage.find_objects(labels), start=1):
+            component = labels[box] == index
+            area = component.sum() * pixel_area
+            if area < config.min_bone_area * 0.3:
+                continue
+            candidates.append((box, ndimage.binary_fill_holes(component)))
+    bones: list[Bone] = []
+    taken = np.zeros(image.shape, dtype=bool)
+    rim_radius = max(1, int(round(2.0 / min(spacing_yx))))
+    for box, filled in sorted(candidates, key=lambda c: -int(c[1].sum())):
+        area = filled.sum() * pixel_area
+        if not config.min_bone_area <= area <= config.max_bone_area:
+            continue
+        full = np.zeros(image.shape, dtype=bool)
+        full[box] = filled
+        if (full & taken).sum() > 0.3 * full.sum():
+            continue
+        if not leg[full].all():
+            continue
+        solidity, ratio = _shape(filled, spacing_yx)
+        if solidity < config.min_solidity or ratio > config.max_axis_ratio:
+            continue
+        rim = ndimage.binary_dilation(full, structure=_disc(rim_radius)) & ~full
+        if not rim.any() or (rim & leg & ~dark).sum() < config.min_bright_rim * rim.sum():
+            continue
+        ys, xs = np.nonzero(full)
+        center = (float(ys.mean()), float(xs.mean()))
+        depth = float(depth_map[int(round(center[0])), int(round(center[1]))])
+        bones.append(Bone(float(area), center, solidity, ratio, depth))
+        taken |= full
+    bones.sort(key=lambda b: -b.area_mm2)
+    return bones
+
+
+def read_leg(
+    bones: list[Bone],
+    side: str,
+    cut: int,
+    spacing_yx: tuple[float, float],
+    leg_area_mm2: float,
+    config: AnatomyConfig = AnatomyConfig(),
+) -> tuple[str | None, str]:
+    """Level of one leg from its bones: (level or None, reason).
+
+    Args:
+        bones: candidates from :func:`find_bones`, largest first.
+        side: "R" (columns < cut; lateral = towards column 0) or "L".
+        cut: the left/right cut column.
+        spacing_yx: (dy, dx) in mm.
+        leg_area_mm2: cross-section of the leg.
+    """
+    if not bones:
+        return None, "no bone found"
+    dy, dx = spacing_yx
+    lateral_sign = -1.0 if side == "R" else 1.0
+    main = bones[0]
+    # secondary bones lie deep in the leg; void pockets in the subcutaneous fat do not count
+    others = [b for b in bones[1:] if b.depth_mm >= config.min_inner_depth]
+
+    def offsets(bone: Bone) -> tuple[float, float, float]:
+        lateral = (bone.center_yx[1] - main.center_yx[1]) * dx * lateral_sign
+        posterior = (bone.center_yx[0] - main.center_yx[0]) * dy
+        return lateral, posterior, float(np.hypot(lateral, posterior))
+
+    fibulae = []
+    medial_large = []
+    for bone in others:
+        lateral, posterior, distance = offsets(bone)
+        if (config.fibula_area[0] <= bone.area_mm2 <= min(config.fibula_area[1],
+                                                          0.6 * main.area_mm2)
+                and config.fibula_distance[0] <= distance <= config.fibula_distance[1]
+                and lateral >= config.fibula_lateral and posterior >= -10.0):
+            fibulae.append(bone)
+        elif (bone.area_mm2 >= config.hip_medial_area and lateral < -15.0
+              and bone.depth_mm >= config.hip_medial_depth):
+            medial_large.append(bone)
+    if medial_large and main.area_mm2 >= config.femur_area[0]:
+        return "Hip", "large bone medial to the femur"
+    if leg_area_mm2 > config.max_knee_leg_area:
+        # a calf or knee this wide does not occur; half a pelvis does
+        if main.area_mm2 >= config.knee_area:
+            return "Hip", "very large bone in a very large body half"
+        if not (config.femur_area[0] <= main.area_mm2 < config.femur_area[1]):
+            return None, "body half too large for a calf or knee"
+        fibulae = []
+    large = main.area_mm2 >= config.knee_area
+    knee_sized = large and main.area_mm2 >= config.knee_fraction * leg_area_mm2
+    if fibulae and main.depth_mm <= config.tibia_max_depth:
+        if main.area_mm2 >= config.tibia_knee_area:
+            return "Knee", "very large tibia with fibula"
+        if main.area_mm2 >= config.fibula_area[0] * 2:
+            return "Lower", "tibia with lateral fibula"
+    if knee_sized:
+        return "Knee", "very large bone filling much of the leg"
+    if large and main.depth_mm >= config.min_femur_depth:
+        return "Hip", "very large deep bone in a large leg (proximal femur)"
+    if (config.femur_area[0] <= main.area_mm2 < config.femur_area[1]
+            and main.depth_mm >= config.min_femur_depth and main.axis_ratio <= 1.8):
+        sizeable = [b for b in others if b.area_mm2 >= 0.15 * main.area_mm2]
+        if not sizeable:
+            return "Upper", "one round deep bone"
+        return None, "one femur-like bone and others"
+    return None, "no known bone pattern"
+
+
+def _legs(tissue: np.ndarray, cut: int) -> list[tuple[str, np.ndarray]]:
+    """(side, mask) of the largest tissue component on each side of the cut."""
+    legs = []
+    for side, columns in (("R", slice(0, cut)), ("L", slice(cut, tissue.shape[1]))):
+        half = np.zeros_like(tissue)
+        half[:, columns] = tissue[:, columns]
+        labels, count = ndimage.label(half)
+        if not count:
+            continue
+        sizes = ndimage.sum(half, labels, index=np.arange(1, count + 1))
+        legs.append((side, labels == int(np.argmax(sizes)) + 1))
+    return legs
+
+
+def _single_lobe(tissue: np.ndarray, cut: int, spacing_yx: tuple[float, float],
+                 config: AnatomyConfig) -> bool:
+    """The body crosses the cut over most of its anterior-posterior extent (no two legs)."""
+    rows = np.flatnonzero(tissue.any(axis=1))
+    if rows.size == 0:
+        return False
+    width = max(1, int(round(5.0 / spacing_yx[1])))
+    band = tissue[:, max(cut - width, 0):cut + width + 1].all(axis=1)
+    return band.sum() >= config.lobe_ratio * (rows[-1] - rows[0] + 1)
+
+
+def slice_level(
+    image: np.ndarray,
+    spacing_yx: tuple[float, float],
+    cut: int,
+    threshold: float,
+    config: AnatomyConfig = AnatomyConfig(),
+) -> SliceLevel:
+    """Level of one (y, x) slice (see the module docstring for the rules).
+
+    Args:
+        image: (y, x) intensities.
+        spacing_yx: (dy, dx) in mm.
+        cut: left/right cut column (columns < cut: right leg).
+        threshold: tissue intensity threshold.
+    """
+    tissue = tissue_mask(image, threshold, spacing_yx)
+    min_leg = 2000.0 / (spacing_yx[0] * spacing_yx[1])  # 20 cm^2
+    if tissue.sum() < min_leg:
+        return SliceLevel(None, 0.0, (), "no tissue")
+    readings = []
+    for side, leg in _legs(tissue, cut):
+        if leg.sum() < min_leg:
+            continue
+        bones = find_bones(image, leg, spacing_yx, config)
+        level, reason = read_leg(bones, side, cut, spacing_yx,
+                                 float(leg.sum()) * spacing_yx[0] * spacing_yx[1], config)
+        readings.append(LegReading(side, level, reason, tuple(bones)))
+    lobe = _single_lobe(tissue, cut, spacing_yx, config)
+    midline = [b for r in readings for b in r.bones
+               if abs(b.center_yx[1] - cut) * spacing_yx[1] < config.midline_zone
+               and b.area_mm2 >= config.hip_medial_area * 0.5
+               and b.depth_mm >= config.min_inner_depth]
+    if lobe and midline:
+        return SliceLevel("Hip", 1.0, tuple(readings), "bone on the midline of one body lobe")
+    decided = [r.level for r in readings if r.level is not None]
+    if lobe and not decided:
+        return SliceLevel("Hip", 0.8, tuple(readings), "one lobe across the midline, no leg bones")
+    if not decided:
+        return SliceLevel(None, 0.0, tuple(readings), "undecided")
+    if len(set(decided)) > 1:
+        return SliceLevel(None, 0.0, tuple(readings), "legs disagree")
+    level = decided[0]
+    if len(decided) == 2:
+        confidence = 1.0
+    elif len(readings) == 1:
+        confidence = 0.8
+    else:
+        confidence = 0.5
+    if level == "Hip" and lobe:
+        confidence = max(confidence, 0.8)
+    elif lobe:
+        confidence = min(confidence, 0.5)
+    return SliceLevel(level, confidence, tuple(readings), "bones")
+
+
+def anatomy_levels(
+    volume: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    cut: int | None = None,
+    config: AnatomyConfig = AnatomyConfig(),
+) -> AnatomyResult:
+    """Per-slice anatomical level of a (z, y, x) volume.
+
+    Args:
+        volume: (z, y, x) intensities in the QMRITools layout (body-masked or not).
+        spacing_zyx: (dz, dy, dx) voxel size in mm.
+        cut: left/right cut column (columns < cut: right leg); default
+            :func:`legseg_tf.split.find_middle` of the volume.
+        config: detector thresholds.
+
+    Returns:
+        :class:`AnatomyResult` with one :class:`SliceLevel` per slice.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
+    if len(spacing_zyx) != 3 or any(not s > 0 for s in spacing_zyx):
+        raise ValueError(f"spacing_zyx must be three positive sizes, got {spacing_zyx}")
+    if cut is None:
+        from legseg_tf.split import find_middle
+
+        cut = find_middle(volume)
+    spacing_yx = (float(spacing_zyx[1]), float(spacing_zyx[2]))
+    positive = volume[volume > 0]
+    if positive.size == 0:
+        return AnatomyResult(tuple(SliceLevel(None, 0.0) for _ in range(volume.shape[0])),
+                             int(cut), config)
+    threshold = config.tissue_fraction * float(np.percentile(positive, 98))
+    slices = tuple(slice_level(volume[z], spacing_yx, int(cut), threshold, config)
+                   for z in range(volume.shape[0]))
+    return AnatomyResult(slices, int(cut), config)
