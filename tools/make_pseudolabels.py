@@ -173,12 +173,12 @@ class RegistrationSettings:
     search_step_mm: float = 6.0
     search_min_overlap: float = 0.6
     bins: int = 32
-    sampling: float = 0.2
-    affine_levels_mm: tuple[float, ...] = (6.0, 3.0)
+    sampling: float = 0.1
+    affine_levels_mm: tuple[float, ...] = (6.0, 4.0)
     affine_iterations: int = 80
-    bspline_levels_mm: tuple[float, ...] = (4.0, 3.0)
+    bspline_levels_mm: tuple[float, ...] = (4.0,)
     bspline_mesh_mm: tuple[float, float, float] = (45.0, 45.0, 60.0)
-    bspline_iterations: int = 30
+    bspline_iterations: int = 40
     mask_dilation_mm: float = 6.0
 
 
@@ -557,6 +557,7 @@ class RegistrationResult:
     in_plane_scale: float
     metric: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: int
@@ -569,7 +570,7 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
     fixed leg mask).
     """
     sitk = _sitk()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     fixed_img = to_sitk(normalise_intensity(fixed.image, fixed.mask), fixed.affine,
                         sitk.sitkFloat32)
     moving_img = to_sitk(normalise_intensity(moving.image, moving.mask), moving.affine,
@@ -663,7 +664,8 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
         transform = sitk.CompositeTransform([affine, bspline])
     return RegistrationResult(transform=transform, search_offset_mm=best_tz - centre_tz,
                               in_plane_scale=scale, metric=metric,
-                              seconds=time.perf_counter() - start)
+                              seconds=time.perf_counter() - start,
+                              cpu_seconds=time.process_time() - cpu_start)
 
 
 def propagate_labels(atlas: Leg, target: Leg, transform) -> np.ndarray:
@@ -709,7 +711,7 @@ def _outline(labels: np.ndarray) -> np.ndarray:
 
 def qc_montage(volume_ras: np.ndarray, fused_ras: np.ndarray, ignore_ras: np.ndarray,
                zooms: tuple[float, float, float], slices: tuple[int, int], title: str,
-               path: Path, n_slices: int = 5) -> Path:
+               path: Path, n_slices: int = 4) -> Path:
     """PNG: axial slices (radiological view: patient's right on the image left) with label
     outlines in the table colours and ignored voxels tinted red."""
     import matplotlib
@@ -734,13 +736,15 @@ def qc_montage(volume_ras: np.ndarray, fused_ras: np.ndarray, ignore_ras: np.nda
         colours[label.index] = np.asarray(label.rgb) / 255.0
     vmax = float(np.percentile(image[image > 0], 99)) if (image > 0).any() else 1.0
     aspect = zooms[1] / zooms[0]
-    fig, axes = plt.subplots(1, len(zs), figsize=(4.2 * len(zs), 4.4), squeeze=False)
-    for ax, z in zip(axes[0], zs):
+    width = (x1 - x0 + 6) / max(y1 - y0 + 6, 1) / aspect
+    fig, axes = plt.subplots(len(zs), 1, figsize=(4.5 * width, 4.6 * len(zs)), squeeze=False)
+    axes = axes[:, 0]
+    for ax, z in zip(axes, zs):
         sl = (z, slice(y0, y1 + 6), slice(x0, x1 + 6))
         gray = np.clip(image[sl] / vmax, 0, 1)
         rgb = np.repeat(gray[..., None], 3, axis=2)
         ign = ignore[sl]
-        rgb[ign] = 0.6 * rgb[ign] + 0.4 * np.array([1.0, 0.0, 0.0])
+        rgb[ign] = 0.7 * rgb[ign] + 0.3 * np.array([1.0, 0.0, 0.0])
         lab = labels[sl]
         edge = _outline(lab)
         rgb[edge] = colours[np.clip(lab[edge], 0, colours.shape[0] - 1)]
@@ -800,9 +804,10 @@ def process_target(spec: TargetSpec, data: Path, out: Path, atlases: dict[str, l
                 "z_offset_from_centroids_mm": round(result.search_offset_mm, 2),
                 "in_plane_scale": round(result.in_plane_scale, 4),
                 "metric": {k: round(v, 5) for k, v in result.metric.items()},
-                "seconds": round(result.seconds, 1)})
-            logger.info("%s <- %s: %.0f s, z offset %+.0f mm, MI %s", leg.name, atlas.name,
-                        result.seconds, result.search_offset_mm, registrations[-1]["metric"])
+                "seconds": round(result.seconds, 1),
+                "cpu_seconds": round(result.cpu_seconds, 1)})
+            logger.info("%s <- %s: %.0f s (cpu %.0f s), z offset %+.0f mm, MI %s", leg.name, atlas.name,
+                        result.seconds, result.cpu_seconds, result.search_offset_mm, registrations[-1]["metric"])
         votes = np.stack(votes)
         votes[:, ~leg.mask] = np.where(votes[:, ~leg.mask] == IGNORE, IGNORE, 0)
         leg_fused, leg_agree, leg_ignore = fuse_votes(votes, min_agreement)
