@@ -73,6 +73,7 @@ class AnatomyConfig:
             main bone means pelvis (ischium, pubis; femoral vessels are shallower).
         lobe_ratio: one lobe across the cut spanning this fraction of the body's
             anterior-posterior extent (with no bone pattern of legs) means pelvis.
+        pelvis_width: a body lobe narrower than this (left to right) is one leg, not a pelvis.
         max_knee_leg_area: a leg (body half) larger than this is no calf or knee.
     """
 
@@ -97,6 +98,7 @@ class AnatomyConfig:
     hip_medial_area: float = 300.0
     hip_medial_depth: float = 25.0
     lobe_ratio: float = 0.85
+    pelvis_width: float = 260.0
     max_knee_leg_area: float = 18000.0
 
 
@@ -375,7 +377,8 @@ def _single_lobe(tissue: np.ndarray, cut: int, spacing_yx: tuple[float, float],
                  config: AnatomyConfig) -> bool:
     """The body crosses the cut over most of its anterior-posterior extent (no two legs)."""
     rows = np.flatnonzero(tissue.any(axis=1))
-    if rows.size == 0:
+    columns = np.flatnonzero(tissue.any(axis=0))
+    if rows.size == 0 or (columns[-1] - columns[0] + 1) * spacing_yx[1] < config.pelvis_width:
         return False
     width = max(1, int(round(5.0 / spacing_yx[1])))
     band = tissue[:, max(cut - width, 0):cut + width + 1].all(axis=1)
@@ -473,3 +476,240 @@ def anatomy_levels(
     slices = tuple(slice_level(volume[z], spacing_yx, int(cut), threshold, config)
                    for z in range(volume.shape[0]))
     return AnatomyResult(slices, int(cut), config)
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-check of the classifier's staircase (used by the segmenter)
+
+#: Classifier levels each anatomical level is compatible with. Knee slices go to both leg
+#: networks, so a slice whose bones show calf (thigh) is not left at "Knee"; the classifier's
+#: "Hip" class starts at the proximal thigh.
+COMPATIBLE = {
+    "Lower": frozenset({"Lower"}),
+    "Knee": frozenset({"Lower", "Knee", "Upper"}),
+    "Upper": frozenset({"Upper", "Hip"}),
+    "Hip": frozenset({"Hip"}),
+}
+
+#: DICOM ``BodyPartExamined`` values (as dcm2niix writes them) -> anatomical prior. "LEG" is
+#: the DICOM term for the lower leg.
+BODY_PART_PRIORS = {
+    "THIGH": "Upper", "UPPERLEG": "Upper", "UPPER LEG": "Upper", "FEMUR": "Upper",
+    "LEG": "Lower", "LOWER LEG": "Lower", "LOWERLEG": "Lower", "CALF": "Lower",
+    "TIBIA": "Lower", "ANKLE": "Lower",
+    "KNEE": "Knee",
+    "PELVIS": "Hip", "HIP": "Hip",
+    "LOWEREXTREMITY": None, "LOWER EXTREMITY": None, "EXTREMITY": None, "LEGS": None,
+}
+
+
+def body_part_prior(body_part: str | None) -> str | None:
+    """Anatomical prior ("Upper", "Lower", "Knee", "Hip") of a ``BodyPartExamined`` value;
+    None for a missing, unspecific or unknown value (unknown ones are logged at debug level)."""
+    if not body_part or not isinstance(body_part, str):
+        return None
+    key = " ".join(body_part.replace("_", " ").upper().split())
+    if key not in BODY_PART_PRIORS:
+        logger.debug("BodyPartExamined %r is not a known lower-extremity term; ignored", body_part)
+        return None
+    return BODY_PART_PRIORS[key]
+
+
+@dataclass
+class Reconciled:
+    """Per-slice positions after the anatomical cross-check.
+
+    Attributes:
+        levels: final position name per classified slice ("Lower", "Knee", "Upper", "Hip";
+            other classifier names pass through).
+        overridden: (first, last, classifier level, anatomical level) volume-slice runs where
+            the anatomy replaced the classifier.
+        excluded: volume slices left out of every leg network (pelvis under ``--region legs``).
+        warnings: messages for the report.
+    """
+
+    levels: list[str]
+    overridden: list[tuple[int, int, str, str]] = field(default_factory=list)
+    excluded: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs (first, last) of sorted integers."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def reconcile_positions(
+    positions: list[str],
+    slices: np.ndarray,
+    anatomy: AnatomyResult,
+    *,
+    with_hip: bool,
+    body_part: str | None = None,
+    threshold: float = 0.75,
+    min_run: int = 2,
+) -> Reconciled:
+    """Cross-check the classifier's fitted per-slice positions with the anatomy.
+
+    Rules, in order:
+
+    1. A confident anatomical level (confidence >= ``threshold``) that is incompatible with
+       the classifier's level (:data:`COMPATIBLE`) replaces it where at least ``min_run`` such
+       slices lie within two slices of each other; undecided slices between two replaced
+       slices of one level take that level too. A calf stretch thus never goes to the thigh
+       network, nor a thigh stretch to the calf network.
+    2. ``body_part`` (``BodyPartExamined``) prior: "Upper" turns classifier "Lower" slices
+       into "Upper" unless the bones confidently say calf; "Lower" turns "Upper"/"Hip" slices
+       into "Lower" unless the bones confidently say thigh or pelvis.
+    3. Without the hip network (``with_hip`` False), pelvis slices go to no network: slices
+       whose anatomy is confidently "Hip", and classifier "Hip" slices whose bones do not
+       confidently show a leg level.
+
+    Args:
+        positions: fitted classifier position per classified slice (inferior first).
+        slices: volume slice index of each classified slice.
+        anatomy: per-volume-slice levels (:func:`anatomy_levels`).
+        with_hip: the region includes the hip network.
+        body_part: the image's ``BodyPartExamined``, if any.
+
+    Returns:
+        :class:`Reconciled`.
+    """
+    slices = np.asarray(slices)
+    if len(positions) != slices.size:
+        raise ValueError("positions and slices must have the same length")
+    confident = anatomy.confident_levels(threshold)
+    anat = [confident[int(z)] if 0 <= int(z) < len(confident) else None for z in slices]
+    levels = list(positions)
+    result = Reconciled(levels)
+    n = len(levels)
+
+    disagree = [i for i in range(n) if anat[i] is not None and levels[i] in POSITION_SET
+                and levels[i] not in COMPATIBLE[anat[i]]]
+    chosen = [i for i in disagree
+              if sum(1 for j in disagree if abs(j - i) <= 2 and anat[j] == anat[i]) >= min_run]
+    for a, b in zip(chosen, chosen[1:]):
+        if b - a <= 3 and anat[a] == anat[b]:
+            chosen.extend(k for k in range(a + 1, b) if anat[k] is None)
+    replaced: dict[int, tuple[str, str]] = {}
+    for i in sorted(set(chosen)):
+        new = anat[i] or anat[max(j for j in chosen if j < i and anat[j])]
+        replaced[i] = (levels[i], new)
+        levels[i] = new
+    for first, last in _runs(sorted(replaced)):
+        before = Counter(replaced[i][0] for i in range(first, last + 1)).most_common(1)[0][0]
+        after = Counter(replaced[i][1] for i in range(first, last + 1)).most_common(1)[0][0]
+        za, zb = int(slices[first]), int(slices[last])
+        result.overridden.append((za, zb, before, after))
+        result.warnings.append(
+            f"the bones of slices {za}-{zb} show {LEVEL_WORDS[after]} where the position "
+            f"classifier found {LEVEL_WORDS.get(before, before)}: those slices are segmented "
+            f"as {LEVEL_WORDS[after]}")
+
+    prior = body_part_prior(body_part)
+    if prior in ("Upper", "Lower"):
+        wrong = {"Upper": {"Lower"}, "Lower": {"Upper", "Hip"}}[prior]
+        keep = {"Upper": {"Lower"}, "Lower": {"Upper", "Hip"}}[prior]
+        moved = [i for i in range(n) if levels[i] in wrong and anat[i] not in keep]
+        for i in moved:
+            levels[i] = prior
+        if moved:
+            result.warnings.append(
+                f"BodyPartExamined {body_part!r}: {len(moved)} slice(s) the classifier placed "
+                f"in {sorted(wrong)} are segmented as {LEVEL_WORDS[prior]}")
+
+    if not with_hip:
+        hip = [i for i in range(n) if anat[i] == "Hip"
+               or (levels[i] == "Hip" and anat[i] not in ("Lower", "Knee", "Upper"))]
+        result.excluded = [int(slices[i]) for i in hip]
+        if hip:
+            spans = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in _runs(result.excluded))
+            result.warnings.append(
+                f"slices {spans} show the pelvis (hip level) and are not segmented: the "
+                "thigh network is not made for them; use --region legs-hip to segment the hip")
+    return result
+
+
+POSITION_SET = frozenset(ANATOMY_LEVELS)
+LEVEL_WORDS = {"Lower": "the lower leg (calf)", "Knee": "the knee", "Upper": "the thigh",
+               "Hip": "the pelvis (hip)"}
+
+
+def reconciled_ranges(
+    levels: list[str],
+    slices: np.ndarray,
+    regions: tuple[str, ...] | list[str],
+    excluded: list[int] = (),
+) -> dict[str, tuple[int, int]]:
+    """Region slice ranges from reconciled per-slice positions.
+
+    Like :func:`legseg_tf.body_position.region_ranges`, but a region's range is the longest
+    run of consecutive slices whose level belongs to it (positions need not be monotone after
+    the cross-check), excluded slices belong to no region, and a leg region never spans a slice
+    of the other leg level or of the pelvis (the Hip region keeps its widening offsets).
+
+    Args:
+        levels: position name per classified slice.
+        slices: consecutive volume slice index per classified slice.
+        regions: region names (keys of ``REGION_LEVELS``).
+        excluded: volume slices that go to no network.
+
+    Returns:
+        region -> (first, last) volume slice, inclusive.
+    """
+    from legseg_tf.body_position import POSITION_LEVELS, REGION_LEVELS, REGION_OFFSETS
+
+    slices = np.asarray(slices)
+    skip = {int(z) for z in excluded}
+    numbers = [POSITION_LEVELS.get(name, 0) if int(z) not in skip else 0
+               for name, z in zip(levels, slices)]
+    ranges: dict[str, tuple[int, int]] = {}
+    n = len(numbers)
+    for region in regions:
+        member = [i for i in range(n) if numbers[i] in REGION_LEVELS[region]]
+        runs = _runs(member)
+        if not runs:
+            continue
+        first, last = max(runs, key=lambda r: (r[1] - r[0], -r[0]))
+        if region == "Hip":
+            before, after = REGION_OFFSETS.get(region, (0, 0))
+            first, last = max(first + before, 0), min(last + after, n - 1)
+        if first == last:
+            continue
+        ranges[region] = (int(slices[first]), int(slices[last]))
+    return ranges
+
+
+#: The anatomical level each single-region choice expects.
+REGION_LEVEL = {"LowerLegs": "Lower", "UpperLegs": "Upper", "Hip": "Hip"}
+
+
+def single_region_check(region: str, anatomy: AnatomyResult, body_part: str | None = None,
+                        threshold: float = 0.75) -> list[str]:
+    """Warnings when a volume given one region (``--region upper``/``lower``/``hip``) shows
+    another level: more than half of the confidently read slices contradict the region, or the
+    ``BodyPartExamined`` prior names another level. Nothing is changed (the user chose the
+    region)."""
+    expected = REGION_LEVEL.get(region)
+    if expected is None:
+        return []
+    messages = []
+    confident = [lv for lv in anatomy.confident_levels(threshold) if lv is not None]
+    contra = [lv for lv in confident if lv != expected and lv != "Knee"
+              and not (expected == "Upper" and lv == "Hip")]
+    if confident and len(contra) > 0.5 * len(confident):
+        level = Counter(contra).most_common(1)[0][0]
+        messages.append(
+            f"the bones of {len(contra)} of {len(confident)} confidently read slices show "
+            f"{LEVEL_WORDS[level]}, not {LEVEL_WORDS[expected]}: check the --region choice")
+    prior = body_part_prior(body_part)
+    if prior is not None and prior not in (expected, "Knee"):
+        messages.append(f"BodyPartExamined {body_part!r} suggests {LEVEL_WORDS[prior]}, but "
+                        f"{LEVEL_WORDS[expected]} was segmented: check the --region choice")
+    return messages

@@ -113,7 +113,9 @@ def _pybids_filters(filters: dict) -> dict:
 def _to_input(bids_file, bids_dir: Path, layout) -> InputImage:
     entities = {k: v for k, v in bids_file.get_entities().items() if isinstance(v, (str, int, float))}
     path = Path(bids_file.path)
-    echo_time = layout.get_metadata(bids_file.path).get("EchoTime")
+    metadata = layout.get_metadata(bids_file.path)
+    echo_time = metadata.get("EchoTime")
+    body_part = metadata.get("BodyPartExamined")
     return InputImage(
         subject=str(entities["subject"]),
         session=str(entities["session"]) if entities.get("session") is not None else None,
@@ -121,6 +123,7 @@ def _to_input(bids_file, bids_dir: Path, layout) -> InputImage:
         relpath=path.relative_to(bids_dir).as_posix(),
         entities=entities,
         echo_time=float(echo_time) if isinstance(echo_time, (int, float)) else None,
+        body_part=body_part.strip() if isinstance(body_part, str) and body_part.strip() else None,
     )
 
 

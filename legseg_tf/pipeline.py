@@ -146,7 +146,9 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
         volume_ras, geometry = nifti_io.load_canonical(image.path)
         volume = nifti_io.ras_to_qmri(volume_ras)
         midline = split.midline_column(geometry.ras_affine, volume_ras.shape)
-        result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry), midline_column=midline)
+        prior = {"body_part": image.body_part} if image.body_part else {}
+        result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry), midline_column=midline,
+                                   **prior)
         if result.labels.shape != volume.shape:
             raise RuntimeError(f"segmenter returned shape {result.labels.shape} for input {volume.shape}")
         labels_ras = nifti_io.qmri_to_ras(result.labels)

@@ -19,6 +19,8 @@ class InputImage:
         entities: BIDS entities of the file as pybids names them (subject, session, acquisition,
             echo, part, suffix, extension, ...).
         echo_time: EchoTime of the image in seconds, when known.
+        body_part: BodyPartExamined of the image's sidecar (e.g. "THIGH", "LEG"), when known;
+            a prior for the segmenter's region ranges.
     """
 
     subject: str
@@ -27,6 +29,7 @@ class InputImage:
     relpath: str
     entities: dict = field(default_factory=dict, hash=False, compare=False)
     echo_time: float | None = None
+    body_part: str | None = None
 
     @property
     def source_stem(self) -> str:

@@ -34,6 +34,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from legseg_tf.anatomy import (
+    anatomy_levels,
+    reconcile_positions,
+    reconciled_ranges,
+    single_region_check,
+)
 from legseg_tf.body_position import (
     ClassifierConfig,
     SliceClassifier,
@@ -250,15 +256,18 @@ class QMRIToolsSegmenter:
         spacing_zyx: tuple[float, float, float],
         *,
         midline_column: float | None = None,
+        body_part: str | None = None,
     ) -> SegmentationResult:
         """Segment a (z, y, x) volume in the QMRITools layout (column 0 = patient right).
 
         Args:
             volume: (z, y, x) intensities.
             spacing_zyx: voxel size (dz, dy, dx) in mm (recorded; inference runs at the native
-                voxel size as QMRITools does).
+                voxel size as QMRITools does; the anatomical cross-check measures in mm).
             midline_column: column of the body midline (world x = 0, see
                 :func:`legseg_tf.split.midline_column`); None = the image centre.
+            body_part: the image's ``BodyPartExamined`` (sidecar), a prior for the region
+                ranges (:func:`legseg_tf.anatomy.reconcile_positions`); None = none.
 
         Returns:
             :class:`SegmentationResult` with uint16 labels of the input's shape.
@@ -288,7 +297,7 @@ class QMRIToolsSegmenter:
             return self._result(empty, report, timings, warnings, used=[])
 
         clock = time.perf_counter()
-        classifier_side, ranges = self._locate(masked, report, warnings)
+        classifier_side, ranges = self._locate(masked, report, warnings, spacing_zyx, body_part)
         timings["classify"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -319,21 +328,38 @@ class QMRIToolsSegmenter:
         return result
 
     def _locate(
-        self, masked: np.ndarray, report: dict, warnings: list[str]
+        self, masked: np.ndarray, report: dict, warnings: list[str],
+        spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0), body_part: str | None = None,
     ) -> tuple[str | None, dict[str, tuple[int, int]]]:
-        """Classifier side vote and the slice range of every region."""
+        """Classifier side vote and the slice range of every region, cross-checked with the
+        bones (:mod:`legseg_tf.anatomy`): where they disagree confidently the bones win."""
         nz = masked.shape[0]
+        anatomy = anatomy_levels(masked, spacing_zyx, cut=find_middle(masked, self.split_config))
+        report["anatomy"] = anatomy.to_report()
+        report["anatomy"]["body_part_examined"] = body_part
         if self.plan.needs_positions:
             classification = classify_body(masked, self.classifier, self.plan.regions,
                                            self.classifier_config)
             report["positions"] = classification.to_report()
             classifier_side, ranges = classification.side, dict(classification.ranges)
+            reconciled = reconcile_positions(
+                list(classification.fitted_positions), classification.slices, anatomy,
+                with_hip="Hip" in self.plan.regions, body_part=body_part)
+            warnings.extend(reconciled.warnings)
+            report["anatomy"].update(
+                final_positions=list(reconciled.levels),
+                overridden=[list(run) for run in reconciled.overridden],
+                excluded_slices=list(reconciled.excluded))
+            if reconciled.levels != list(classification.fitted_positions) or reconciled.excluded:
+                ranges = reconciled_ranges(reconciled.levels, classification.slices,
+                                           self.plan.regions, reconciled.excluded)
             if not ranges:
                 warnings.append(
                     f"the classifier found none of {list(self.plan.regions)} in this volume")
         else:
             classifier_side = self._classify_side(masked) if self.classifier else None
             ranges = {region: (0, nz - 1) for region in self.plan.regions}
+            warnings.extend(single_region_check(self.plan.regions[0], anatomy, body_part))
         report["region_ranges"] = {name: [int(a), int(b)] for name, (a, b) in ranges.items()}
         return classifier_side, ranges
 
