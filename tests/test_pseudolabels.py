@@ -179,3 +179,13 @@ def test_thigh_atlas_sides_and_ignored_slices():
         z = np.arange(leg.box[2].start, leg.box[2].stop)
         assert (leg.labels[:, :, (z < first) | (z > last)] == IGNORE).all()
         assert (leg.labels[:, :, (z >= first) & (z <= last)] != IGNORE).mean() > 0.99
+
+
+def test_qc_montage_writes_a_png(tmp_path):
+    volume = two_leg_volume(shape=(48, 32, 8))
+    fused = np.where(volume > 50, 55, 0).astype(np.uint16)
+    ignore = np.zeros(volume.shape, dtype=bool)
+    ignore[:10] = volume[:10] > 50
+    path = mp.qc_montage(volume, fused, ignore, (1.5, 1.5, 6.0), (1, 6), "phantom",
+                         tmp_path / "qc.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

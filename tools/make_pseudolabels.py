@@ -754,7 +754,7 @@ def qc_montage(volume_ras: np.ndarray, fused_ras: np.ndarray, ignore_ras: np.nda
         ax.text(0.97, 0.98, "L", color="yellow", transform=ax.transAxes, va="top", fontsize=12)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / len(zs) / 4.6))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
