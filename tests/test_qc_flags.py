@@ -193,6 +193,15 @@ def test_confidence_thresholds(value, expected):
         assert f"mean top probability {value:.2f} over 1000 labelled voxels" in flags[0].message
 
 
+def test_confidence_needs_enough_labelled_volume():
+    part = {"region": "LowerLegs", "side": "R",
+            "confidence": {"mean_max_probability": 0.5, "voxels": 249}}
+    report = {"spacing_zyx_mm": [5.0, 2.0, 2.0], "parts": [part]}  # 249 x 0.02 mL < 5 mL
+    assert qc_flags.confidence_flags(report) == ([], "passed")
+    part["confidence"]["voxels"] = 250  # 5 mL
+    assert [f.severity for f in qc_flags.confidence_flags(report)[0]] == ["fail"]
+
+
 def test_confidence_not_available_without_probabilities():
     flags, state = qc_flags.confidence_flags({"parts": [{"region": "UpperLegs", "side": "R"}]})
     assert flags == [] and state.startswith("not available: the networks returned no")

@@ -43,7 +43,18 @@ INSPECT = """(() => {
   const external = Array.from(document.querySelectorAll('[src],link[href]')).map(
       e => e.getAttribute('src') || e.getAttribute('href')).filter(u => !u.startsWith('data:'));
   const height = document.documentElement.scrollHeight;
-  return JSON.stringify({images, legends, external, height});
+  const box = document.getElementById('qc-flags');
+  const qc = box === null ? null : {
+    visible: box.offsetHeight > 0 && getComputedStyle(box).display !== 'none',
+    top: box.getBoundingClientRect().top + window.scrollY,
+    title: (box.querySelector('h2') || {}).textContent,
+    flags: Array.from(box.querySelectorAll('li[data-code]')).map(li => ({
+      code: li.dataset.code, css: li.className, text: li.textContent,
+      color: getComputedStyle(li).color})),
+    none: box.querySelectorAll('.qc-none').length};
+  const headings = Object.fromEntries(Array.from(document.querySelectorAll('h2')).map(
+      h => [h.textContent, h.getBoundingClientRect().top + window.scrollY]));
+  return JSON.stringify({images, legends, external, height, qc, headings});
 })()"""
 
 
@@ -263,6 +274,7 @@ def test_subject_report_in_the_browser(browser, outputs, artifacts):
         present = sorted(int(v) for v in np.unique(result.labels_ras) if v)
         assert facts["legends"] == [present]
         assert (artifacts / f"sub-{subject}.png").stat().st_size > 10_000
+        assert_qc_box(facts)
 
 
 def test_group_report_in_the_browser(browser, outputs, artifacts):
@@ -297,3 +309,41 @@ def test_demo_dataset_reports_in_the_browser(browser, tmp_path_factory, artifact
         assert facts["images"] and all(i["complete"] and i["width"] > 0 for i in facts["images"])
         if name != "group":
             assert facts["legends"] == [[55, 56]]
+        assert_qc_box(facts)
+
+
+def assert_qc_box(facts: dict) -> dict:
+    """The "QC flags" box is rendered, visible, above the rest of the page's sections, and
+    shows either its flags or "no QC flag raised"."""
+    qc = facts["qc"]
+    assert qc is not None and qc["visible"] and qc["title"] == "QC flags"
+    later = [top for title, top in facts["headings"].items() if title != "QC flags"]
+    assert later and qc["top"] < min(later)
+    assert qc["flags"] or qc["none"] >= 1
+    for flag in qc["flags"]:
+        assert flag["css"] in ("qc-warning", "qc-fail") and flag["text"].strip()
+    return qc
+
+
+def test_planted_failure_shows_in_the_flag_boxes(browser, tmp_path_factory, artifacts,
+                                                  monkeypatch):
+    """A planted 10x left/right asymmetry through the command line: a red FAIL line in the
+    subject's box and in the group page's box."""
+    from legseg_tf import cli, demo, pipeline
+    from tests.test_qc_flags import AsymmetricSegmenter
+
+    root = tmp_path_factory.mktemp("planted")
+    bids, out = root / "bids", root / "out"
+    demo.write_demo(bids, subjects=1)
+    monkeypatch.setattr(
+        pipeline, "load_segmenter", lambda config, models_dir: AsymmetricSegmenter()
+    )
+    assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator"]) == 0
+    assert cli.main([str(bids), str(out), "group"]) == 0
+    for name in ("sub-01", "group"):
+        facts = render(browser, out / f"{name}.html", artifacts / f"planted-{name}.png")
+        assert facts["errors"] == [] and facts["external"] == []
+        qc = assert_qc_box(facts)
+        assert [(f["code"], f["css"]) for f in qc["flags"]] == [("lr_volume_ratio", "qc-fail")]
+        assert qc["flags"][0]["color"] == "rgb(164, 0, 0)"
+        assert qc["flags"][0]["text"].startswith("FAIL lr_volume_ratio: Vastus lateralis (VL)")
