@@ -346,3 +346,23 @@ def html_escape(text: str) -> str:
     from html import escape
 
     return escape(text)
+
+
+def test_group_reads_flags_from_sidecars(tmp_path):
+    from legseg_tf import group
+
+    anat = tmp_path / "sub-02/ses-a/anat"
+    anat.mkdir(parents=True)
+    dseg = anat / "sub-02_ses-a_acq-outphase_desc-muscles_dseg.nii.gz"
+    ids = {"participant": "sub-02", "session": "ses-a", "source": "sub-02_ses-a_acq-outphase"}
+    counts, rows = group.image_qc(dseg)  # no sidecar: not recorded
+    assert rows == [] and counts["qc_flags"] != counts["qc_flags"]  # NaN
+    labels, body = phantom(left_width=10, right_width=1)
+    labels[4, :, :CUT] = 0
+    qc = qc_flags.evaluate(labels, body, SPACING, REPORT).to_dict()
+    dseg.with_name(dseg.name.replace(".nii.gz", ".json")).write_text(
+        json.dumps({"legseg": {"qc": qc}}))
+    counts, rows = group.image_qc(dseg)
+    assert counts == {**ids, "qc_flags": 2, "qc_fail": 1}
+    assert [(r["code"], r["severity"], r["structures"]) for r in rows] == [
+        ("lr_volume_ratio", "fail", "GM_L;GM_R"), ("unlabelled_slices", "warning", "right leg")]
