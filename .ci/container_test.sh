@@ -136,3 +136,23 @@ export LEGSEG_TEST_IMAGE=$tag DOCKER="$docker_cli"
 t0=$(date +%s)
 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_docker_image.py
 log "image tests took $(( $(date +%s) - t0 )) s"
+
+# ---- 5. the paclet build path ----------------------------------------------------------------
+# A fake QMRITools release paclet (test helper: release layout, >= 11.3.2 encodings, narrow
+# widths) dropped into docker/paclets/ is converted at build time into
+# /opt/legseg/models-qmritools; the image then segments with those networks only.
+paclet="docker/paclets/QMRITools-ci-fake.paclet"
+trap 'rm -f "$repo/$paclet"; cleanup' EXIT
+"$python" -c 'import sys; from pathlib import Path; from tests.qmritools_paclet import build_fake_paclet; build_fake_paclet(Path(sys.argv[1]), seed=3, widths="small")' "$paclet"
+log "building $tag-paclet with $paclet"
+t0=$(date +%s)
+"$docker_cli" build --network host --progress plain \
+  --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$variant" \
+  "${secrets[@]}" -t "$tag-paclet" . >"$scratch/build-paclet.log" 2>&1 \
+  || { tail -60 "$scratch/build-paclet.log"; log "paclet build FAILED"; exit 1; }
+rm -f "$paclet"
+grep -E "bake_models|legseg-import|N5_UpperLeg|Body_Pos_Side" "$scratch/build-paclet.log" | cut -c1-160 | tail -8 || true
+log "built $tag-paclet in $(( $(date +%s) - t0 )) s"
+LEGSEG_TEST_IMAGE="$tag-paclet" LEGSEG_TEST_PACLET_IMAGE=1 \
+  "$python" -m pytest -q -rs -p no:cacheprovider tests/test_docker_image.py -k paclet
+log "paclet image test done"

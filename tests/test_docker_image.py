@@ -79,7 +79,7 @@ def space(image):
     yield root
     # outputs belong to the container's uid: remove them from inside a container
     docker("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "rm",
-           "-v", f"{root}:/space", IMAGE, "-rf", "/space/out", "/space/out-baked", timeout=300)
+           "-v", f"{root}:/space", IMAGE, "-rf", "/space/out", "/space/out-baked", "/space/out-paclet", timeout=300)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -183,3 +183,28 @@ def test_run_with_the_baked_models(space):
     mountpoints = {"/bids", "/out"}  # made by the engine for the -v mounts
     outside = [p for p in paths if p not in mountpoints | {"/tmp"} and not p.startswith("/tmp/")]
     assert not outside, f"the app wrote into the image outside /tmp: {outside}"
+
+
+def test_paclet_baked_at_build_time_segments(space):
+    """An image built with a QMRITools release paclet in docker/paclets/ (the container stage
+    builds one with a fake paclet) segments with the converted networks only."""
+    if os.environ.get("LEGSEG_TEST_PACLET_IMAGE") != "1":
+        pytest.skip("not an image built with a paclet (LEGSEG_TEST_PACLET_IMAGE=1 marks one)")
+    manifest = json.loads(docker("run", "--rm", "--network", "none", "--entrypoint", "cat", IMAGE,
+                                 "/opt/legseg/models-qmritools/manifest.json").stdout)
+    installed = {m["id"]: m for m in manifest["models"]}
+    assert {m["role"] for m in installed.values()} == {"classifier", "upper_leg", "lower_leg",
+                                                      "hip"}
+    assert all(m["provenance"]["source"] == "qmritools-wlnet" for m in installed.values())
+    out = _out(space, "out-paclet")
+    run = docker("run", "--rm", *LOCKED,
+                 "-v", f"{space / 'bids'}:/bids:ro", "-v", f"{out}:/out", IMAGE,
+                 "/bids", "/out", "participant", "--skip_bids_validator",
+                 "--models", "/opt/legseg/models-qmritools", "--region", "legs-hip")
+    assert run.returncode == 0, run.stderr[-4000:]
+    sidecars = list(out.glob("sub-01/anat/*_desc-muscles_dseg.json"))
+    assert sidecars, run.stderr[-4000:]
+    text = sidecars[0].read_text()
+    used = [model_id for model_id in installed if f'"{model_id}"' in text]
+    assert "Body_Pos_Side" in used, text[:2000]
+    assert all(installed[m]["sha256"] in text for m in used)
