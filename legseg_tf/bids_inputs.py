@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from legseg_tf.results import InputImage
@@ -39,6 +41,87 @@ class InputSelectionError(ValueError):
 
 class FilterFileError(ValueError):
     """The ``--bids-filter-file`` is unreadable or malformed (usage error)."""
+
+
+class DatasetIndexError(ValueError):
+    """A file of BIDS_DIR cannot be indexed (e.g. an invalid JSON sidecar): exit 16."""
+
+
+#: Top-level folders of BIDS_DIR that are never inputs (as pybids is told).
+IGNORED_TOP = ("code", "stimuli", "sourcedata", "models", "derivatives")
+
+
+@dataclass
+class DatasetScan:
+    """What a walk of BIDS_DIR found before indexing.
+
+    Attributes:
+        loops: folders (relative POSIX paths) that are symbolic links back to a folder already
+            walked (a loop or a second route to the same folder); not indexed.
+        invalid_json: JSON files (relative paths) that do not parse, with the reason.
+        excluded: folders left out because they hold legseg's own outputs or work files.
+    """
+
+    loops: list[str] = field(default_factory=list)
+    invalid_json: dict[str, str] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+
+    def ignore_patterns(self, include_invalid_json: bool = True) -> list:
+        """pybids ignore patterns (compiled; matched against "/<relative path>")."""
+        paths = self.loops + self.excluded + (list(self.invalid_json) if include_invalid_json else [])
+        return [re.compile("^/" + re.escape(rel) + "(/|$)") for rel in paths]
+
+
+def scan_dataset(bids_dir: Path, exclude: tuple[Path, ...] = ()) -> DatasetScan:
+    """Walk BIDS_DIR once, following folder links but never twice into the same real folder
+    (so link loops end at once), and check every JSON file parses.
+
+    Args:
+        bids_dir: dataset root.
+        exclude: folders never to index (OUTPUT_DIR, the work dir) when they lie inside it.
+    """
+    root = Path(bids_dir).resolve()
+    scan = DatasetScan()
+    excluded_real = set()
+    for folder in exclude:
+        real = Path(folder).resolve()
+        if real != root and root in real.parents:
+            rel = real.relative_to(root).as_posix()
+            if rel.split("/")[0] not in IGNORED_TOP:
+                scan.excluded.append(rel)
+            excluded_real.add(str(real))
+    seen = {str(root)}
+    for current, dirnames, filenames in os.walk(root, followlinks=True, onerror=None):
+        rel_current = Path(current).relative_to(root).as_posix()
+        keep = []
+        for name in sorted(dirnames):
+            rel = name if rel_current == "." else f"{rel_current}/{name}"
+            if name.startswith(".") or (rel_current == "." and name in IGNORED_TOP):
+                continue
+            real = os.path.realpath(os.path.join(current, name))
+            if real in excluded_real:
+                continue
+            if real in seen:
+                scan.loops.append(rel)
+                continue
+            seen.add(real)
+            keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            rel = name if rel_current == "." else f"{rel_current}/{name}"
+            try:
+                with open(os.path.join(current, name), encoding="utf-8") as handle:
+                    json.load(handle)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                scan.invalid_json[rel] = str(error).splitlines()[0]
+            except OSError as error:
+                scan.invalid_json[rel] = f"unreadable: {error.strerror or error}"
+    for rel in scan.loops:
+        logger.warning("%s/%s leads back to a folder already indexed (symbolic link loop or "
+                       "duplicate route); not followed", root, rel)
+    return scan
 
 
 def normalise_label(label: str, prefix: str) -> str:
@@ -85,15 +168,20 @@ def out_of_phase_distance(echo_time_s: float, field_t: float) -> float:
     return abs((cycles % 1.0) - 0.5)
 
 
-def _layout(bids_dir: Path):
+def _layout(bids_dir: Path, extra_ignore: list | None = None):
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
 
     indexer = BIDSLayoutIndexer(
         validate=False,
-        ignore=["code", "stimuli", "sourcedata", "models", "derivatives", re.compile(r"/\.")],
+        ignore=[*IGNORED_TOP, re.compile(r"/\."), *(extra_ignore or [])],
     )
-    return BIDSLayout(str(bids_dir), validate=False, indexer=indexer)
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer)
+    except (OSError, ValueError) as error:
+        # pybids names the file in its message (e.g. a JSON file that does not decode)
+        cause = f"{error}" + (f" ({error.__cause__})" if error.__cause__ else "")
+        raise DatasetIndexError(f"cannot index {bids_dir}: {cause}".splitlines()[0]) from error
 
 
 def _pybids_filters(filters: dict) -> dict:
@@ -160,11 +248,27 @@ def _pick_megre_echoes(files: list, layout) -> list:
     return chosen
 
 
+def _one_per_location(images: list[InputImage]) -> list[InputImage]:
+    """Drop images whose file (real folder + name) was already reached by another route."""
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for image in images:
+        key = (os.path.realpath(image.path.parent), image.path.name)
+        if key in seen:
+            logger.warning("%s is the same file as an input already selected; skipped", image.relpath)
+            continue
+        seen.add(key)
+        unique.append(image)
+    return unique
+
+
 def find_inputs(
     bids_dir: Path,
     participant_labels: tuple[str, ...] = (),
     session_labels: tuple[str, ...] = (),
     filters: dict | None = None,
+    exclude: tuple[Path, ...] = (),
+    skip_invalid_json: bool = False,
 ) -> list[InputImage]:
     """Select the images to segment.
 
@@ -173,15 +277,35 @@ def find_inputs(
         participant_labels: labels without ``sub-``; empty = all participants.
         session_labels: labels without ``ses-``; empty = all sessions.
         filters: pybids entity filters replacing the default query (``--bids-filter-file``).
+        exclude: folders inside BIDS_DIR never to index (OUTPUT_DIR, the work dir).
+        skip_invalid_json: leave JSON files that do not parse out of the index with a warning
+            (``--skip_bids_validator``) instead of refusing the dataset.
 
     Returns:
-        The selected images, sorted by path.
+        The selected images, sorted by path; one per real file location (a folder reached
+        twice through links counts once).
 
     Raises:
         InputSelectionError: a requested participant does not exist, or nothing matched.
+        DatasetIndexError: a JSON file does not parse (unless ``skip_invalid_json``), or the
+            dataset cannot be indexed.
     """
     bids_dir = Path(bids_dir).resolve()
-    layout = _layout(bids_dir)
+    scan = scan_dataset(bids_dir, exclude)
+    for rel in scan.excluded:
+        logger.warning("%s lies inside BIDS_DIR (not under derivatives/); it is left out of the "
+                       "inputs", bids_dir / rel)
+    if scan.invalid_json:
+        first, reason = next(iter(scan.invalid_json.items()))
+        if not skip_invalid_json:
+            more = f" (and {len(scan.invalid_json) - 1} more)" if len(scan.invalid_json) > 1 else ""
+            raise DatasetIndexError(
+                f"{bids_dir / first} is not valid JSON: {reason}{more}; fix it or use "
+                "--skip_bids_validator to skip such files"
+            )
+        for rel, reason in scan.invalid_json.items():
+            logger.warning("skipping %s: not valid JSON (%s)", bids_dir / rel, reason)
+    layout = _layout(bids_dir, scan.ignore_patterns())
     subjects = set(layout.get_subjects())
     missing = sorted(set(participant_labels) - subjects)
     if missing:
@@ -217,7 +341,9 @@ def find_inputs(
             if f.get_entities().get("suffix") == "MEGRE" and f.get_entities().get("part", "mag") == "mag"
         ]
         selected = outphase + _pick_megre_echoes(megre, layout)
-    images = sorted({_to_input(f, bids_dir, layout) for f in selected}, key=lambda im: im.relpath)
+    images = _one_per_location(sorted({_to_input(f, bids_dir, layout) for f in selected},
+                                      key=lambda im: (len(im.relpath), im.relpath)))
+    images.sort(key=lambda im: im.relpath)
     if not images:
         what = "the --bids-filter-file query" if filters is not None else "the default query (acq-*outphase* anatomical images or MEGRE series)"
         raise InputSelectionError(f"no input images in {bids_dir} matched {what}")

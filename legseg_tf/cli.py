@@ -15,7 +15,7 @@ from pathlib import Path
 
 from legseg_tf import __version__
 from legseg_tf.config import DEVICES, MERGE_MODES, REGIONS, InferenceConfig, RunConfig
-from legseg_tf.errors import ExitCode, UsageError
+from legseg_tf.errors import ExitCode, UsageError, is_output_full
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="scratch folder for temporary files (default: the system temp folder)")
     resources.add_argument("--overwrite", action="store_true",
                            help="replace existing outputs instead of skipping them")
+    checks = parser.add_argument_group("checks")
+    checks.add_argument(
+        "--assume-orientation", "--assume_orientation", dest="assume_orientation", metavar="CODES",
+        help="axis directions (e.g. RAS, LPS) to assume for images whose header has no "
+        "orientation (sform_code = qform_code = 0); such images are refused without it",
+    )
+    checks.add_argument(
+        "--include-failed-qc", "--include_failed_qc", dest="include_failed_qc", action="store_true",
+        help="group level: keep images with a QC fail flag (e.g. not_anatomy) in the statistics",
+    )
     parser.add_argument("-v", "--verbose", dest="verbose", action="count", default=0,
                         help="more log output (-v: debug messages; -vv: also those of TensorFlow and other libraries)")
     parser.add_argument("--version", action="version", version=f"legseg {__version__}")
@@ -161,6 +171,13 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
             filters = load_filter_file(args.bids_filter_file)
         except FilterFileError as error:
             raise UsageError(str(error)) from error
+    if args.assume_orientation is not None:
+        from legseg_tf.nifti_io import parse_orientation
+
+        try:
+            args.assume_orientation = "".join(parse_orientation(args.assume_orientation))
+        except ValueError as error:
+            raise UsageError(f"--assume-orientation: {error}") from error
     bids_dir = args.bids_dir.expanduser().absolute()
     output_dir = args.output_dir.expanduser().absolute()
     if not bids_dir.is_dir() or not os.access(bids_dir, os.R_OK | os.X_OK):
@@ -191,6 +208,8 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
         verbosity=args.verbose,
         inference=inference,
         command_line=tuple(argv),
+        assume_orientation=args.assume_orientation,
+        include_failed_qc=args.include_failed_qc,
     )
     return config, args.ff_erosion
 
@@ -206,7 +225,7 @@ def resolve_models_dir(option: Path | None) -> Path:
     return SOURCE_ROOT / "models"
 
 
-def _prepare_output_dir(output_dir: Path) -> None:
+def _prepare_output_dir(output_dir: Path, what: str = "OUTPUT_DIR") -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".legseg-write-test-{os.getpid()}"
@@ -214,7 +233,7 @@ def _prepare_output_dir(output_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise UsageError(
-            f"cannot create or write OUTPUT_DIR {output_dir}: {error.strerror or error}", EXIT_OUTPUT_DIR
+            f"cannot create or write {what} {output_dir}: {error.strerror or error}", EXIT_OUTPUT_DIR
         ) from error
 
 
@@ -250,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         config, ff_erosion = parse_args(argv)
         _prepare_output_dir(config.output_dir)
         if config.work_dir is not None:
-            _prepare_output_dir(config.work_dir)
+            _prepare_output_dir(config.work_dir, "the work dir (-w/--work-dir)")
     except SystemExit as exit_:
         return int(exit_.code or 0)
     except UsageError as error:
@@ -260,9 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     _cache_dirs_off_an_unwritable_home(config.work_dir)
     from legseg_tf import logging_setup, pipeline
 
-    log_file = logging_setup.configure(
-        config.verbosity, config.output_dir / "logs", tag=f"legseg_{config.analysis_level}"
-    )
+    try:
+        log_file = logging_setup.configure(
+            config.verbosity, config.output_dir / "logs", tag=f"legseg_{config.analysis_level}"
+        )
+    except OSError as error:
+        print(f"legseg: error: cannot create the log file in {config.output_dir / 'logs'}: "
+              f"{error.strerror or error}", file=sys.stderr)
+        return EXIT_OUTPUT_DIR
     logger.info("legseg %s: %s level, %s -> %s", __version__, config.analysis_level,
                 config.bids_dir, config.output_dir)
     logger.debug("log file: %s", log_file)
@@ -279,6 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         logger.error("terminated (SIGTERM); finished outputs are kept, none is half-written")
         return EXIT_TERMINATED
+    except Exception as error:  # noqa: BLE001 - every failure ends in one line and the log
+        logger.debug("details", exc_info=True)
+        if is_output_full(error):
+            where = getattr(error, "filename", None) or config.output_dir
+            logger.error("cannot write %s: %s; finished outputs are kept, none is half-written",
+                         where, getattr(error, "strerror", None) or error)
+            return EXIT_OUTPUT_DIR
+        logger.error("unexpected error: %s: %s (traceback in %s)", type(error).__name__,
+                     str(error).splitlines()[0] if str(error) else "", log_file or "the log")
+        return EXIT_FAILED
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

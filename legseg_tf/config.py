@@ -71,6 +71,11 @@ class RunConfig:
     verbosity: int = 0
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     command_line: tuple[str, ...] = ()
+    #: axis codes (e.g. "RAS") assumed for inputs whose header has no orientation
+    #: (sform_code = qform_code = 0); None refuses such inputs.
+    assume_orientation: str | None = None
+    #: group level: keep images with a QC "fail" flag in the group statistics.
+    include_failed_qc: bool = False
 
     def to_json(self) -> str:
         """JSON of the resolved configuration (paths as strings)."""

@@ -40,11 +40,20 @@ def atomic_write_text(path: Path, text: str) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask
-        os.replace(tmp, path)
+        warn_if_symlink(path)
+        os.replace(tmp, path)  # replaces a symbolic link itself, never writes through it
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def warn_if_symlink(path: Path) -> None:
+    """Say so when an output about to be written is a symbolic link: outputs replace the link
+    by a regular file (they are never written through it)."""
+    if os.path.islink(path):
+        logger.warning("%s is a symbolic link (to %s); replacing it by a regular file",
+                       path, os.readlink(path))
 
 
 def _umask() -> int:
@@ -134,6 +143,9 @@ def ensure_dataset_files(output_dir: Path, bids_dir: Path) -> None:
 
 
 def _create_once(path: Path, text: str) -> None:
+    if os.path.islink(path):
+        atomic_write_text(path, text)  # the link is replaced (with a warning), never followed
+        return
     if path.exists():
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -153,7 +165,8 @@ def _create_once(path: Path, text: str) -> None:
             except FileExistsError:
                 pass
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _check_version(path: Path) -> None:

@@ -5,6 +5,7 @@ codes and their shared exception types from here, so no module imports a CLI for
 """
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -35,3 +36,18 @@ class UsageError(Exception):
 
 class NoModelError(RuntimeError):
     """No usable segmentation model is installed for the requested region (exit 3)."""
+
+
+#: errno values that mean "the output file system cannot take more" (disk full, quota, file
+#: too large, read-only): the run stops with exit 73 instead of failing image after image.
+OUTPUT_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def is_output_full(error: BaseException) -> bool:
+    """True for an OSError that says the output file system cannot be written (see
+    :data:`OUTPUT_FULL_ERRNOS`), also when it is the cause of another exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in OUTPUT_FULL_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -200,8 +200,14 @@ def write_tsv(frame: pd.DataFrame, path: Path) -> Path:
     return atomic_write_text(path, text)
 
 
-def run_group(output_dir: Path) -> int:
-    """Build the group tables and page from OUTPUT_DIR; return the exit code (0)."""
+def run_group(output_dir: Path, include_failed_qc: bool = False) -> int:
+    """Build the group tables and page from OUTPUT_DIR; return the exit code.
+
+    Images with a QC flag of severity "fail" (e.g. ``not_anatomy``, ``low_confidence``) are
+    left out of the statistics unless ``include_failed_qc`` (they stay listed in
+    ``group_qc_flags.tsv`` and on the page). A label map that cannot be read is named on the
+    page and in the log, and the exit code is 1 (the others are still gathered).
+    """
     output_dir = Path(output_dir)
     maps = find_label_maps(output_dir) if output_dir.is_dir() else []
     if not maps:
@@ -211,20 +217,31 @@ def run_group(output_dir: Path) -> int:
             output_dir,
         )
         return 0
-    frames, qc_counts, qc_rows = [], [], []
+    frames, qc_counts, qc_rows, unreadable, left_out = [], [], [], [], []
     for dseg in maps:
         try:
-            frames.append(image_table(dseg))
+            frame = image_table(dseg)
         except Exception as error:  # noqa: BLE001 - one unreadable file must not stop the group
-            logger.error("cannot read %s: %s", dseg, error)
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            logger.error("cannot read %s: %s", dseg, reason)
+            unreadable.append((dseg.relative_to(output_dir).as_posix(), reason))
             continue
         counts, rows = image_qc(dseg)
         qc_counts.append(counts)
         qc_rows += rows
+        if not include_failed_qc and pd.notna(counts["qc_fail"]) and counts["qc_fail"] > 0:
+            left_out.append(dseg.relative_to(output_dir).as_posix())
+            continue
+        frames.append(frame)
+    for name in left_out:
+        logger.warning("%s has a QC fail flag: left out of the group statistics "
+                       "(--include-failed-qc keeps it)", name)
+    status = 1 if unreadable else 0
     frames = [f for f in frames if len(f)]
     if not frames:
-        logger.warning("the participant outputs in %s hold no labels: nothing to do", output_dir)
-        return 0
+        logger.warning("the participant outputs in %s hold no usable labels: no group tables",
+                       output_dir)
+        return status
     table = long_table(frames)
     counts = pd.DataFrame(qc_counts, columns=list(ID_COLUMNS + QC_COUNT_COLUMNS))
     for column in QC_COUNT_COLUMNS:
@@ -243,10 +260,9 @@ def run_group(output_dir: Path) -> int:
     from legseg_tf.derivatives import atomic_write_text
     from legseg_tf.reports.group_report import group_page
 
-    written.append(
-        atomic_write_text(output_dir / "group.html", group_page(table, asymmetry, output_dir,
-                                                                 ROBUST_Z_LIMIT, counts, flags))
-    )
+    page = group_page(table, asymmetry, output_dir, ROBUST_Z_LIMIT, counts, flags)
+    written.append(atomic_write_text(output_dir / "group.html",
+                                     _with_exclusions(page, unreadable, left_out)))
     n_images = len(wide)
     n_outliers = int(table["outlier"].sum())
     logger.info(
@@ -257,4 +273,28 @@ def run_group(output_dir: Path) -> int:
         len(flags),
         ", ".join(p.name for p in written),
     )
-    return 0
+    return status
+
+
+def _with_exclusions(page: str, unreadable: list[tuple[str, str]], left_out: list[str]) -> str:
+    """The group page with a box naming the unreadable label maps and the images left out of
+    the statistics for a QC fail flag, right under its title."""
+    import html
+
+    parts = []
+    if unreadable:
+        items = "".join(f"<li>{html.escape(name)}: {html.escape(reason)}</li>"
+                        for name, reason in unreadable)
+        parts.append(f'<div class="qc-fail" id="unreadable"><h2>Unreadable label maps '
+                     f"({len(unreadable)})</h2><p>Not in the tables below:</p><ul>{items}</ul></div>")
+    if left_out:
+        items = "".join(f"<li>{html.escape(name)}</li>" for name in left_out)
+        parts.append(f'<div class="qc-fail" id="left-out"><h2>Left out for a QC fail flag '
+                     f"({len(left_out)})</h2><p>Not in the statistics (rerun the group level with "
+                     f"--include-failed-qc to keep them):</p><ul>{items}</ul></div>")
+    if not parts:
+        return page
+    title = "<h1>legseg group report</h1>"
+    if title in page:
+        return page.replace(title, title + "".join(parts), 1)
+    return page.replace("<body>", "<body>" + "".join(parts), 1)

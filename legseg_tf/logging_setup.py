@@ -41,9 +41,32 @@ def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legse
         log_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_file = log_dir / f"{tag}_{stamp}_{os.getpid()}.log"
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler = _QuietFileHandler(log_file, encoding="utf-8")
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter(FORMAT))
         handler._legseg = True
         root.addHandler(handler)
     return log_file
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that stops itself with one line on stderr when it cannot be written (e.g. a
+    full disk), instead of a traceback per message."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        import sys
+
+        if getattr(self, "_failed", False):
+            return
+        self._failed = True
+        error = sys.exc_info()[1]
+        sys.stderr.write(f"legseg: cannot write the log file {self.baseFilename}: {error}; "
+                         "logging to the console only\n")
+        try:
+            self.close()
+        except OSError:
+            pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(self, "_failed", False):
+            super().emit(record)

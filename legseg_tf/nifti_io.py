@@ -60,24 +60,145 @@ class Geometry:
         return tuple(orientations.aff2axcodes(self.affine))
 
 
-def load_canonical(path: str | Path) -> tuple[np.ndarray, Geometry]:
+#: Largest number of voxels of one 3-D volume legseg reads (a leg stack has 10^7-10^8): a
+#: header declaring more is corrupt or not a leg image, and reading it would exhaust memory.
+MAX_VOXELS = 2**30
+#: Orientation codes accepted by ``--assume-orientation`` (one letter of each pair).
+_AXIS_PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
+
+
+def parse_orientation(codes: str) -> tuple[str, str, str]:
+    """Check an orientation code such as ``RAS`` or ``LPS`` (the direction each array axis runs
+    to, nibabel convention); raise ValueError with a one-line reason otherwise."""
+    letters = tuple(str(codes).upper())
+    pairs = [next((i for i, pair in enumerate(_AXIS_PAIRS) if c in pair), -1) for c in letters]
+    if len(letters) != 3 or sorted(pairs) != [0, 1, 2]:
+        raise ValueError(
+            f"invalid orientation {codes!r}: three letters, one of L/R, one of A/P and one of "
+            "S/I, e.g. RAS or LPS"
+        )
+    return letters  # type: ignore[return-value]
+
+
+def assumed_affine(codes: str, zooms, shape) -> np.ndarray:
+    """Affine of an image whose axes run towards ``codes`` (e.g. ``RAS``) with voxel sizes
+    ``zooms``, centred on the world origin."""
+    ornt = orientations.axcodes2ornt(parse_orientation(codes))
+    affine = np.eye(4)
+    affine[:3, :3] = 0.0
+    for axis, (world, flip) in enumerate(ornt):
+        affine[int(world), axis] = float(flip) * float(zooms[axis])
+    centre = (np.asarray(shape[:3], dtype=np.float64) - 1.0) / 2.0
+    affine[:3, 3] = -affine[:3, :3] @ centre
+    return affine
+
+
+def _header_affine(image, path: Path, assume_orientation: str | None) -> np.ndarray:
+    """The image's voxel-to-world affine, refused when it cannot tell left from right.
+
+    Raises:
+        ImageError: no orientation in the header (sform_code and qform_code both 0) and no
+            ``assume_orientation``; zero or non-finite voxel sizes; a singular or non-finite
+            affine.
+    """
+    header = image.header
+    if not isinstance(header, nib.Nifti1Header):  # Nifti2Header is a subclass
+        raise ImageError(f"{path} is not a NIfTI-1/2 image ({type(header).__name__})")
+    pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise ImageError(
+            f"{path} has unusable voxel sizes in its header (pixdim[1:4] = "
+            f"{', '.join(f'{v:g}' for v in pixdim)}): zero or non-finite"
+        )
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    if sform_code == 0 and qform_code == 0:
+        if assume_orientation is None:
+            raise ImageError(
+                f"{path} has no orientation in its header (sform_code = 0 and qform_code = 0), "
+                "so left and right are unknown; refused (use --assume-orientation, e.g. RAS, "
+                "if you know how its axes run)"
+            )
+        affine = assumed_affine(assume_orientation, np.abs(pixdim), image.shape)
+        logger.warning(
+            "%s has no orientation in its header (sform_code = 0 and qform_code = 0); "
+            "assuming %s as requested (--assume-orientation)", path, "".join(
+                parse_orientation(assume_orientation)))
+        return affine
+    source = f"sform (sform_code = {sform_code})" if sform_code else f"qform (qform_code = {qform_code})"
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ImageError(
+            f"{path} has no usable affine: its {source} is singular or non-finite"
+        )
+    return affine
+
+
+def _image_array(image, path: Path) -> np.ndarray:
+    """First 3-D volume of ``image`` as float32, with every unusual data type decided.
+
+    Complex images are used as their magnitude (with a warning); RGB and other structured
+    types are refused; NaN/Inf voxels become 0 with a warning (an image with no finite voxel
+    is refused).
+    """
+    dtype = image.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biufc":
+        raise ImageError(f"{path} has data type {dtype} (RGB or structured), not intensities; refused")
+    shape = image.shape
+    n_voxels = int(np.prod(shape[:3], dtype=np.int64))
+    if n_voxels > MAX_VOXELS:
+        raise ImageError(
+            f"{path} declares {' x '.join(str(s) for s in shape[:3])} = {n_voxels} voxels per "
+            f"volume, more than legseg reads ({MAX_VOXELS}); corrupt header or not a leg stack"
+        )
+    if not str(path).endswith(".gz") and hasattr(image.dataobj, "offset"):
+        needed = int(image.dataobj.offset) + n_voxels * int(np.dtype(dtype).itemsize)
+        size = path.stat().st_size
+        if size < needed:
+            raise ImageError(
+                f"{path} is truncated: its header declares {needed} bytes up to the end of the "
+                f"first volume, the file has {size}"
+            )
+    try:
+        data = np.asarray(image.dataobj[..., 0] if len(shape) == 4 else image.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, MemoryError) as error:
+        raise ImageError(f"cannot read the data of {path}: {error}") from error
+    if np.iscomplexobj(data):
+        logger.warning("%s holds complex values (%s); using their magnitude", path, data.dtype)
+        data = np.abs(data)
+    data = data.astype(np.float32, copy=False)
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        if bad == data.size:
+            raise ImageError(f"{path} holds no finite voxel (all NaN or Inf); refused")
+        logger.warning("%s has %d NaN/Inf voxel(s) (%.2g %% of the image); they are set to 0",
+                       path, bad, 100.0 * bad / data.size)
+        data = np.where(finite, data, np.float32(0))
+    return data
+
+
+def load_canonical(path: str | Path, assume_orientation: str | None = None) -> tuple[np.ndarray, Geometry]:
     """Load a NIfTI image as a canonical RAS float32 array.
 
     4-D images (e.g. multi-echo series) contribute their first volume, as QMRITools does.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
+        assume_orientation: axis codes (e.g. ``"RAS"``) to use when the header has no
+            orientation (sform_code and qform_code both 0); such headers are refused without it.
 
     Returns:
         ``(volume, geometry)`` with ``volume`` of shape (x, y, z), float32, canonical RAS.
 
     Raises:
-        ImageError: unreadable file, fewer than 3 or more than 4 dimensions, singular affine.
+        ImageError: unreadable or truncated file, fewer than 3 or more than 4 dimensions, no
+            orientation in the header, zero voxel sizes, singular or non-finite affine, RGB
+            data, no finite voxel, more than :data:`MAX_VOXELS` voxels.
     """
     path = Path(path)
     try:
         image = nib.load(str(path))
-    except (OSError, nib.filebasedimages.ImageFileError, EOFError, ValueError) as error:
+    except (OSError, nib.filebasedimages.ImageFileError, EOFError, ValueError, zlib.error) as error:
         raise ImageError(f"cannot read NIfTI image {path}: {error}") from error
     shape = image.shape
     if len(shape) == 4 and shape[3] >= 1:
@@ -86,14 +207,10 @@ def load_canonical(path: str | Path) -> tuple[np.ndarray, Geometry]:
         n_volumes = 1
     else:
         raise ImageError(f"expected a 3-D or 4-D image, got shape {shape} in {path}")
-    affine = np.asarray(image.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ImageError(f"image {path} has no usable affine (singular or non-finite)")
-    try:
-        data = np.asarray(image.dataobj[..., 0] if len(shape) == 4 else image.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error) as error:
-        raise ImageError(f"cannot read the data of {path}: {error}") from error
-    data = np.nan_to_num(data.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    if min(shape[:3]) < 1:
+        raise ImageError(f"{path} has an empty axis (shape {shape})")
+    affine = _header_affine(image, path, assume_orientation)
+    data = _image_array(image, path)
     to_ras = orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
     ras = np.ascontiguousarray(orientations.apply_orientation(data, to_ras))
     ras_affine = affine @ orientations.inv_ornt_aff(to_ras, data.shape[:3])
@@ -194,7 +311,10 @@ def save_array(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         nib.save(image, str(tmp))
-        os.replace(tmp, path)
+        if os.path.islink(path):
+            logger.warning("%s is a symbolic link (to %s); replacing it by a regular file",
+                           path, os.readlink(path))
+        os.replace(tmp, path)  # replaces a symbolic link itself, never writes through it
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from legseg_tf import derivatives, nifti_io, split
-from legseg_tf.errors import ExitCode, NoModelError, UsageError
+from legseg_tf import derivatives, input_checks, nifti_io, split
+from legseg_tf.errors import ExitCode, NoModelError, UsageError, is_output_full
 from legseg_tf.config import RunConfig
 from legseg_tf.results import ImageResult, InputImage
 from legseg_tf.segmenter import Segmenter, load_segmenter
@@ -45,7 +45,34 @@ def find_validator() -> str | None:
     return None
 
 
-def validate_dataset(bids_dir: Path) -> None:
+def validator_command(validator: str) -> list[str]:
+    """The command that runs ``validator`` without network access.
+
+    The ``bids-validator-deno`` wrapper grants Deno network access (the validator then looks
+    up its latest version); when its bundle and the Deno runtime are importable here, the
+    bundle is run directly with network access denied."""
+    if Path(validator).name == "bids-validator-deno":
+        try:
+            import bids_validator_deno
+            from deno import find_deno_bin
+        except ImportError:
+            return [validator]
+        bundle = Path(bids_validator_deno.__file__).with_name("bids-validator.js")
+        if bundle.is_file():
+            return [os.fsdecode(find_deno_bin()), "run", "--allow-read", "--allow-env",
+                    "--deny-net", "--no-prompt", str(bundle)]
+    return [validator]
+
+
+def validator_environment(work_dir: Path | None) -> dict:
+    """Environment of the validator: Deno's caches in the work dir (else a per-user temporary
+    folder), never in HOME; no update check."""
+    base = work_dir if work_dir is not None else Path(tempfile.gettempdir()) / f"legseg-cache-{os.getuid()}"
+    return {**os.environ, "DENO_DIR": str(Path(base) / ".deno"), "DENO_NO_UPDATE_CHECK": "1",
+            "DENO_NO_PROMPT": "1"}
+
+
+def validate_dataset(bids_dir: Path, work_dir: Path | None = None) -> None:
     """Run the BIDS validator; raise UsageError(16) when the dataset has errors."""
     validator = find_validator()
     if validator is None:
@@ -53,8 +80,9 @@ def validate_dataset(bids_dir: Path) -> None:
         return
     logger.info("validating %s with %s", bids_dir, Path(validator).name)
     completed = subprocess.run(
-        [validator, str(bids_dir), "--ignoreWarnings"],
+        [*validator_command(validator), str(bids_dir), "--ignoreWarnings"],
         capture_output=True, text=True, check=False, timeout=600,
+        env=validator_environment(work_dir),
     )
     if completed.returncode != 0:
         details = (completed.stdout + completed.stderr).strip().splitlines()
@@ -68,17 +96,22 @@ def validate_dataset(bids_dir: Path) -> None:
 
 def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter | None = None) -> int:
     """Segment every selected image; return 0, or 1 if any image failed."""
-    from legseg_tf.bids_inputs import InputSelectionError, find_inputs
+    from legseg_tf.bids_inputs import DatasetIndexError, InputSelectionError, find_inputs
 
     if not config.skip_bids_validator:
-        validate_dataset(config.bids_dir)
+        validate_dataset(config.bids_dir, config.work_dir)
     try:
         images = find_inputs(
-            config.bids_dir, config.participant_labels, config.session_labels, config.bids_filters
+            config.bids_dir, config.participant_labels, config.session_labels, config.bids_filters,
+            exclude=tuple(p for p in (config.output_dir, config.work_dir) if p is not None),
+            skip_invalid_json=config.skip_bids_validator,
         )
     except InputSelectionError as error:
         logger.error("%s", error)
         return ExitCode.NO_INPUT
+    except DatasetIndexError as error:
+        logger.error("%s", error)
+        return ExitCode.INVALID_DATASET
     except ValueError as error:
         logger.error("invalid --bids-filter-file query: %s", error)
         return ExitCode.USAGE
@@ -143,8 +176,9 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
     started = time.perf_counter()
     try:
         logger.info("segmenting %s", image.relpath)
-        volume_ras, geometry = nifti_io.load_canonical(image.path)
+        volume_ras, geometry = nifti_io.load_canonical(image.path, config.assume_orientation)
         volume = nifti_io.ras_to_qmri(volume_ras)
+        input_checks.check_input(volume, image.relpath)
         midline = split.midline_column(geometry.ras_affine, volume_ras.shape)
         prior = {"body_part": image.body_part} if image.body_part else {}
         result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry), midline_column=midline,
@@ -166,6 +200,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
                 "timings_s": {**result.report.get("timings_s", {}), "total": round(elapsed, 3)},
                 "command_line": list(config.command_line),
                 "input_orientation": "".join(geometry.axcodes),
+                "orientation_assumed": _orientation_assumed(geometry),
                 "report": {k: v for k, v in result.report.items() if k != "timings_s"},
             }
         }
@@ -184,6 +219,8 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
         logger.debug("failure details for %s", image.relpath, exc_info=True)
         for path in written:
             path.unlink(missing_ok=True)
+        if is_output_full(error):
+            raise  # a full disk fails every later image too: stop the run (exit 73)
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         return ImageResult(image, "failed", error=message)
 
@@ -200,12 +237,22 @@ def _qc_flags(volume: np.ndarray, result, spacing_zyx, segmenter: Segmenter, nam
         config = getattr(segmenter, "mask_config", None) or masking.MaskConfig()
         body = masking.body_mask(volume, config)
         outcome = qc_flags.evaluate(result.labels, body, spacing_zyx, result.report)
+        extra, state = input_checks.not_anatomy_flags(result.labels, body)
+        outcome = qc_flags.QCResult(
+            outcome.flags + tuple(qc_flags.QCFlag.from_dict(flag) for flag in extra),
+            {**outcome.checks, "not_anatomy": state}, outcome.thresholds,
+        )
     except Exception as error:  # noqa: BLE001 - a QC failure must not lose the segmentation
         logger.warning("QC flags of %s not computed: %s: %s", name, type(error).__name__, error)
         logger.debug("QC failure details", exc_info=True)
         return {"error": f"{type(error).__name__}: {error}"}
     qc_flags.log_flags(outcome, name)
     return outcome.to_dict()
+
+
+def _orientation_assumed(geometry: nifti_io.Geometry) -> bool:
+    """True when the input header had no orientation and --assume-orientation supplied it."""
+    return int(geometry.header["sform_code"]) == 0 and int(geometry.header["qform_code"]) == 0
 
 
 def _save_probabilities(result, geometry: nifti_io.Geometry, path: Path) -> Path:
@@ -231,6 +278,8 @@ def _participant_reports(results: list[ImageResult], config: RunConfig, ff_erosi
             write_participant_outputs(members, config.bids_dir, config.output_dir, ff_erosion)
         except Exception as error:  # noqa: BLE001 - reports must not lose the segmentations
             logger.debug("report failure details", exc_info=True)
+            if is_output_full(error):
+                raise
             for result in members:
                 if result.status == "done":
                     result.status = "failed"
@@ -241,4 +290,4 @@ def run_group(config: RunConfig) -> int:
     """Gather the participant outputs of OUTPUT_DIR into group tables and reports."""
     from legseg_tf.group import run_group as gather
 
-    return gather(config.output_dir)
+    return gather(config.output_dir, include_failed_qc=config.include_failed_qc)

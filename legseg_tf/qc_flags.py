@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 WARNING, FAIL = "warning", "fail"
 SEVERITIES = (WARNING, FAIL)
-CHECKS = ("lr_volume_ratio", "wrong_region_label", "unlabelled_slices", "low_confidence")
+CHECKS = ("lr_volume_ratio", "wrong_region_label", "unlabelled_slices", "low_confidence",
+          "not_anatomy")  # not_anatomy: legseg_tf.input_checks (empty body, labels off the body)
 SIDE_WORDS = {"L": "left", "R": "right", "": "single"}
 
 #: Muscle regions (``labels.Label.region``) each segmenter region's network produces: the
