@@ -251,7 +251,7 @@ def find_bones(
     radius = max(1, int(round(3.5 / min(spacing_yx))))
     thick = ndimage.binary_opening(dark, structure=_disc(radius))
     for route in (dark, thin, thick):
-        labels, count = ndimage.label(route)
+        labels, count = ndimage.label(route, structure=np.ones((3, 3), bool))  # 8-connected
         if not count:
             continue
         for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -562,14 +562,17 @@ def reconcile_positions(
     1. A confident anatomical level (confidence >= ``threshold``) that is incompatible with
        the classifier's level (:data:`COMPATIBLE`) replaces it where at least ``min_run`` such
        slices lie within two slices of each other; undecided slices between two replaced
-       slices of one level take that level too. A calf stretch thus never goes to the thigh
-       network, nor a thigh stretch to the calf network.
+       slices of one level take that level too, and so do the undecided slices that continue
+       the replaced classifier stretch. A calf stretch thus never goes to the thigh network,
+       nor a thigh stretch to the calf network.
     2. ``body_part`` (``BodyPartExamined``) prior: "Upper" turns classifier "Lower" slices
        into "Upper" unless the bones confidently say calf; "Lower" turns "Upper"/"Hip" slices
        into "Lower" unless the bones confidently say thigh or pelvis.
-    3. Without the hip network (``with_hip`` False), pelvis slices go to no network: slices
-       whose anatomy is confidently "Hip", and classifier "Hip" slices whose bones do not
-       confidently show a leg level.
+    3. Without the hip network (``with_hip`` False), pelvis slices go to no network. A slice
+       is judged pelvis when its anatomy is confidently "Hip", or the classifier says "Hip"
+       and the bones do not confidently show a leg level; every confident "Hip" slice, and
+       every slice from the lowest judged slice at which judged slices make up half of the
+       rest of the stack, is left out.
 
     Args:
         positions: fitted classifier position per classified slice (inferior first).
@@ -601,6 +604,15 @@ def reconcile_positions(
     for i in sorted(set(chosen)):
         new = anat[i] or anat[max(j for j in chosen if j < i and anat[j])]
         replaced[i] = (levels[i], new)
+    # the classifier's stretch continues over undecided neighbours: they follow the bones too
+    for first, last in _runs(sorted(replaced)):
+        for step, start in ((-1, first), (1, last)):
+            old, new = replaced[start]
+            k = start + step
+            while 0 <= k < n and k not in replaced and anat[k] is None and levels[k] == old:
+                replaced[k] = (old, new)
+                k += step
+    for i, (_, new) in replaced.items():
         levels[i] = new
     for first, last in _runs(sorted(replaced)):
         before = Counter(replaced[i][0] for i in range(first, last + 1)).most_common(1)[0][0]
@@ -625,8 +637,13 @@ def reconcile_positions(
                 f"in {sorted(wrong)} are segmented as {LEVEL_WORDS[prior]}")
 
     if not with_hip:
-        hip = [i for i in range(n) if anat[i] == "Hip"
-               or (levels[i] == "Hip" and anat[i] not in ("Lower", "Knee", "Upper"))]
+        judged = [anat[i] == "Hip"
+                  or (levels[i] == "Hip" and anat[i] not in ("Lower", "Knee", "Upper"))
+                  for i in range(n)]
+        # the pelvis is superior: from the lowest judged slice at which judged slices make up
+        # at least half of the rest of the stack, every slice is left out
+        start = next((i for i in range(n) if judged[i] and sum(judged[i:]) >= 0.5 * (n - i)), n)
+        hip = [i for i in range(n) if i >= start or (anat[i] == "Hip")]
         result.excluded = [int(slices[i]) for i in hip]
         if hip:
             spans = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in _runs(result.excluded))
