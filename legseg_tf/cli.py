@@ -16,6 +16,7 @@ from pathlib import Path
 from legseg_tf import __version__
 from legseg_tf.config import DEVICES, MERGE_MODES, REGIONS, InferenceConfig, RunConfig
 from legseg_tf.errors import ExitCode, UsageError, is_output_full
+from legseg_tf.model_store import resolve_models_dir
 
 logger = logging.getLogger(__name__)
 
@@ -212,17 +213,6 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
         include_failed_qc=args.include_failed_qc,
     )
     return config, args.ff_erosion
-
-
-def resolve_models_dir(option: Path | None) -> Path:
-    """``--models`` > ``$LEGSEG_MODELS_DIR`` > the ``models/`` folder of the source tree."""
-    if option is not None:
-        return option.expanduser().absolute()
-    if os.environ.get("LEGSEG_MODELS_DIR"):
-        return Path(os.environ["LEGSEG_MODELS_DIR"]).expanduser().absolute()
-    from legseg_tf import SOURCE_ROOT
-
-    return SOURCE_ROOT / "models"
 
 
 def _prepare_output_dir(output_dir: Path, what: str = "OUTPUT_DIR") -> None:

@@ -119,6 +119,18 @@ def build_from_config(config: Mapping[str, Any]) -> keras.Model:
         raise ModelError(f"invalid {config['kind']!r} network config: {err}") from err
 
 
+def resolve_models_dir(option: str | os.PathLike | None = None) -> Path:
+    """The models folder: ``option`` (``--models``/``--out``) > ``$LEGSEG_MODELS_DIR`` > the
+    ``models/`` folder of the installed source tree (one rule for every command)."""
+    if option is not None:
+        return Path(option).expanduser().absolute()
+    if os.environ.get("LEGSEG_MODELS_DIR"):
+        return Path(os.environ["LEGSEG_MODELS_DIR"]).expanduser().absolute()
+    from legseg_tf import SOURCE_ROOT
+
+    return SOURCE_ROOT / "models"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Lower-case hex SHA-256 digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from legseg_tf import cli, pipeline
+from legseg_tf.model_store import resolve_models_dir
 from tests.conftest import REPO_ROOT, make_dataset
 from tests.fakes import FailingSegmenter, ThresholdPlaceholderSegmenter
 
@@ -167,10 +168,10 @@ def test_valid_dataset_passes_the_validator(tiny_dataset, tmp_path, placeholder)
 
 def test_models_dir_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv("LEGSEG_MODELS_DIR", raising=False)
-    assert cli.resolve_models_dir(None) == REPO_ROOT / "models"
+    assert resolve_models_dir(None) == REPO_ROOT / "models"
     monkeypatch.setenv("LEGSEG_MODELS_DIR", str(tmp_path))
-    assert cli.resolve_models_dir(None) == tmp_path
-    assert cli.resolve_models_dir(tmp_path / "x") == tmp_path / "x"
+    assert resolve_models_dir(None) == tmp_path
+    assert resolve_models_dir(tmp_path / "x") == tmp_path / "x"
 
 
 def test_parse_args_builds_the_run_config(tiny_dataset, tmp_path):

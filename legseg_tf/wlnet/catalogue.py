@@ -5,7 +5,6 @@ Importing this module imports neither TensorFlow nor Keras.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +48,10 @@ ROLE_TABLES = {k.role: k.label_table for k in KNOWN_NETS.values()}
 
 
 def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file (the model store's one implementation)."""
+    from legseg_tf.model_store import sha256_file
+
+    return sha256_file(path)
 
 
 def check_classes(path: Path, config: dict, table: str) -> None:

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import zipfile
@@ -35,7 +34,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from legseg_tf import SOURCE_ROOT, __version__
+from legseg_tf import __version__
 from legseg_tf.wlnet.catalogue import (  # noqa: F401 - re-exported for callers of the CLI
     CITATION, KNOWN_NETS, LEGACY_NETS, LICENCE_NOTICE, ROLE_TABLES, SEGMENTATION_ROLES,
     KnownNet, check_classes, sha256_of,
@@ -160,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_models_dir() -> Path:
-    """``$LEGSEG_MODELS_DIR``, else ``<source tree>/models`` (as the app resolves it)."""
-    env = os.environ.get("LEGSEG_MODELS_DIR")
-    return Path(env).expanduser() if env else SOURCE_ROOT / "models"
+    """``$LEGSEG_MODELS_DIR``, else ``<source tree>/models`` (the app's own rule)."""
+    from legseg_tf.model_store import resolve_models_dir
+
+    return resolve_models_dir(None)
 
 
 def main_entry() -> None:
