@@ -114,6 +114,8 @@ class Segmenter(Protocol):
         """Segment a (z, y, x) float32 volume with voxel spacing (dz, dy, dx) in mm.
 
         ``midline_column`` is the column of world x = 0 (the table's midline) when known.
+        Segmenters may accept ``body_part`` (sidecar ``BodyPartExamined``) as a keyword; the
+        pipeline passes it only when the sidecar has one.
         """
 
 

@@ -322,3 +322,15 @@ def test_real_stacks_of_one_level(name):
     assert wanted in ranges and rec.warnings
     first, last = ranges[wanted]
     assert last - first + 1 >= len(confident)
+
+
+def test_body_part_examined_is_read_from_the_sidecar(tmp_path):
+    from legseg_tf.bids_inputs import find_inputs
+    from tests.conftest import make_dataset
+
+    layout = {
+        "sub-01/anat/sub-01_acq-outphase_T1w.nii.gz": {"BodyPartExamined": "THIGH"},
+        "sub-02/anat/sub-02_acq-outphase_T1w.nii.gz": {"EchoTime": 0.00345},
+    }
+    images = find_inputs(make_dataset(tmp_path / "d", layout))
+    assert {image.subject: image.body_part for image in images} == {"01": "THIGH", "02": None}
