@@ -166,6 +166,8 @@ class RegistrationSettings:
         bspline_levels_mm: in-plane voxel sizes of the B-spline stage's levels.
         bspline_mesh_mm: B-spline control-point spacing (x, y, z).
         bspline_iterations: iterations per level of the B-spline stage (0 skips it).
+        jacobian_limits: the B-spline is discarded (affine kept) when the 1st / 99th
+            percentile of its Jacobian determinant inside the leg falls outside these.
         mask_dilation_mm: the fixed leg mask restricting the metric is dilated this much.
     """
 
@@ -179,6 +181,7 @@ class RegistrationSettings:
     bspline_levels_mm: tuple[float, ...] = (4.0,)
     bspline_mesh_mm: tuple[float, float, float] = (45.0, 45.0, 60.0)
     bspline_iterations: int = 40
+    jacobian_limits: tuple[float, float] = (0.4, 2.5)
     mask_dilation_mm: float = 6.0
 
 
@@ -560,70 +563,107 @@ class RegistrationResult:
     cpu_seconds: float = 0.0
 
 
-def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: int
-                 ) -> RegistrationResult:
-    """Register an atlas leg (moving) to a target leg (fixed) in RAS world space.
+def _images(leg: Leg, settings: RegistrationSettings):
+    """Normalised SimpleITK image and dilated-mask image of a leg."""
+    sitk = _sitk()
+    image = to_sitk(normalise_intensity(leg.image, leg.mask), leg.affine, sitk.sitkFloat32)
+    dilated = ndimage.binary_dilation(
+        leg.mask, iterations=max(1, int(round(settings.mask_dilation_mm
+                                              / nib.affines.voxel_sizes(leg.affine)[0]))))
+    return image, to_sitk(dilated.astype(np.uint8), leg.affine, sitk.sitkUInt8)
 
-    Stages: start from body-mask centroids, in-plane size ratio and the best
-    superior-inferior offset (exhaustive, Mattes MI on a coarse grid), then affine and
-    B-spline optimisation (Mattes MI, multi-resolution, metric restricted to the dilated
-    fixed leg mask).
+
+def initial_transform(fixed: Leg, moving: Leg):
+    """Start transform (fixed -> moving points) from the body masks, and its z translation.
+
+    Fixed point p maps to A (p - c) + c + t with c the fixed centroid, t the centroid
+    difference and A = diag(1/s, 1/s, 1), s = sqrt of the ratio of median slice areas.
     """
     sitk = _sitk()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    fixed_img = to_sitk(normalise_intensity(fixed.image, fixed.mask), fixed.affine,
-                        sitk.sitkFloat32)
-    moving_img = to_sitk(normalise_intensity(moving.image, moving.mask), moving.affine,
-                         sitk.sitkFloat32)
-    fixed_mask_arr = ndimage.binary_dilation(
-        fixed.mask, iterations=max(1, int(round(settings.mask_dilation_mm
-                                                / nib.affines.voxel_sizes(fixed.affine)[0]))))
-    fixed_mask = to_sitk(fixed_mask_arr.astype(np.uint8), fixed.affine, sitk.sitkUInt8)
-
-    f_centre, f_area, f_z0, f_z1 = _centroid_and_area(fixed.mask, fixed.affine)
-    m_centre, m_area, m_z0, m_z1 = _centroid_and_area(moving.mask, moving.affine)
+    f_centre, f_area, _, _ = _centroid_and_area(fixed.mask, fixed.affine)
+    m_centre, m_area, _, _ = _centroid_and_area(moving.mask, moving.affine)
     scale = float(np.sqrt(f_area / m_area)) if m_area > 0 else 1.0
-    # Fixed point p maps to A (p - c) + c + t with A = diag(1/s, 1/s, 1).
     base = sitk.AffineTransform(3)
     base.SetCenter([float(v) for v in f_centre])
     base.SetMatrix([1.0 / scale, 0, 0, 0, 1.0 / scale, 0, 0, 0, 1.0])
+    base.SetTranslation([float(v) for v in m_centre - f_centre])
+    return base, float(m_centre[2] - f_centre[2])
 
-    # Superior-inferior offset: try every step that keeps enough overlap.
-    f_len, m_len = f_z1 - f_z0, m_z1 - m_z0
-    need = settings.search_min_overlap * min(f_len, m_len)
-    # Fixed z maps to z + tz; overlap of [f_z0 + tz, f_z1 + tz] with [m_z0, m_z1].
-    lo, hi = m_z0 - f_z1 + need, m_z1 - f_z0 - need
-    centre_tz = m_centre[2] - f_centre[2]
-    if hi < lo:
-        offsets = [centre_tz]
-    else:
-        steps = np.arange(np.floor((lo - centre_tz) / settings.search_step_mm),
-                          np.ceil((hi - centre_tz) / settings.search_step_mm) + 1)
-        offsets = [centre_tz + k * settings.search_step_mm for k in steps
-                   if lo - 1e-6 <= centre_tz + k * settings.search_step_mm <= hi + 1e-6]
-        offsets = offsets or [centre_tz]
+
+def offset_scores(fixed: Leg, moving: Leg, settings: RegistrationSettings) -> dict[int, float]:
+    """Superior-inferior offset search: score per step k (offset k * search_step_mm from the
+    centroid alignment); lower is better.
+
+    The score is Mattes MI (coarse grid, all voxels) times the fraction of the fixed slab's
+    length that overlaps the atlas, so that partial overlaps, whose few samples give an
+    optimistic MI, are not favoured. Offsets with less than ``search_min_overlap`` (of the
+    shorter stack) are not tried.
+    """
+    sitk = _sitk()
+    fixed_img, fixed_mask = _images(fixed, settings)
+    moving_img, _ = _images(moving, settings)
+    base, centre_tz = initial_transform(fixed, moving)
+    _, _, f_z0, f_z1 = _centroid_and_area(fixed.mask, fixed.affine)
+    _, _, m_z0, m_z1 = _centroid_and_area(moving.mask, moving.affine)
+    f_len, m_len = max(f_z1 - f_z0, 1e-3), max(m_z1 - m_z0, 1e-3)
     coarse_fixed = resample_grid(fixed_img, settings.search_grid_mm)
     coarse_mask = resample_grid(fixed_mask, settings.search_grid_mm, sitk.sitkNearestNeighbor)
-    search = _metric_method(replace(settings, sampling=1.0), seed, coarse_mask)
+    search = _metric_method(settings, 0, coarse_mask)
     search.SetMetricSamplingStrategy(search.NONE)
-    scores = []
-    for tz in offsets:
+    reach = int(np.ceil((f_len + m_len) / settings.search_step_mm))
+    scores: dict[int, float] = {}
+    for k in range(-reach, reach + 1):
+        tz = centre_tz + k * settings.search_step_mm
+        overlap = min(f_z1 + tz, m_z1) - max(f_z0 + tz, m_z0)
+        if overlap < settings.search_min_overlap * min(f_len, m_len) and k != 0:
+            continue
         trial = sitk.AffineTransform(base)
-        trial.SetTranslation([float(m_centre[0] - f_centre[0]), float(m_centre[1] - f_centre[1]),
-                              float(tz)])
+        translation = list(trial.GetTranslation())
+        trial.SetTranslation([translation[0], translation[1], float(tz)])
         search.SetInitialTransform(trial)
         try:
-            scores.append(search.MetricEvaluate(coarse_fixed, moving_img))
+            value = search.MetricEvaluate(coarse_fixed, moving_img)
         except RuntimeError:
-            scores.append(np.inf)
-    best_tz = float(offsets[int(np.argmin(scores))])
-    initial = sitk.AffineTransform(base)
-    initial.SetTranslation([float(m_centre[0] - f_centre[0]), float(m_centre[1] - f_centre[1]),
-                            best_tz])
-    logger.debug("%s <- %s: z offsets %s, MI %s", fixed.name, moving.name,
-                 np.round(offsets, 1).tolist(), np.round(scores, 4).tolist())
+            continue
+        scores[k] = float(value) * min(max(overlap, 0.0) / f_len, 1.0)
+    return scores or {0: 0.0}
 
-    metric = {"search_mi": float(np.min(scores))}
+
+def joint_offset(curves: list[dict[int, float]]) -> int:
+    """The offset step with the lowest mean score over all curves that tried it, among the
+    steps tried by every curve (else by any)."""
+    common = set.intersection(*(set(c) for c in curves)) if curves else set()
+    steps = common or set().union(*(set(c) for c in curves))
+    if not steps:
+        return 0
+    return min(sorted(steps), key=lambda k: float(np.mean([c[k] for c in curves if k in c])))
+
+
+def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: int,
+                 z_step: int | None = None) -> RegistrationResult:
+    """Register an atlas leg (moving) to a target leg (fixed) in RAS world space.
+
+    Stages: start from body-mask centroids, in-plane size ratio and a superior-inferior
+    offset (``z_step`` search steps from the centroid alignment; searched with
+    :func:`offset_scores` when None), then affine and B-spline optimisation (Mattes MI,
+    multi-resolution, metric restricted to the dilated fixed leg mask).
+    """
+    sitk = _sitk()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fixed_img, fixed_mask = _images(fixed, settings)
+    moving_img, _ = _images(moving, settings)
+
+    start_tf, centre_tz = initial_transform(fixed, moving)
+    metric: dict[str, float] = {}
+    if z_step is None:
+        curve = offset_scores(fixed, moving, settings)
+        z_step = min(curve, key=curve.get)
+        metric["search_score"] = curve[z_step]
+    best_tz = centre_tz + z_step * settings.search_step_mm
+    initial = sitk.AffineTransform(start_tf)
+    translation = list(initial.GetTranslation())
+    initial.SetTranslation([translation[0], translation[1], float(best_tz)])
+    scale = 1.0 / start_tf.GetMatrix()[0]
 
     def levels(level_mm: tuple[float, ...]):
         for size in level_mm:
@@ -661,11 +701,35 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
             method.SetInitialTransform(bspline, inPlace=True)
             method.Execute(fixed_level, moving_level)
             metric["bspline_mi"] = float(method.GetMetricValue())
-        transform = sitk.CompositeTransform([affine, bspline])
+        low, high = jacobian_range(bspline, fixed_img, fixed_mask, settings)
+        metric["jacobian_p1"], metric["jacobian_p99"] = low, high
+        if low < settings.jacobian_limits[0] or high > settings.jacobian_limits[1]:
+            # Folding or extreme local scaling: the deformation is not anatomy; keep the affine.
+            metric["bspline_rejected"] = 1.0
+            logger.warning("%s <- %s: B-spline rejected (Jacobian 1st/99th percentile %.2f/%.2f)"
+                           "; affine only", fixed.name, moving.name, low, high)
+        else:
+            transform = sitk.CompositeTransform([affine, bspline])
     return RegistrationResult(transform=transform, search_offset_mm=best_tz - centre_tz,
                               in_plane_scale=scale, metric=metric,
                               seconds=time.perf_counter() - start,
                               cpu_seconds=time.process_time() - cpu_start)
+
+
+def jacobian_range(bspline, fixed_img, fixed_mask, settings: RegistrationSettings
+                   ) -> tuple[float, float]:
+    """1st and 99th percentile of the deformation's Jacobian determinant inside the leg,
+    on the coarsest B-spline level's grid."""
+    sitk = _sitk()
+    grid = resample_grid(fixed_img, settings.bspline_levels_mm[0])
+    mask = from_sitk(resample_grid(fixed_mask, settings.bspline_levels_mm[0],
+                                   sitk.sitkNearestNeighbor)).astype(bool)
+    field = sitk.TransformToDisplacementField(bspline, sitk.sitkVectorFloat64, grid.GetSize(),
+                                              grid.GetOrigin(), grid.GetSpacing(),
+                                              grid.GetDirection())
+    jacobian = from_sitk(sitk.DisplacementFieldJacobianDeterminant(field))
+    values = jacobian[mask] if mask.any() else jacobian.ravel()
+    return float(np.percentile(values, 1)), float(np.percentile(values, 99))
 
 
 def propagate_labels(atlas: Leg, target: Leg, transform) -> np.ndarray:
@@ -792,11 +856,18 @@ def process_target(spec: TargetSpec, data: Path, out: Path, atlases: dict[str, l
     rows: list[dict] = []
     registrations: list[dict] = []
     per_leg: dict[str, dict] = {}
+    # One superior-inferior offset for the whole target: both legs lie at one level and all
+    # atlas legs come from one stack, so the curves of all pairs are pooled.
+    curves = [offset_scores(leg, atlas, settings) for leg in legs
+              for atlas in atlases_for_side(atlases[spec.region], leg.side)]
+    z_step = joint_offset(curves)
+    logger.info("%s: superior-inferior offset %+d x %.0f mm from the centroid alignment",
+                spec.name, z_step, settings.search_step_mm)
     for leg in legs:
         leg_atlases = atlases_for_side(atlases[spec.region], leg.side)
         votes = []
         for atlas in leg_atlases:
-            result = register_leg(leg, atlas, settings, seed)
+            result = register_leg(leg, atlas, settings, seed, z_step)
             votes.append(propagate_labels(atlas, leg, result.transform))
             registrations.append({
                 "target_leg": leg.name, "side": leg.side, "atlas": atlas.name,
@@ -868,6 +939,11 @@ def process_target(spec: TargetSpec, data: Path, out: Path, atlases: dict[str, l
                    "shape": list(geometry.shape), "zooms_ras_mm": list(zooms),
                    "cut_ras_x": int(cut)},
         "atlas": ATLAS_PROVENANCE[spec.region],
+        "superior_inferior_search": {
+            "chosen_step": z_step, "step_mm": settings.search_step_mm,
+            "mean_score_per_step": {str(k): round(float(np.mean([c[k] for c in curves
+                                                                  if k in c])), 5)
+                                    for k in sorted(set().union(*map(set, curves)))}},
         "registrations": registrations,
         "fusion": {"method": "majority vote", "min_agreement": min_agreement,
                    "rule": "label kept where more than min_agreement of all atlases vote for it;"
@@ -929,8 +1005,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="targets to process (default: all; see --list)")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--seed", type=int, default=20261124, help="metric sampling seed")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="SimpleITK threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="SimpleITK threads (default 1: bit-reproducible; with more, ITK's "
+                             "dynamic work split makes the B-spline stage vary slightly)")
     parser.add_argument("--min-agreement", type=float, default=0.5,
                         help="a label needs more than this fraction of all atlases "
                              "(default 0.5: strict majority)")
