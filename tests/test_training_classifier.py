@@ -22,7 +22,7 @@ from legseg_tf.training.classifier import (
 )
 
 NO_AUGMENT = SliceAugment(rotate_deg=0.0, scale_range=(1.0, 1.0), p_flip=0.0, p_curve=0.0,
-                          p_gamma=0.0, p_noise=0.0)
+                          p_gamma=0.0, p_noise=0.0, p_lowres=0.0)
 
 
 def _two_legs(nz=4, seed=0) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_a_mirror_swaps_the_side_name():
     part = np.zeros((16, 16), np.float32)
     part[4:8, 2:5] = 1.0
     flip = SliceAugment(rotate_deg=0.0, scale_range=(1.0, 1.0), p_flip=1.0, p_curve=0.0,
-                        p_gamma=0.0, p_noise=0.0)
+                        p_gamma=0.0, p_noise=0.0, p_lowres=0.0)
     for side in ("Left", "Right", "Both"):
         image, name = augment_slice(part, side, rng, flip)
         assert name == SIDE_SWAP[side]
@@ -102,6 +102,18 @@ def test_a_mirror_swaps_the_side_name():
     assert [SIDE_SWAP[SIDE_CLASSES[s]] for s in sides[0::2]] == \
         [SIDE_CLASSES[s] for s in sides[1::2]]
     assert not np.allclose(plain, mirrored)
+
+
+def test_coarser_resolution_blurs_but_keeps_the_grid():
+    from legseg_tf.training.classifier import coarser_resolution
+
+    image = np.zeros((40, 60), np.float32)
+    image[::2] = 1.0                                    # finest stripes
+    coarse = coarser_resolution(image, 3.0)
+    assert coarse.shape == image.shape
+    assert coarse[5:35, 5:55].std() < 0.5 * image[5:35, 5:55].std()
+    assert coarse.mean() == pytest.approx(image.mean(), abs=0.1)
+    assert coarser_resolution(image, 1.0) is image
 
 
 def test_balanced_order_and_accuracy_report():

@@ -172,40 +172,117 @@ def _hygiene(leg: TrainingCase, region: str) -> TrainingCase:
 
 
 def classifier_stacks(data: Path):
-    from legseg_tf.training.classifier import SliceStack, positions_from_ranges
-
-    q = data / "qmritools"
-    train, held_out = [], []
-    for name, ranges in JOIN_POSITIONS.items():
-        volume, _ = load_volume(q / "DemoData" / f"{name}.nii.gz")
-        train.append(SliceStack(name, volume, positions_from_ranges(volume.shape[0], ranges)))
-    for name in ("twoLegs", "fat"):
-        volume, _ = load_volume(q / "DemoData" / f"{name}.nii.gz")
-        train.append(SliceStack(name, volume, ("Lower",) * volume.shape[0]))
-    held = [
-        ("test", q / "scripts_test_data" / "test.nii.gz", "Upper"),
-        ("water", q / "DemoData" / "water.nii.gz", "Lower"),
-        ("ucl_thigh_TE345", data / "swastling_musclemap" / "ff" / "siemens" / "thigh" / "input"
-         / "0006-Dixon_TE_345_th.nii.gz", "Upper"),
-        ("ucl_calf_TE345", data / "swastling_musclemap" / "t2" / "input"
-         / "0007-Dixon_TE_345_cf.nii.gz", "Lower"),
-    ]
-    for name, path, position in held:
-        volume, _ = load_volume(path)
-        held_out.append(SliceStack(name, volume, (position,) * volume.shape[0]))
+    """The v1 recipe: Join + DemoData calves for training, four stacks held out."""
+    groups = classifier_groups(data)
+    train = groups["qmritools-join"] + [s for s in groups["qmritools-calf"]
+                                        if s.name in ("twoLegs", "fat")]
+    held_names = ("test", "water", "ucl_thigh_TE345", "ucl_calf_TE345")
+    held_out = [s for g in groups.values() for s in g if s.name in held_names]
+    held_out = [replace(s, positions=(s.positions[0],) * len(s.positions)) if s.name == "test"
+                else s for s in held_out]
     return train, held_out
 
 
-def cmd_classifier(args) -> int:
-    from legseg_tf.training.classifier import ClassifierTrainConfig, train_classifier
+#: Stacks per acquisition group. Subject identity is not documented in the data; a group is
+#: one source and scanner (QMRITools Join stacks; QMRITools calf demo; QMRITools thigh test
+#: data; UCL Siemens thigh and calf; GE thigh), the unit left out in the classifier's
+#: leave-one-group-out validation.
+UCL = ("swastling_musclemap", "ff", "siemens", "thigh", "input")
+GE = ("swastling_musclemap", "ff", "ge", "thigh_masked", "input")
 
-    train, held_out = classifier_stacks(args.data)
-    config = ClassifierTrainConfig(epochs=args.epochs)
-    report = train_classifier(config, train, held_out, RUNS / "classifier",
-                              progress=not args.no_progress)
-    print(json.dumps({k: report[k] for k in ("n_train_examples", "wall_seconds", "validation")},
-                     indent=1))
+
+def classifier_groups(data: Path) -> dict:
+    """Every real stack in ../shared with its per-slice positions, by acquisition group.
+
+    Positions: Join stacks from :data:`JOIN_POSITIONS`; calves Lower; thighs Upper, except the
+    top slices of ``test.nii.gz`` where QMRITools' reference labels the ilium (z >= 28): Hip.
+    The UCL and GE stacks enter with every echo (contrasts differ between echoes).
+    """
+    from legseg_tf.training.classifier import SliceStack, positions_from_ranges
+
+    q = data / "qmritools"
+
+    def stack(name, path, ranges):
+        volume, _ = load_volume(path)
+        return SliceStack(name, volume, positions_from_ranges(volume.shape[0], ranges))
+
+    groups = {
+        "qmritools-join": [stack(name, q / "DemoData" / f"{name}.nii.gz", ranges)
+                           for name, ranges in JOIN_POSITIONS.items()],
+        "qmritools-calf": [stack(name, q / "DemoData" / f"{name}.nii.gz", [(0, 99, "Lower")])
+                           for name in ("twoLegs", "fat", "water")],
+        "qmritools-thigh": [stack("test", q / "scripts_test_data" / "test.nii.gz",
+                                  [(0, 27, "Upper"), (28, 30, "Hip")])],
+        "ucl": [stack(f"ucl_thigh_TE{te}", data.joinpath(*UCL, f"{n}-Dixon_TE_{te}_th.nii.gz"),
+                      [(0, 99, "Upper")]) for n, te in (("0006", 345), ("0008", 460),
+                                                         ("0010", 575))]
+        + [stack("ucl_calf_TE345", data / "swastling_musclemap" / "t2" / "input"
+                 / "0007-Dixon_TE_345_cf.nii.gz", [(0, 99, "Lower")])],
+        "ge": [stack(f"ge_thigh_TE{te}",
+                     data.joinpath(*GE, f"{n}-ORIG_DIXON_TE_{te}_TH-0000.nii.gz"),
+                     [(0, 99, "Upper")]) for n, te in (("40006", 345), ("40007", 460),
+                                                       ("40008", 575))],
+    }
+    for stacks in groups.values():
+        for s in stacks:
+            object.__setattr__(s, "positions", s.positions[:s.volume.shape[0]])
+    return groups
+
+
+def cmd_classifier(args) -> int:
+    from legseg_tf.training.classifier import (
+        ClassifierTrainConfig,
+        SliceAugment,
+        train_classifier,
+    )
+
+    if args.recipe == "v1":
+        train, held_out = classifier_stacks(args.data)
+        config = ClassifierTrainConfig(epochs=args.epochs)
+        run = RUNS / "classifier"
+    else:
+        groups = classifier_groups(args.data)
+        if args.hold_out and args.hold_out not in groups:
+            raise SystemExit(f"--hold-out must be one of {sorted(groups)}")
+        train = [s for g, stacks in groups.items() if g != args.hold_out for s in stacks]
+        held_out = groups.get(args.hold_out, [])
+        config = ClassifierTrainConfig(epochs=args.epochs,
+                                       augment=SliceAugment(p_lowres=0.3))
+        run = RUNS / (f"classifier-v2-without-{args.hold_out}" if args.hold_out
+                      else "classifier-v2")
+    report = train_classifier(config, train, held_out, run, progress=not args.no_progress)
+    if held_out:
+        report["segmenter_path"] = segmenter_path_positions(run, held_out)
+        (run / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: report.get(k) for k in ("n_train_examples", "wall_seconds",
+                                                  "validation", "segmenter_path")}, indent=1))
     return 0
+
+
+def segmenter_path_positions(run: Path, stacks) -> dict:
+    """Per held-out stack: the region ranges the segmenter's own path (body mask, classifier,
+    staircase fit) finds with the trained classifier, and the majority side."""
+    from legseg_tf.body_position import classify_body
+    from legseg_tf.config import InferenceConfig
+    from legseg_tf.masking import apply_mask, body_mask
+    from legseg_tf.model_adapters import KerasSliceClassifier
+    from legseg_tf.networks.classifier import build_classifier
+    from legseg_tf.networks.config import ClassifierConfig, config_from_json
+
+    net = config_from_json((run / "classifier.json").read_text())
+    model = build_classifier(net)
+    model.load_weights(run / "classifier.weights.h5")
+    classifier = KerasSliceClassifier(model, net.side_classes, net.position_classes,
+                                      batch_size=max(InferenceConfig().batch_size, 32))
+    out = {}
+    for stack in stacks:
+        masked = apply_mask(stack.volume, body_mask(stack.volume))
+        result = classify_body(masked, classifier, ("LowerLegs", "UpperLegs", "Hip"),
+                               ClassifierConfig(image_size=net.image_size))
+        ranges = {k: [int(v[0]), int(v[1])] for k, v in result.ranges.items()}
+        out[stack.name] = {"side": result.side, "ranges": ranges,
+                           "truth": sorted(set(stack.positions))}
+    return out
 
 
 def cmd_region(args) -> int:
@@ -325,6 +402,11 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("classifier")
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--recipe", choices=("v1", "v2"), default="v2",
+                   help="v1: the shipped v1 stacks; v2: every real stack, coarser-resolution "
+                        "augmentation")
+    p.add_argument("--hold-out", default=None,
+                   help="v2: leave this acquisition group out (leave-one-group-out fold)")
     for region in ("upper", "lower"):
         p = sub.add_parser(region)
         p.add_argument("--resume", action="store_true")

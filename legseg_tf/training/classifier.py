@@ -78,6 +78,10 @@ class SliceAugment:
         p_curve: probability of a random intensity curve.
         p_gamma: probability of a gamma curve.
         p_noise: probability of Rician noise (SNR 5-50).
+        p_lowres: probability of a coarser in-plane resolution: the slice is shrunk by a
+            factor from ``lowres_range`` (linear interpolation) and enlarged back, as a scan
+            with that many times larger pixels (0.6-3 mm in-plane across scanners).
+        lowres_range: (min, max) shrink factor.
     """
 
     rotate_deg: float = 15.0
@@ -86,6 +90,20 @@ class SliceAugment:
     p_curve: float = 0.5
     p_gamma: float = 0.3
     p_noise: float = 0.5
+    p_lowres: float = 0.0
+    lowres_range: tuple[float, float] = (1.0, 3.0)
+
+
+def coarser_resolution(image: np.ndarray, factor: float) -> np.ndarray:
+    """A (y, x) slice as if acquired with ``factor`` times larger pixels, on its own grid."""
+    if factor <= 1.0:
+        return image
+    small = ndimage.zoom(image, 1.0 / factor, order=1)
+    back = ndimage.zoom(small, [n / m for n, m in zip(image.shape, small.shape)], order=1)
+    out = np.zeros_like(image)
+    rows, cols = min(back.shape[0], image.shape[0]), min(back.shape[1], image.shape[1])
+    out[:rows, :cols] = back[:rows, :cols]
+    return out
 
 
 def augment_slice(slice_yx: np.ndarray, side: str, rng: np.random.Generator,
@@ -97,6 +115,8 @@ def augment_slice(slice_yx: np.ndarray, side: str, rng: np.random.Generator,
     angle = rng.uniform(-1, 1) * config.rotate_deg
     image = ndimage.rotate(image, angle, reshape=True, order=1, mode="constant")
     image = ndimage.zoom(image, rng.uniform(*config.scale_range), order=1)
+    if rng.random() < config.p_lowres:
+        image = coarser_resolution(image, rng.uniform(*config.lowres_range))
     image = np.clip(image, 0, None)[None]
     if rng.random() < config.p_curve:
         image = intensity_curve(image, rng, 3)
@@ -185,6 +205,7 @@ class ClassifierTrainConfig:
         batch_size: images per step.
         base_rate: Adam learning rate (cosine decay to 10 %).
         seed: master seed.
+        augment: the slice augmentation of the copies.
     """
 
     image_size: tuple[int, int] = (64, 64)
@@ -194,6 +215,7 @@ class ClassifierTrainConfig:
     batch_size: int = 32
     base_rate: float = 1e-3
     seed: int = 0
+    augment: SliceAugment = SliceAugment()
 
 
 def accuracy_report(sides: np.ndarray, positions: np.ndarray, side_true: np.ndarray,
@@ -234,7 +256,7 @@ def train_classifier(config: ClassifierTrainConfig, train_stacks: Sequence[Slice
     t0 = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     images, sides, positions = stacks_examples(train_stacks, config.image_size, config.seed,
-                                               config.copies, SliceAugment())
+                                               config.copies, config.augment)
     rng = np.random.default_rng(config.seed)
     order = balanced_order(positions, rng)
     net_config = ClassifierConfig(image_size=config.image_size, head=config.head)
