@@ -562,8 +562,9 @@ def reconcile_positions(
     1. A confident anatomical level (confidence >= ``threshold``) that is incompatible with
        the classifier's level (:data:`COMPATIBLE`) replaces it where at least ``min_run`` such
        slices lie within two slices of each other; undecided slices between two replaced
-       slices of one level take that level too, and so do the undecided slices that continue
-       the replaced classifier stretch. A calf stretch thus never goes to the thigh network,
+       slices of one level take that level too, and so do the undecided slices next to a
+       replaced run whose classifier level is also incompatible with it (up to the next
+       confidently read slice). A calf stretch thus never goes to the thigh network,
        nor a thigh stretch to the calf network.
     2. ``body_part`` (``BodyPartExamined``) prior: "Upper" turns classifier "Lower" slices
        into "Upper" unless the bones confidently say calf; "Lower" turns "Upper"/"Hip" slices
@@ -604,13 +605,14 @@ def reconcile_positions(
     for i in sorted(set(chosen)):
         new = anat[i] or anat[max(j for j in chosen if j < i and anat[j])]
         replaced[i] = (levels[i], new)
-    # the classifier's stretch continues over undecided neighbours: they follow the bones too
+    # undecided neighbours that the classifier also placed against the bones follow them too
     for first, last in _runs(sorted(replaced)):
         for step, start in ((-1, first), (1, last)):
-            old, new = replaced[start]
+            _, new = replaced[start]
             k = start + step
-            while 0 <= k < n and k not in replaced and anat[k] is None and levels[k] == old:
-                replaced[k] = (old, new)
+            while (0 <= k < n and k not in replaced and anat[k] is None
+                   and levels[k] in POSITION_SET and levels[k] not in COMPATIBLE[new]):
+                replaced[k] = (levels[k], new)
                 k += step
     for i, (_, new) in replaced.items():
         levels[i] = new

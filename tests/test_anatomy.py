@@ -334,3 +334,15 @@ def test_body_part_examined_is_read_from_the_sidecar(tmp_path):
     }
     images = find_inputs(make_dataset(tmp_path / "d", layout))
     assert {image.subject: image.body_part for image in images} == {"01": "THIGH", "02": None}
+
+
+@pytest.mark.realdata
+def test_ucl_calf_called_knee_and_thigh_from_mid_calf_up_stays_calf():
+    """The reported failure: the classifier called the UCL calf Knee/Upper from mid-calf up."""
+    volume, spacing = _load("swastling_musclemap", "t2", "input", "0007-Dixon_TE_345_cf.nii.gz")
+    result = anatomy_levels(volume, spacing)
+    positions = ["Lower"] * 5 + ["Knee"] * 2 + ["Upper"] * 3
+    rec = reconcile_positions(positions, np.arange(10), result, with_hip=False)
+    assert rec.levels == ["Lower"] * 10 and rec.warnings
+    assert reconciled_ranges(rec.levels, np.arange(10), ("LowerLegs", "UpperLegs"),
+                             rec.excluded) == {"LowerLegs": (0, 9)}
