@@ -104,13 +104,16 @@ def _header_affine(image, path: Path, assume_orientation: str | None) -> np.ndar
     header = image.header
     if not isinstance(header, nib.Nifti1Header):  # Nifti2Header is a subclass
         raise ImageError(f"{path} is not a NIfTI-1/2 image ({type(header).__name__})")
-    pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
-    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    # nibabel silently turns zero voxel sizes into 1 on load: check the bytes of the file
+    with nib.openers.ImageOpener(str(path)) as handle:
+        raw = type(header).from_fileobj(handle, check=False)
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if sform_code == 0 and (not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0)):
         raise ImageError(
             f"{path} has unusable voxel sizes in its header (pixdim[1:4] = "
             f"{', '.join(f'{v:g}' for v in pixdim)}): zero or non-finite"
         )
-    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
     if sform_code == 0 and qform_code == 0:
         if assume_orientation is None:
             raise ImageError(
