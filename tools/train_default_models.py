@@ -204,6 +204,8 @@ def classifier_groups(data: Path) -> dict:
 
     def stack(name, path, ranges):
         volume, _ = load_volume(path)
+        last = volume.shape[0] - 1
+        ranges = [(first, min(end, last), name) for first, end, name in ranges]
         return SliceStack(name, volume, positions_from_ranges(volume.shape[0], ranges))
 
     groups = {
@@ -223,9 +225,6 @@ def classifier_groups(data: Path) -> dict:
                      [(0, 99, "Upper")]) for n, te in (("40006", 345), ("40007", 460),
                                                        ("40008", 575))],
     }
-    for stacks in groups.values():
-        for s in stacks:
-            object.__setattr__(s, "positions", s.positions[:s.volume.shape[0]])
     return groups
 
 
