@@ -279,14 +279,16 @@ def test_planted_asymmetry_reaches_sidecar_html_and_group(tmp_path, monkeypatch)
         ("lr_volume_ratio", "fail", ["VL_L", "VL_R"])]
     assert qc["flags"][0]["details"]["ratio"] > 3.0
     assert qc["checks"] == {"lr_volume_ratio": "flagged", "wrong_region_label": "passed",
-                            "unlabelled_slices": "passed", "low_confidence": "passed"}
+                            "unlabelled_slices": "passed", "low_confidence": "passed",
+                            "not_anatomy": "passed"}
     page = (out / "sub-01.html").read_text()
     box = page[page.index('<div class="qc-box" id="qc-flags">'):]
     box = box[: box.index("</div>")]
     assert 'data-code="lr_volume_ratio"' in box and "FAIL" in box
     assert html_escape(qc["flags"][0]["message"]) in box
     assert page.index("qc-flags") < page.index("<h2>Overview</h2>")  # near the top
-    assert cli.main([str(bids), str(out), "group"]) == 0
+    # a fail flag leaves the image out of the group statistics unless asked to keep it
+    assert cli.main([str(bids), str(out), "group", "--include-failed-qc"]) == 0
     wide = (out / "group_muscles_wide.tsv").read_text().splitlines()
     header, row = wide[0].split("\t"), wide[1].split("\t")
     assert header[:5] == ["participant", "session", "source", "qc_flags", "qc_fail"]

@@ -339,7 +339,7 @@ def test_planted_failure_shows_in_the_flag_boxes(browser, tmp_path_factory, arti
         pipeline, "load_segmenter", lambda config, models_dir: AsymmetricSegmenter()
     )
     assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator"]) == 0
-    assert cli.main([str(bids), str(out), "group"]) == 0
+    assert cli.main([str(bids), str(out), "group", "--include-failed-qc"]) == 0
     for name in ("sub-01", "group"):
         facts = render(browser, out / f"{name}.html", artifacts / f"planted-{name}.png")
         assert facts["errors"] == [] and facts["external"] == []
