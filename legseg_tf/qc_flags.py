@@ -11,9 +11,10 @@ involved. The checks, by code:
   in-plane edge of the field of view (a cut-off leg loses volume for a reason other than the
   segmentation).
 * ``wrong_region_label``: muscle labels of a region on slices the segmenter did not assign
-  to that region (the region slice ranges of its report), or, where the slice classifier's
-  per-slice positions are reported, on a run of slices the classifier placed at another level
-  (e.g. thigh muscles on slices it called "Lower").
+  to that region (the region slice ranges of its report), or on a run of slices that the
+  slice classifier or the network-free bone reading (``report["anatomy"]``, see
+  :mod:`legseg_tf.anatomy`) placed at another level (e.g. thigh muscles on slices whose bones
+  are a tibia and a fibula).
 * ``unlabelled_slices``: per leg, slices inside the segmented range whose body mask covers a
   substantial area but that carry no muscle label.
 * ``low_confidence``: mean maximum softmax probability over the voxels a region network
@@ -127,9 +128,21 @@ class QCConfig:
     )
     position_min_run: int = _threshold(
         3,
-        "The per-slice classifier errs on single slices, which the staircase fit smooths "
-        "over; wrong-region labels on 3 or more consecutive slices it placed at another level "
-        "are not such noise.",
+        "The per-slice classifier and the bone reading err on single slices, and the "
+        "gastrocnemius heads reach a slice or two above the knee level; wrong-region labels "
+        "on 3 or more consecutive slices placed at another level are not such noise.",
+    )
+    anatomy_fail_slices: int = _threshold(
+        5,
+        "Muscles of a region on 5 or more slices (3 cm at 6 mm) whose bones read as another "
+        "level are far beyond the muscle ends that cross the knee: a network ran on the wrong "
+        "anatomy (as the thigh network does on a calf given --region upper). The classifier's "
+        "positions, trained on fewer contrasts, only ever raise a warning.",
+    )
+    anatomy_min_confidence: float = _threshold(
+        0.8,
+        "The bone reading is 1.0 when both legs agree and 0.8 when the slice shows one leg; "
+        "0.5 (one of two legs undecided) is too weak to call a label wrong.",
     )
     confidence_warning: float = _threshold(
         0.75,
@@ -417,13 +430,14 @@ def wrong_region_flags(
 
     Args:
         counts: (z, max_label + 1) voxels per slice and label (:func:`slice_label_counts`).
-        report: segmenter report (``region_ranges``; ``positions`` when classified).
+        report: segmenter report (``region_ranges``; ``positions`` when classified;
+            ``anatomy`` levels and confidences per slice).
         spacing_zyx: (dz, dy, dx) in mm.
         config: thresholds.
 
     Returns:
         ``(flags, checked)``; ``checked`` is False when the report has neither region ranges
-        nor per-slice positions.
+        nor per-slice levels (classifier positions, bone reading).
     """
     nz = counts.shape[0]
     _, dy, dx = (float(s) for s in spacing_zyx)
@@ -462,17 +476,29 @@ def wrong_region_flags(
     positions = report.get("positions")
     if isinstance(positions, Mapping) and positions.get("slices"):
         checked = True
-        flags += _position_flags(present, by_region, positions, config)
+        level = np.full(nz, "", dtype=object)
+        for z, name in zip(positions.get("slices", []), positions.get("raw_positions", [])):
+            if 0 <= int(z) < nz:
+                level[int(z)] = str(name)
+        flags += _level_flags(present, by_region, level, "the classifier called", config)
+    anatomy = report.get("anatomy")
+    if isinstance(anatomy, Mapping) and anatomy.get("levels"):
+        checked = True
+        level = np.full(nz, "", dtype=object)
+        confidence = list(anatomy.get("confidence") or [])
+        for z, name in enumerate(list(anatomy["levels"])[:nz]):
+            sure = z < len(confidence) and float(confidence[z]) >= config.anatomy_min_confidence
+            if name and sure:
+                level[z] = str(name)
+        flags += _level_flags(present, by_region, level, "whose bones read as", config,
+                              fail_slices=config.anatomy_fail_slices)
     return flags, checked
 
 
-def _position_flags(present, by_region, positions, config) -> list[QCFlag]:
-    """Runs of slices whose classifier position excludes a region's labels found there."""
-    nz = present.shape[0]
-    level = np.full(nz, "", dtype=object)
-    for z, name in zip(positions.get("slices", []), positions.get("raw_positions", [])):
-        if 0 <= int(z) < nz:
-            level[int(z)] = str(name)
+def _level_flags(present, by_region, level, source: str, config,
+                 fail_slices: int | None = None) -> list[QCFlag]:
+    """Runs of slices whose level (per slice name; "" = unknown) excludes a region's labels
+    found there, naming ``source``: warnings, or fails from ``fail_slices`` such slices."""
     flags = []
     for label_region in sorted(MUSCLE_REGIONS):
         members = by_region[label_region]
@@ -490,14 +516,15 @@ def _position_flags(present, by_region, positions, config) -> list[QCFlag]:
         names = [_abbreviation(members[j])
                  for j in np.flatnonzero(present[slices][:, members].any(axis=0))]
         called = sorted({str(level[z]) for z in slices})
+        severity = FAIL if fail_slices is not None and len(slices) >= fail_slices else WARNING
         flags.append(QCFlag(
-            "wrong_region_label", WARNING,
+            "wrong_region_label", severity,
             f"{REGION_WORDS[label_region]} muscles ({', '.join(names)}) on {len(slices)} "
-            f"consecutive slice(s) ({slice_ranges_text(slices)}) the classifier called "
+            f"consecutive slice(s) ({slice_ranges_text(slices)}) {source} "
             f"{'/'.join(called)}",
             tuple(names),
-            {"label_region": label_region, "slices": slices, "positions": called,
-             "source": "classifier positions"}))
+            {"label_region": label_region, "slices": slices, "levels": called,
+             "source": source}))
     return flags
 
 
@@ -589,7 +616,7 @@ def confidence_flags(report: Mapping, config: QCConfig = QCConfig()) -> tuple[li
         name = f"{part.get('region', '?')} {SIDE_WORDS.get(part.get('side', ''), '?')}"
         flags.append(QCFlag(
             "low_confidence", severity,
-            f"{name}: mean top probability {value:.2f} over {labelled} labelled voxels "
+            f"{name}: mean top probability {value:.3f} over {labelled} labelled voxels "
             f"(expected >= {config.confidence_warning:g})",
             (name,),
             {"mean_max_probability": round(value, 4), "model": part.get("model")}))
@@ -633,7 +660,9 @@ def evaluate(
     leg_columns, _ = legs(report, labels)
 
     # left/right volume ratio
-    if set(leg_columns) != {"L", "R"}:
+    if set(leg_columns) == {""}:
+        checks["lr_volume_ratio"] = "not available: no side decision and no sided muscle label"
+    elif set(leg_columns) != {"L", "R"}:
         checks["lr_volume_ratio"] = "not available: one leg in the image"
     elif body is None:
         checks["lr_volume_ratio"] = "not available: no body mask to check the field of view"

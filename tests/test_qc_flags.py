@@ -143,6 +143,28 @@ def test_thigh_labels_on_slices_the_classifier_called_lower_leg():
     assert qc_flags.evaluate(labels, body, SPACING, report).flags == ()
 
 
+def test_thigh_labels_on_slices_whose_bones_are_a_calf():
+    """--region upper on a calf: one range, no classifier positions, the bones tell."""
+    labels, body = phantom(left=VL_L, right=VL_R)
+    levels = ["Lower"] * 4 + ["Knee"] * 2 + ["Upper"] * 4
+    confidence = [1.0, 1.0, 0.8, 1.0] + [1.0] * 6
+    report = {**REPORT, "region_ranges": {"UpperLegs": [0, NZ - 1]},
+              "anatomy": {"levels": levels, "confidence": confidence}}
+    (flag,) = qc_flags.evaluate(labels, body, SPACING, report).flags
+    assert flag.code == "wrong_region_label" and flag.severity == "warning"
+    assert flag.message == ("thigh muscles (VL_L, VL_R) on 4 consecutive slice(s) (0-3) whose "
+                            "bones read as Lower")
+    levels[4] = "Lower"  # 5 slices: a network on the wrong anatomy
+    (flag,) = qc_flags.evaluate(labels, body, SPACING, report).flags
+    assert flag.severity == "fail" and flag.details["slices"] == [0, 1, 2, 3, 4]
+    levels[4] = "Knee"
+    confidence[1] = 0.5  # one leg undecided on slice 1: runs of 1 and 2 slices remain
+    assert qc_flags.evaluate(labels, body, SPACING, report).flags == ()
+    levels[1] = None
+    confidence[1] = 0.0
+    assert qc_flags.evaluate(labels, body, SPACING, report).flags == ()
+
+
 def test_unlabelled_slice_with_leg_tissue():
     labels, body = phantom()
     labels[4, :, :CUT] = 0
@@ -190,7 +212,7 @@ def test_confidence_thresholds(value, expected):
     assert state == ("flagged" if expected else "passed")
     if expected:
         assert flags[0].structures == ("LowerLegs left",)
-        assert f"mean top probability {value:.2f} over 1000 labelled voxels" in flags[0].message
+        assert f"mean top probability {value:.3f} over 1000 labelled voxels" in flags[0].message
 
 
 def test_confidence_needs_enough_labelled_volume():
