@@ -244,7 +244,8 @@ def test_flags_round_trip_and_validation():
     again = QCResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.flags == result.flags and again.checks == result.checks and again.n_fail == 1
     with pytest.raises(ValueError):
-        QCFlag("no_such_check", "fail", "x")
+        QCFlag("Not A Code", "fail", "x")
+    assert QCFlag.from_dict({"code": "newer_check", "severity": "warning", "message": "m"})
     with pytest.raises(ValueError):
         QCFlag("lr_volume_ratio", "info", "x")
     with pytest.raises(ValueError):
