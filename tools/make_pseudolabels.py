@@ -551,6 +551,10 @@ def _metric_method(settings: RegistrationSettings, seed: int, fixed_mask=None):
     return method
 
 
+class RegistrationError(RuntimeError):
+    """A registration stage failed (e.g. the atlas left the target's field of view)."""
+
+
 @dataclass
 class RegistrationResult:
     """Transform fixed (target) -> moving (atlas) points, and what the stages reported."""
@@ -675,14 +679,24 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
     affine = sitk.AffineTransform(initial)
     for level, (fixed_level, mask_level, moving_level) in enumerate(
             levels(settings.affine_levels_mm)):
-        method = _metric_method(settings, seed + level, mask_level)
-        method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=2.0 / (level + 1), minStep=1e-3,
-            numberOfIterations=settings.affine_iterations, relaxationFactor=0.6,
-            gradientMagnitudeTolerance=1e-6)
-        method.SetOptimizerScalesFromPhysicalShift()
-        method.SetInitialTransform(affine, inPlace=True)
-        method.Execute(fixed_level, moving_level)
+        before = affine.GetParameters()
+        for attempt, rate in enumerate((2.0 / (level + 1), 0.5 / (level + 1))):
+            method = _metric_method(settings, seed + level, mask_level)
+            method.SetOptimizerAsRegularStepGradientDescent(
+                learningRate=rate, minStep=1e-3, numberOfIterations=settings.affine_iterations,
+                relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+            method.SetOptimizerScalesFromPhysicalShift()
+            affine.SetParameters(before)
+            method.SetInitialTransform(affine, inPlace=True)
+            try:
+                method.Execute(fixed_level, moving_level)
+                break
+            except RuntimeError as error:
+                # The optimiser stepped out of the atlas: retry once with smaller steps.
+                if attempt:
+                    raise RegistrationError(f"{fixed.name} <- {moving.name}: affine stage "
+                                            f"failed: {str(error).splitlines()[-1]}") from error
+                metric["affine_retried"] = 1.0
         metric["affine_mi"] = float(method.GetMetricValue())
     transform = sitk.CompositeTransform([affine])
 
@@ -690,6 +704,7 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
         physical = [sz * sp for sz, sp in zip(fixed_img.GetSize(), fixed_img.GetSpacing())]
         mesh = [max(1, int(round(p / m))) for p, m in zip(physical, settings.bspline_mesh_mm)]
         bspline = sitk.BSplineTransformInitializer(fixed_img, mesh, order=3)
+        failed = None
         for level, (fixed_level, mask_level, moving_level) in enumerate(
                 levels(settings.bspline_levels_mm)):
             method = _metric_method(settings, seed + 10 + level, mask_level)
@@ -699,17 +714,25 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
                 maximumNumberOfFunctionEvaluations=2 * settings.bspline_iterations)
             method.SetMovingInitialTransform(affine)
             method.SetInitialTransform(bspline, inPlace=True)
-            method.Execute(fixed_level, moving_level)
+            try:
+                method.Execute(fixed_level, moving_level)
+            except RuntimeError as error:
+                failed = str(error).splitlines()[-1]
+                break
             metric["bspline_mi"] = float(method.GetMetricValue())
-        low, high = jacobian_range(bspline, fixed_img, fixed_mask, settings)
-        metric["jacobian_p1"], metric["jacobian_p99"] = low, high
-        if low < settings.jacobian_limits[0] or high > settings.jacobian_limits[1]:
-            # Folding or extreme local scaling: the deformation is not anatomy; keep the affine.
-            metric["bspline_rejected"] = 1.0
-            logger.warning("%s <- %s: B-spline rejected (Jacobian 1st/99th percentile %.2f/%.2f)"
-                           "; affine only", fixed.name, moving.name, low, high)
-        else:
+        if failed is None:
+            low, high = jacobian_range(bspline, fixed_img, fixed_mask, settings)
+            metric["jacobian_p1"], metric["jacobian_p99"] = low, high
+            if low < settings.jacobian_limits[0] or high > settings.jacobian_limits[1]:
+                failed = f"Jacobian 1st/99th percentile {low:.2f}/{high:.2f}"
+        if failed is None:
             transform = sitk.CompositeTransform([affine, bspline])
+        else:
+            # Folding, extreme local scaling or a step out of the atlas: not anatomy; the
+            # affine result is kept.
+            metric["bspline_rejected"] = 1.0
+            logger.warning("%s <- %s: B-spline rejected (%s); affine only", fixed.name,
+                           moving.name, failed[:120])
     return RegistrationResult(transform=transform, search_offset_mm=best_tz - centre_tz,
                               in_plane_scale=scale, metric=metric,
                               seconds=time.perf_counter() - start,
@@ -867,7 +890,16 @@ def process_target(spec: TargetSpec, data: Path, out: Path, atlases: dict[str, l
         leg_atlases = atlases_for_side(atlases[spec.region], leg.side)
         votes = []
         for atlas in leg_atlases:
-            result = register_leg(leg, atlas, settings, seed, z_step)
+            try:
+                result = register_leg(leg, atlas, settings, seed, z_step)
+            except RegistrationError as error:
+                # This atlas gets no vote on this leg; with two atlases the leg is ignored.
+                logger.warning("%s", error)
+                votes.append(np.full(leg.image.shape, IGNORE, dtype=np.uint16))
+                registrations.append({"target_leg": leg.name, "side": leg.side,
+                                      "atlas": atlas.name, "mirrored": atlas.mirrored,
+                                      "failed": str(error)})
+                continue
             votes.append(propagate_labels(atlas, leg, result.transform))
             registrations.append({
                 "target_leg": leg.name, "side": leg.side, "atlas": atlas.name,
