@@ -69,6 +69,8 @@ def test_participant_and_group_levels_keep_sides_and_geometry(tmp_path, tiny_mod
     assert sidecar["legseg"]["device"]["device"] == "cpu"
     assert (out / "sub-01.html").exists()
     assert (out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_morph.tsv").exists()
-    assert cli.main([str(tmp_path / "bids"), str(out), "group"]) == 0
+    # untrained networks fail the QC (low_confidence): keep the image in the group statistics
+    assert sidecar["legseg"]["qc"]["flags"]
+    assert cli.main([str(tmp_path / "bids"), str(out), "group", "--include-failed-qc"]) == 0
     table = (out / "group_muscles.tsv").read_text().splitlines()
     assert len(table) - 1 == len(present)
