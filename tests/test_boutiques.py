@@ -176,6 +176,7 @@ def test_generated_command_line_parses_back_to_the_same_values(tmp_path):
         "models": str(tmp_path / "models"), "merge": "qmritools", "overlap": 0.25, "batch_size": 2,
         "save_probabilities": True, "ff_erosion": 0, "nprocs": 4, "mem_gb": 2.5,
         "work_dir": str(tmp_path / "work"), "overwrite": True, "verbose": True,
+        "assume_orientation": "LPS", "include_failed_qc": True,
     }
     assert set(invocation) == set(_inputs())  # every input exercised
     args = cli.build_parser().parse_args(_simulate(bosh, invocation, tmp_path))
@@ -222,6 +223,8 @@ def test_launch_without_container_finds_the_described_outputs(tmp_path, monkeypa
         invocation = {"bids_dir": str(tmp_path / "bids"), "output_dir": str(tmp_path / "out"),
                       "analysis_level": level, "region": "upper", "device": "cpu",
                       "models": str(tmp_path / "models"), "skip_bids_validator": True}
+        if level == "group":   # the untrained tiny networks get a low_confidence fail flag
+            invocation["include_failed_qc"] = True
         path = tmp_path / f"{level}.json"
         path.write_text(json.dumps(invocation))
         result = bosh(["exec", "launch", "--no-container", "--skip-data-collection", str(DESCRIPTOR), str(path)])
