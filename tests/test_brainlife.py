@@ -70,7 +70,8 @@ def test_main_is_an_executable_python_script():
 def test_single_outphase_file_end_to_end(tmp_path, demo_bids, tiny_models):
     source = demo_bids / "sub-02/anat/sub-02_acq-outphase_T1w.nii.gz"
     config = {"outphase": str(source), "echo_time": 0.00345, "magnetic_field_strength": 3, "region": "upper",
-              "device": "cpu", "models": str(tiny_models), "_inputs": [{"meta": {"subject": "P_07"}}]}
+              "device": "cpu", "models": str(tiny_models), "_inputs": [{"meta": {"subject": "P_07"}}],
+              "include_failed_qc": True}   # the untrained tiny networks get a low_confidence fail flag
     result = _run(tmp_path, config)
     assert result.returncode == 0, result.stderr[-3000:]
     # the minimal BIDS dataset: subject from brainlife's meta (cleaned), sidecar with the echo time
