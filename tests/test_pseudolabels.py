@@ -107,7 +107,9 @@ def test_joint_offset_pools_the_curves():
     curves = [{-1: -0.2, 0: -0.5, 1: -0.3}, {0: -0.1, 1: -0.6, 2: -0.9}]
     assert mp.joint_offset(curves) == 1  # mean -0.45 at 1 beats -0.3 at 0; 2 is not common
     assert mp.joint_offset([{3: -1.0}, {4: -1.0}]) == 3
-    assert mp.joint_offset([]) == 0
+    assert mp.joint_offset([]) is None
+    assert mp.joint_offset([{(0, 1.0): -0.2, (0, 0.9): -0.4}, {(0, 0.9): -0.1, (0, 1.0): -0.1}]) \
+        == (0, 0.9)
 
 
 def test_apply_slab_keeps_inclusive_range():

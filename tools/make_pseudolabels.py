@@ -159,6 +159,7 @@ class RegistrationSettings:
         search_grid_mm: in-plane voxel size of the superior-inferior offset search.
         search_step_mm: step of that search.
         search_min_overlap: least overlap, as a fraction of the shorter stack, of a tried offset.
+        search_size_factors: in-plane size factors tried on top of the body-area ratio.
         bins: Mattes mutual-information histogram bins.
         sampling: fraction of fixed voxels sampled per metric evaluation (random, seeded).
         affine_levels_mm: in-plane voxel sizes of the affine stage's levels.
@@ -174,6 +175,7 @@ class RegistrationSettings:
     search_grid_mm: float = 5.0
     search_step_mm: float = 6.0
     search_min_overlap: float = 0.6
+    search_size_factors: tuple[float, ...] = (0.75, 0.85, 1.0, 1.1)
     bins: int = 32
     sampling: float = 0.1
     affine_levels_mm: tuple[float, ...] = (6.0, 4.0)
@@ -594,9 +596,13 @@ def initial_transform(fixed: Leg, moving: Leg):
     return base, float(m_centre[2] - f_centre[2])
 
 
-def offset_scores(fixed: Leg, moving: Leg, settings: RegistrationSettings) -> dict[int, float]:
-    """Superior-inferior offset search: score per step k (offset k * search_step_mm from the
-    centroid alignment); lower is better.
+def offset_scores(fixed: Leg, moving: Leg, settings: RegistrationSettings
+                  ) -> dict[tuple[int, float], float]:
+    """Start search: score per (k, f), offset k * search_step_mm from the centroid alignment
+    and in-plane size factor f on top of the body-area ratio; lower is better.
+
+    The size factors matter where the body area misleads, e.g. thick subcutaneous fat
+    around a small muscle compartment.
 
     The score is Mattes MI (coarse grid, all voxels) times the fraction of the fixed slab's
     length that overlaps the atlas, so that partial overlaps, whose few samples give an
@@ -615,59 +621,69 @@ def offset_scores(fixed: Leg, moving: Leg, settings: RegistrationSettings) -> di
     search = _metric_method(settings, 0, coarse_mask)
     search.SetMetricSamplingStrategy(search.NONE)
     reach = int(np.ceil((f_len + m_len) / settings.search_step_mm))
-    scores: dict[int, float] = {}
+    scores: dict[tuple[int, float], float] = {}
     for k in range(-reach, reach + 1):
         tz = centre_tz + k * settings.search_step_mm
         overlap = min(f_z1 + tz, m_z1) - max(f_z0 + tz, m_z0)
         if overlap < settings.search_min_overlap * min(f_len, m_len) and k != 0:
             continue
-        trial = sitk.AffineTransform(base)
-        translation = list(trial.GetTranslation())
-        trial.SetTranslation([translation[0], translation[1], float(tz)])
-        search.SetInitialTransform(trial)
-        try:
-            value = search.MetricEvaluate(coarse_fixed, moving_img)
-        except RuntimeError:
-            continue
-        scores[k] = float(value) * min(max(overlap, 0.0) / f_len, 1.0)
-    return scores or {0: 0.0}
+        for factor in settings.search_size_factors:
+            trial = start_transform(base, tz, factor)
+            search.SetInitialTransform(trial)
+            try:
+                value = search.MetricEvaluate(coarse_fixed, moving_img)
+            except RuntimeError:
+                continue
+            scores[(k, factor)] = float(value) * min(max(overlap, 0.0) / f_len, 1.0)
+    return scores or {(0, 1.0): 0.0}
 
 
-def joint_offset(curves: list[dict[int, float]]) -> int:
-    """The offset step with the lowest mean score over all curves that tried it, among the
-    steps tried by every curve (else by any)."""
+def start_transform(base, tz: float, factor: float):
+    """``base`` with z translation ``tz`` and its in-plane matrix divided by ``factor``."""
+    sitk = _sitk()
+    trial = sitk.AffineTransform(base)
+    translation = list(trial.GetTranslation())
+    trial.SetTranslation([translation[0], translation[1], float(tz)])
+    matrix = np.asarray(trial.GetMatrix()).reshape(3, 3)
+    matrix[:2, :2] /= factor
+    trial.SetMatrix(matrix.ravel().tolist())
+    return trial
+
+
+def joint_offset(curves: list[dict]):
+    """The start (key of the curves) with the lowest mean score over all curves that tried
+    it, among the starts tried by every curve (else by any); None when there is none."""
     common = set.intersection(*(set(c) for c in curves)) if curves else set()
     steps = common or set().union(*(set(c) for c in curves))
     if not steps:
-        return 0
+        return None
     return min(sorted(steps), key=lambda k: float(np.mean([c[k] for c in curves if k in c])))
 
 
 def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: int,
-                 z_step: int | None = None) -> RegistrationResult:
+                 start: tuple[int, float] | None = None) -> RegistrationResult:
     """Register an atlas leg (moving) to a target leg (fixed) in RAS world space.
 
-    Stages: start from body-mask centroids, in-plane size ratio and a superior-inferior
-    offset (``z_step`` search steps from the centroid alignment; searched with
-    :func:`offset_scores` when None), then affine and B-spline optimisation (Mattes MI,
+    Stages: start from body-mask centroids, in-plane size ratio and ``start`` = (k, f): a
+    superior-inferior offset of k search steps from the centroid alignment and an in-plane
+    size factor f (searched with :func:`offset_scores` when None), then affine and B-spline optimisation (Mattes MI,
     multi-resolution, metric restricted to the dilated fixed leg mask).
     """
     sitk = _sitk()
-    start, cpu_start = time.perf_counter(), time.process_time()
+    clock, cpu_clock = time.perf_counter(), time.process_time()
     fixed_img, fixed_mask = _images(fixed, settings)
     moving_img, _ = _images(moving, settings)
 
     start_tf, centre_tz = initial_transform(fixed, moving)
     metric: dict[str, float] = {}
-    if z_step is None:
+    if start is None:
         curve = offset_scores(fixed, moving, settings)
-        z_step = min(curve, key=curve.get)
-        metric["search_score"] = curve[z_step]
+        start = min(curve, key=curve.get)
+        metric["search_score"] = curve[start]
+    z_step, factor = start
     best_tz = centre_tz + z_step * settings.search_step_mm
-    initial = sitk.AffineTransform(start_tf)
-    translation = list(initial.GetTranslation())
-    initial.SetTranslation([translation[0], translation[1], float(best_tz)])
-    scale = 1.0 / start_tf.GetMatrix()[0]
+    initial = start_transform(start_tf, best_tz, factor)
+    scale = 1.0 / initial.GetMatrix()[0]
 
     def levels(level_mm: tuple[float, ...]):
         for size in level_mm:
@@ -735,8 +751,8 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
                            moving.name, failed[:120])
     return RegistrationResult(transform=transform, search_offset_mm=best_tz - centre_tz,
                               in_plane_scale=scale, metric=metric,
-                              seconds=time.perf_counter() - start,
-                              cpu_seconds=time.process_time() - cpu_start)
+                              seconds=time.perf_counter() - clock,
+                              cpu_seconds=time.process_time() - cpu_clock)
 
 
 def jacobian_range(bspline, fixed_img, fixed_mask, settings: RegistrationSettings
@@ -883,15 +899,15 @@ def process_target(spec: TargetSpec, data: Path, out: Path, atlases: dict[str, l
     # atlas legs come from one stack, so the curves of all pairs are pooled.
     curves = [offset_scores(leg, atlas, settings) for leg in legs
               for atlas in atlases_for_side(atlases[spec.region], leg.side)]
-    z_step = joint_offset(curves)
-    logger.info("%s: superior-inferior offset %+d x %.0f mm from the centroid alignment",
-                spec.name, z_step, settings.search_step_mm)
+    start_key = joint_offset(curves) or (0, 1.0)
+    logger.info("%s: start %+d x %.0f mm from the centroid alignment, in-plane size x %.2f",
+                spec.name, start_key[0], settings.search_step_mm, start_key[1])
     for leg in legs:
         leg_atlases = atlases_for_side(atlases[spec.region], leg.side)
         votes = []
         for atlas in leg_atlases:
             try:
-                result = register_leg(leg, atlas, settings, seed, z_step)
+                result = register_leg(leg, atlas, settings, seed, start_key)
             except RegistrationError as error:
                 # This atlas gets no vote on this leg; with two atlases the leg is ignored.
                 logger.warning("%s", error)
@@ -971,11 +987,12 @@ def process_target(spec: TargetSpec, data: Path, out: Path, atlases: dict[str, l
                    "shape": list(geometry.shape), "zooms_ras_mm": list(zooms),
                    "cut_ras_x": int(cut)},
         "atlas": ATLAS_PROVENANCE[spec.region],
-        "superior_inferior_search": {
-            "chosen_step": z_step, "step_mm": settings.search_step_mm,
-            "mean_score_per_step": {str(k): round(float(np.mean([c[k] for c in curves
-                                                                  if k in c])), 5)
-                                    for k in sorted(set().union(*map(set, curves)))}},
+        "start_search": {
+            "chosen_step": start_key[0], "step_mm": settings.search_step_mm,
+            "chosen_size_factor": start_key[1],
+            "mean_score_per_step_and_factor": {
+                f"{k[0]}:{k[1]}": round(float(np.mean([c[k] for c in curves if k in c])), 5)
+                for k in sorted(set().union(*map(set, curves)))}},
         "registrations": registrations,
         "fusion": {"method": "majority vote", "min_agreement": min_agreement,
                    "rule": "label kept where more than min_agreement of all atlases vote for it;"
