@@ -241,6 +241,16 @@ def run_group(output_dir: Path, include_failed_qc: bool = False) -> int:
     if not frames:
         logger.warning("the participant outputs in %s hold no usable labels: no group tables",
                        output_dir)
+        if unreadable or left_out:  # still say which images were left out, and why
+            from legseg_tf.derivatives import atomic_write_text
+            from legseg_tf.reports.html import page
+
+            write_tsv(pd.DataFrame(qc_rows, columns=list(QC_FLAG_COLUMNS)),
+                      output_dir / "group_qc_flags.tsv")
+            body = ("<h1>legseg group report</h1><p>No image is in the group statistics: the "
+                    "tables are not written.</p>")
+            atomic_write_text(output_dir / "group.html", _with_exclusions(
+                page("legseg group report", body), unreadable, left_out))
         return status
     table = long_table(frames)
     counts = pd.DataFrame(qc_counts, columns=list(ID_COLUMNS + QC_COUNT_COLUMNS))

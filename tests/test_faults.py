@@ -130,6 +130,19 @@ def test_not_anatomy_flag_and_group_exclusion(tmp_path):
     assert group.run_group(out, include_failed_qc=True) == 0
     assert "sub-02" in (out / "group_muscles.tsv").read_text()
 
+    # every image flagged: no tables, but the page and the flag table still say why
+    other = out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.json"
+    first = json.loads(other.read_text())
+    first["legseg"]["qc"] = meta["legseg"]["qc"]
+    other.write_text(json.dumps(first))
+    for name in ("group.html", "group_qc_flags.tsv", "group_muscles.tsv"):
+        (out / name).unlink()
+    assert group.run_group(out) == 0
+    assert not (out / "group_muscles.tsv").exists()
+    page = (out / "group.html").read_text()
+    assert 'id="left-out"' in page and "sub-01" in page and "sub-02" in page
+    assert "sub-01" in (out / "group_qc_flags.tsv").read_text()
+
 
 def _two_outputs(tmp_path):
     from tests.fakes import ThresholdPlaceholderSegmenter
