@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=_positive_int,
                            help="CPU threads to use (default: the CPUs this process may use: affinity set, container CPU quota)")
     resources.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float,
-                           help="memory budget in GB for network patches (default: from the machine)")
+                           help="memory budget in GB for the network's patch activations (default: from the "
+                                "machine); it sizes the tiles, it does not cap the whole process: "
+                                "the TensorFlow runtime (about 0.7 GB) and the per-part "
+                                "accumulators (about 0.1 GB per million voxels) come on top")
     resources.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
                            help="scratch folder for temporary files (default: the system temp folder)")
     resources.add_argument("--overwrite", action="store_true",
