@@ -431,6 +431,9 @@ def load_thigh_atlas(data: Path) -> list[Leg]:
         if counts[other] > 0.01 * max(counts[side], 1):
             raise ValueError(f"thigh atlas: the {side} leg (from the affine) carries "
                              f"{counts[other]} voxels of {other} labels vs {counts[side]}")
+        # The few other-side voxels are the other leg's labels reaching over the cut.
+        wrong = [label.index for label in LABELS if label.side == other]
+        leg.labels = np.where(np.isin(leg.labels, wrong), IGNORE, leg.labels)
         # Ilium in the mid thigh is a misclassification of QMRITools' network: no vote there.
         leg.labels = np.where(np.isin(leg.labels, (101, 102)), IGNORE, leg.labels)
         first, last = THIGH_COMPLETE_SLICES[side]
