@@ -57,6 +57,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _resolution(text: str):
+    from legseg_tf.resampling import parse_resolution
+
+    try:
+        return parse_resolution(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _overlap(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -110,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="models folder with manifest.json (default: $LEGSEG_MODELS_DIR or the bundled models/)")
     seg.add_argument("--merge", choices=MERGE_MODES, default=InferenceConfig.merge,
                      help="how overlapping tiles are merged (default: %(default)s)")
+    seg.add_argument("--segmentation-resolution", dest="segmentation_resolution",
+                     type=_resolution, default=InferenceConfig.segmentation_resolution,
+                     metavar="model|native|DZxDYxDX",
+                     help="voxel size the networks run at: 'model' = the one the installed "
+                          "networks were trained on (when their manifest says so), 'native' = "
+                          "the input's own (QMRITools' default), or sizes in mm such as "
+                          "6x1.5x1.5; labels are mapped back onto the input grid "
+                          "(default: %(default)s)")
     seg.add_argument("--overlap", type=_overlap, default=InferenceConfig.overlap,
                      help="tile overlap when a part needs several tiles (default: %(default)s)")
     seg.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int,
@@ -193,6 +210,7 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
         device=args.device,
         mem_gb=args.mem_gb,
         merge=args.merge,
+        segmentation_resolution=args.segmentation_resolution,
         overlap=args.overlap,
         batch_size=args.batch_size,
         save_probabilities=args.save_probabilities,

@@ -26,6 +26,9 @@ class InferenceConfig:
         save_probabilities: also write a 4-D probseg image.
         models_dir: folder holding ``manifest.json``.
         nprocs: CPU threads for TensorFlow (None = all available).
+        segmentation_resolution: voxel size the networks run at: "model" (the region
+            networks' training voxel size from their manifest provenance, else native),
+            "native" (QMRITools' default) or (dz, dy, dx) in mm (:mod:`legseg_tf.resampling`).
     """
 
     region: str = "legs"
@@ -37,6 +40,7 @@ class InferenceConfig:
     save_probabilities: bool = False
     models_dir: Path | None = None
     nprocs: int | None = None
+    segmentation_resolution: str | tuple[float, float, float] = "model"
 
     def __post_init__(self) -> None:
         if self.region not in REGIONS:
@@ -53,6 +57,14 @@ class InferenceConfig:
             raise ValueError(f"mem_gb must be positive, got {self.mem_gb}")
         if self.nprocs is not None and self.nprocs < 1:
             raise ValueError(f"nprocs must be >= 1, got {self.nprocs}")
+        resolution = self.segmentation_resolution
+        if isinstance(resolution, str):
+            if resolution not in ("model", "native"):
+                raise ValueError(f"segmentation_resolution must be 'model', 'native' or three "
+                                 f"sizes in mm, got {resolution!r}")
+        elif len(resolution) != 3 or not all(float(v) > 0 for v in resolution):
+            raise ValueError(f"segmentation_resolution needs three positive sizes in mm, got "
+                             f"{resolution!r}")
 
 
 @dataclass(frozen=True)

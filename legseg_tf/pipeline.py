@@ -8,12 +8,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
 import numpy as np
 
-from legseg_tf import derivatives, input_checks, nifti_io, split
+from legseg_tf import derivatives, input_checks, nifti_io, resampling, split
 from legseg_tf.errors import ExitCode, NoModelError, UsageError, is_output_full
 from legseg_tf.config import RunConfig
 from legseg_tf.results import ImageResult, InputImage
@@ -181,10 +182,16 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
         input_checks.check_input(volume, image.relpath)
         midline = split.midline_column(geometry.ras_affine, volume_ras.shape)
         prior = {"body_part": image.body_part} if image.body_part else {}
-        result = segmenter.segment(volume, nifti_io.qmri_spacing(geometry), midline_column=midline,
+        spacing = nifti_io.qmri_spacing(geometry)
+        grid = _segmentation_grid(volume, spacing, midline, segmenter)
+        result = segmenter.segment(grid.volume, grid.spacing, midline_column=grid.midline,
                                    **prior)
-        if result.labels.shape != volume.shape:
-            raise RuntimeError(f"segmenter returned shape {result.labels.shape} for input {volume.shape}")
+        if result.labels.shape != grid.volume.shape:
+            raise RuntimeError(f"segmenter returned shape {result.labels.shape} for input "
+                               f"{grid.volume.shape}")
+        qc = _qc_flags(grid.volume, result, grid.spacing, segmenter, image.relpath)
+        if grid.resampled:
+            result = _to_input_grid(result, volume.shape, spacing, grid)
         labels_ras = nifti_io.qmri_to_ras(result.labels)
         written.append(nifti_io.save_labels(labels_ras, geometry, dseg))
         if config.inference.save_probabilities and result.probabilities is not None:
@@ -204,8 +211,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
                 "report": {k: v for k, v in result.report.items() if k != "timings_s"},
             }
         }
-        provenance["legseg"]["qc"] = _qc_flags(volume, result, nifti_io.qmri_spacing(geometry),
-                                               segmenter, image.relpath)
+        provenance["legseg"]["qc"] = qc
         written.append(derivatives.write_json(sidecar, derivatives.dseg_sidecar(image, result.models, provenance)))
         present = sorted(int(v) for v in np.unique(result.labels) if v)
         logger.info("wrote %s (%d labels, %.1f s)", dseg, len(present), elapsed)
@@ -223,6 +229,46 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
             raise  # a full disk fails every later image too: stop the run (exit 73)
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         return ImageResult(image, "failed", error=message)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The grid the segmenter runs on: the input's own, or the networks' voxel size."""
+
+    volume: np.ndarray
+    spacing: tuple[float, float, float]
+    midline: float | None
+    resampled: bool
+
+
+def _segmentation_grid(volume: np.ndarray, spacing, midline, segmenter: Segmenter) -> _Grid:
+    """Resample the (z, y, x) volume to the segmenter's ``segmentation_spacing`` when the input's
+    voxel size differs from it (:mod:`legseg_tf.resampling`)."""
+    target = getattr(segmenter, "segmentation_spacing", None)
+    if not resampling.needs_resampling(spacing, target):
+        return _Grid(volume, tuple(spacing), midline, False)
+    resampled, new_spacing = resampling.resample_volume(volume, spacing, target)
+    logger.info("segmenting at %s mm (input %s mm): %s -> %s voxels",
+                "x".join(f"{v:g}" for v in new_spacing), "x".join(f"{v:g}" for v in spacing),
+                "x".join(map(str, volume.shape)), "x".join(map(str, resampled.shape)))
+    return _Grid(resampled, new_spacing,
+                 resampling.column_on_grid(midline, volume.shape[2], resampled.shape[2]), True)
+
+
+def _to_input_grid(result, shape, spacing, grid: _Grid):
+    """The segmentation mapped back onto the input grid; the report says on which grid its
+    slice and column indices are."""
+    result.labels = resampling.labels_to_shape(result.labels, shape)
+    if result.probabilities is not None:
+        result.probabilities = resampling.channels_to_shape(result.probabilities, shape)
+    result.report["segmentation_grid"] = {
+        "spacing_zyx_mm": [round(float(v), 4) for v in grid.spacing],
+        "shape_zyx": [int(n) for n in grid.volume.shape],
+        "input_spacing_zyx_mm": [round(float(v), 4) for v in spacing],
+        "input_shape_zyx": [int(n) for n in shape],
+        "note": "slice, row and column indices in this report refer to the segmentation grid",
+    }
+    return result
 
 
 def _qc_flags(volume: np.ndarray, result, spacing_zyx, segmenter: Segmenter, name: str) -> dict:

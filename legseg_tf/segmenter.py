@@ -215,6 +215,7 @@ class QMRIToolsSegmenter:
         split_config: SplitConfig = SplitConfig(),
         device: str | None = None,
         save_probabilities: bool = False,
+        segmentation_spacing: tuple[float, float, float] | None = None,
     ) -> None:
         if region not in REGION_PLANS:
             raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_PLANS)}")
@@ -243,6 +244,8 @@ class QMRIToolsSegmenter:
         self.split_config = split_config
         self.device = device
         self.save_probabilities = save_probabilities
+        #: (dz, dy, dx) mm the networks run at (the pipeline resamples to it); None = native.
+        self.segmentation_spacing = segmentation_spacing
 
     @property
     def models(self) -> list[dict]:
@@ -510,4 +513,29 @@ def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
                     "geometry", config.region)
     return QMRIToolsSegmenter(config.region, networks, classifier, classifier_model,
                               device=config.device,
-                              save_probabilities=config.save_probabilities)
+                              save_probabilities=config.save_probabilities,
+                              segmentation_spacing=segmentation_spacing(
+                                  config.segmentation_resolution,
+                                  [manifest.get(REGION_ROLES[r]) for r in plan.regions]))
+
+
+def segmentation_spacing(resolution, entries) -> tuple[float, float, float] | None:
+    """The voxel size (dz, dy, dx) mm the networks run at, or None for the input's own.
+
+    "model": the ``training_voxel_size_mm`` the region networks' manifest provenance records,
+    when they all record the same one (else native, with a log line); "native": None; three
+    sizes: those.
+    """
+    if resolution == "native":
+        return None
+    if resolution != "model":
+        return tuple(float(v) for v in resolution)  # type: ignore[return-value]
+    sizes = {tuple(float(v) for v in (e.provenance or {}).get("training_voxel_size_mm") or ())
+             for e in entries if e is not None}
+    sizes.discard(())
+    if len(sizes) == 1:
+        return next(iter(sizes))  # type: ignore[return-value]
+    if sizes:
+        logger.info("the region networks were trained at different voxel sizes %s: they run "
+                    "at the input's own", sorted(sizes))
+    return None

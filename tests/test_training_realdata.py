@@ -71,7 +71,7 @@ def test_participant_level_on_the_qmritools_thighs(tmp_path):
     for name, value in sorted(report.items()):
         print(f"  {name:<40} {value:.3f}")
     left = [v for k, v in scores.items() if BY_INDEX[k].side == "L"]
-    right = [v for k, v in scores.items() if BY_INDEX[k].side == "R"]
-    # left/right must not be swapped: a swap would give near-zero Dice on every label
-    assert np.mean(right) > 0.5, report
-    assert np.mean(left) > 0.4, report
+    # The gate is on the held-out (left) leg only, a little below the figure measured for
+    # legseg-upperleg-small-v2 (mean 0.71 over 15 labels, models/cards): a left/right swap
+    # would give near-zero Dice on every label.
+    assert np.mean(left) > 0.65, report

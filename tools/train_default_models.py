@@ -105,7 +105,7 @@ OUT_NII_INCOMPLETE = {"R": (range(0, 3), range(22, 31)), "L": (range(0, 7), rang
 #: Network and training recipe per region (small networks for CPU training).
 SMALL_FEATURES = (8, 16, 32, 48, 64)
 REGIONS = {
-    "upper": {"table": "N5_UpperLeg", "role": "upper_leg", "id": "legseg-upperleg-small-v1",
+    "upper": {"table": "N5_UpperLeg", "role": "upper_leg", "id": "legseg-upperleg-small-v2",
               "files": "upperleg"},
     "lower": {"table": "N6_LowerLeg", "role": "lower_leg", "id": "legseg-lowerleg-small-v1",
               "files": "lowerleg"},
@@ -389,6 +389,9 @@ def cmd_install(args) -> int:
                                                     else None),
                                 "data_licence": "QMRITools data BSD-3-Clause (c) 2016 "
                                                 "Martijn Froeling"}}
+    if args.region != "classifier":  # the app segments at this voxel size by default
+        case, _ = region_cases(args.region, args.data)
+        entry["provenance"]["training_voxel_size_mm"] = [float(v) for v in case.spacing]
     manifest = write_entry(MODELS, entry)
     print(f"installed {entry['id']}: {len(manifest.entries)} models in {manifest.path}")
     return 0
