@@ -261,12 +261,13 @@ def cmd_classifier(args) -> int:
 def segmenter_path_positions(run: Path, stacks) -> dict:
     """Per held-out stack: the region ranges the segmenter's own path (body mask, classifier,
     staircase fit) finds with the trained classifier, and the majority side."""
+    from legseg_tf.body_position import ClassifierConfig as PathConfig
     from legseg_tf.body_position import classify_body
     from legseg_tf.config import InferenceConfig
     from legseg_tf.masking import apply_mask, body_mask
     from legseg_tf.model_adapters import KerasSliceClassifier
     from legseg_tf.networks.classifier import build_classifier
-    from legseg_tf.networks.config import ClassifierConfig, config_from_json
+    from legseg_tf.networks.config import config_from_json
 
     net = config_from_json((run / "classifier.json").read_text())
     model = build_classifier(net)
@@ -277,7 +278,7 @@ def segmenter_path_positions(run: Path, stacks) -> dict:
     for stack in stacks:
         masked = apply_mask(stack.volume, body_mask(stack.volume))
         result = classify_body(masked, classifier, ("LowerLegs", "UpperLegs", "Hip"),
-                               ClassifierConfig(image_size=net.image_size))
+                               PathConfig(image_size=net.image_size))
         ranges = {k: [int(v[0]), int(v[1])] for k, v in result.ranges.items()}
         out[stack.name] = {"side": result.side, "ranges": ranges,
                            "truth": sorted(set(stack.positions))}
