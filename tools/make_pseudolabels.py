@@ -6,7 +6,7 @@ Carries the two labelled reference subjects onto every other real stack in ``../
 label map in the ``Muscles_leg`` numbering with an agreement map, an ignore mask, a QC montage
 and agreement tables into ``training_runs/pseudolabels/`` (git-ignored; override with ``--out``)::
 
-    python tools/make_pseudolabels.py                       # all targets, ~20-40 min on 2 cores
+    python tools/make_pseudolabels.py                       # all targets, ~6 min (1 thread)
     python tools/make_pseudolabels.py --targets Join_6 ucl_calf
     python tools/make_pseudolabels.py --list                # the targets and their slabs
 
