@@ -669,8 +669,9 @@ def register_leg(fixed: Leg, moving: Leg, settings: RegistrationSettings, seed: 
 
     Stages: start from body-mask centroids, in-plane size ratio and ``start`` = (k, f): a
     superior-inferior offset of k search steps from the centroid alignment and an in-plane
-    size factor f (searched with :func:`offset_scores` when None), then affine and B-spline optimisation (Mattes MI,
-    multi-resolution, metric restricted to the dilated fixed leg mask).
+    size factor f (searched with :func:`offset_scores` when None), then affine and B-spline
+    optimisation (Mattes MI, multi-resolution, metric restricted to the dilated fixed leg
+    mask).
     """
     sitk = _sitk()
     clock, cpu_clock = time.perf_counter(), time.process_time()
@@ -928,8 +929,9 @@ def process_target(spec: TargetSpec, data: Path, out: Path, atlases: dict[str, l
                 "metric": {k: round(v, 5) for k, v in result.metric.items()},
                 "seconds": round(result.seconds, 1),
                 "cpu_seconds": round(result.cpu_seconds, 1)})
-            logger.info("%s <- %s: %.0f s (cpu %.0f s), z offset %+.0f mm, MI %s", leg.name, atlas.name,
-                        result.seconds, result.cpu_seconds, result.search_offset_mm, registrations[-1]["metric"])
+            logger.info("%s <- %s: %.0f s (cpu %.0f s), z offset %+.0f mm, MI %s", leg.name,
+                        atlas.name, result.seconds, result.cpu_seconds, result.search_offset_mm,
+                        registrations[-1]["metric"])
         votes = np.stack(votes)
         votes[:, ~leg.mask] = np.where(votes[:, ~leg.mask] == IGNORE, IGNORE, 0)
         leg_fused, leg_agree, leg_ignore = fuse_votes(votes, min_agreement)
