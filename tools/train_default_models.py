@@ -141,6 +141,48 @@ def patch_normaliser():
     return uniform_normalise
 
 
+#: Voxel size (z, y, x) mm of the shipped region networks' training data.
+TRAINING_VOXEL_SIZE = (6.0, 1.5, 1.5)
+
+#: Pseudo-labelled stacks (``tools/make_pseudolabels.py``) usable for training, by region:
+#: the verdicts of docs/pseudolabels.md ("usable with ignore"; DemoData water is the calf
+#: atlas subject itself, GE thigh and Join_7 are unusable).
+PSEUDOLABEL_TARGETS = {
+    "upper": {"Join_5": "qmritools/DemoData/Join_5.nii.gz",
+              "Join_6": "qmritools/DemoData/Join_6.nii.gz",
+              "ucl_siemens_thigh": "swastling_musclemap/ff/siemens/thigh/input/"
+                                   "0006-Dixon_TE_345_th.nii.gz"},
+    "lower": {"Join_2": "qmritools/DemoData/Join_2.nii.gz",
+              "Join_3": "qmritools/DemoData/Join_3.nii.gz",
+              "Join_4": "qmritools/DemoData/Join_4.nii.gz",
+              "ucl_calf": "swastling_musclemap/t2/input/0007-Dixon_TE_345_cf.nii.gz"},
+}
+
+
+def pseudolabel_cases(region: str, data: Path, folder: Path,
+                      names: list[str] | None = None) -> list[TrainingCase]:
+    """Both legs of each pseudo-labelled stack of ``region`` (ignore mask applied), cropped
+    to the body; stacks whose folder is missing are skipped with a log line."""
+    from legseg_tf.training.data import load_pseudolabel_case
+
+    table = REGIONS[region]["table"]
+    cases = []
+    for name, image in PSEUDOLABEL_TARGETS[region].items():
+        if names and name not in names:
+            continue
+        target = folder / name
+        if not (target / "labels.nii.gz").is_file():
+            logger.warning("no pseudo-labels for %s in %s: run tools/make_pseudolabels.py", name,
+                           folder)
+            continue
+        case = load_pseudolabel_case(data / image, target / "labels.nii.gz",
+                                     target / "ignore.nii.gz", table, name=name)
+        # the shipped networks' voxel size (the app resamples inputs to it at inference)
+        case = resample_case(case, TRAINING_VOXEL_SIZE)
+        cases += list(split_legs(crop_to_body(case)))
+    return cases
+
+
 def region_cases(region: str, data: Path,
                  hygiene: bool = False) -> tuple[TrainingCase, TrainingCase]:
     """(training leg, held-out leg) of ``region``; with ``hygiene`` the incompletely labelled
@@ -289,11 +331,15 @@ def cmd_region(args) -> int:
     from legseg_tf.training.train import train
 
     train_case, held_case = region_cases(args.region, args.data, args.hygiene)
+    extra = (pseudolabel_cases(args.region, args.data, args.pseudolabels, args.pseudo_targets)
+             if args.pseudolabels else [])
     config = region_train_config(args.region, args.rounds, args.threads, args.class_balanced,
                                  args.stack_ends)
     logger.info("train %s %s, held out %s %s", train_case.name, train_case.image.shape,
                 held_case.name, held_case.image.shape)
-    result = train(config, [train_case], [held_case], run_dir(args), resume=args.resume,
+    if extra:
+        logger.info("with %d pseudo-labelled legs: %s", len(extra), [c.name for c in extra])
+    result = train(config, [train_case, *extra], [held_case], run_dir(args), resume=args.resume,
                    normalise=patch_normaliser(), progress=not args.no_progress,
                    max_steps=args.max_steps, initial_weights=args.init_from)
     print(json.dumps(result.last_row, indent=1))
@@ -427,6 +473,11 @@ def main(argv=None) -> int:
                        help="ignore incompletely labelled reference end slices")
         p.add_argument("--stack-ends", type=float, default=0.0,
                        help="probability of an artificial stack end per patch")
+        p.add_argument("--pseudolabels", type=Path, default=None,
+                       help="also train on the pseudo-labelled stacks in this folder "
+                            "(tools/make_pseudolabels.py output)")
+        p.add_argument("--pseudo-targets", nargs="+", default=None,
+                       help="only these pseudo-labelled stacks (leave one out for validation)")
         p.set_defaults(region=region)
     p = sub.add_parser("evaluate")
     p.add_argument("region", choices=("upper", "lower"))

@@ -94,6 +94,26 @@ def load_case(image_path: str | Path, label_path: str | Path, name: str | None =
     return TrainingCase(name or Path(image_path).name.split(".")[0], image, labels, spacing)
 
 
+def load_pseudolabel_case(image_path: str | Path, label_path: str | Path,
+                          ignore_path: str | Path, table: str,
+                          name: str | None = None) -> TrainingCase:
+    """A case from fused atlas labels (``tools/make_pseudolabels.py``): final Muscles_leg labels
+    mapped to ``table``'s training classes, and the voxels of the ignore mask (atlases
+    disagree, outside the atlas slab) marked :data:`IGNORE_LABEL`.
+
+    Labels of other tables (e.g. calf labels on a thigh stack) become background; the image,
+    label and ignore files must share one grid.
+    """
+    case = load_case(image_path, label_path, name=name,
+                     label_map=final_to_training_map(table))
+    ignore, spacing = load_volume(ignore_path)
+    if ignore.shape != case.labels.shape or not np.allclose(spacing, case.spacing, atol=1e-4):
+        raise ValueError(f"{ignore_path} {ignore.shape} is not on the grid of {image_path}")
+    labels = case.labels.copy()
+    labels[ignore > 0.5] = IGNORE_LABEL
+    return replace(case, labels=labels)
+
+
 def remap_labels(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     """Replace label values through ``mapping``; values not in the mapping become 0.
 
