@@ -163,3 +163,27 @@ def test_a_network_trained_on_a_tapered_reference_labels_the_end_slices(tmp_path
     middle = float(np.mean(recall[4:8]))
     assert middle > 0.8, recall
     assert min(recall[:2] + recall[-2:]) >= 0.7 * middle, recall
+
+
+def test_pseudolabel_cases_carry_their_ignore_mask(tmp_path):
+    from legseg_tf.training.data import load_pseudolabel_case
+    from tests.conftest import write_nifti
+
+    affine = np.diag([1.5, 1.5, 6.0, 1.0])
+    image = np.zeros((20, 16, 4), np.float32)
+    image[2:18, 2:14] = 100.0
+    labels = np.zeros(image.shape, np.uint16)
+    labels[2:10, 2:14] = 55          # Vastus lateralis Left -> N5 class
+    labels[10:18, 2:14] = 221        # a calf label: not in the thigh table -> background
+    ignore = np.zeros(image.shape, np.uint8)
+    ignore[:, :, 3] = 1
+    paths = [write_nifti(tmp_path / f"{n}.nii.gz", a, affine)
+             for n, a in (("image", image), ("labels", labels), ("ignore", ignore))]
+    case = load_pseudolabel_case(*paths, table="N5_UpperLeg", name="pseudo")
+    assert case.name == "pseudo" and case.labels.shape == (4, 16, 20)   # (z, y, x)
+    assert (case.labels[3] == IGNORE_LABEL).all()
+    kept = case.labels[:3]
+    assert set(np.unique(kept)) == {0, 12}   # N5 class of Vastus lateralis; the calf label gone
+    write_nifti(tmp_path / "small.nii.gz", ignore[:10], affine)
+    with pytest.raises(ValueError, match="grid"):
+        load_pseudolabel_case(paths[0], paths[1], tmp_path / "small.nii.gz", "N5_UpperLeg")
