@@ -29,29 +29,16 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from legseg_tf.onnxnet.graph import OnnxGraph, OnnxImportError
+from legseg_tf.wlnet.emitter import OpEmitter, Tensor as _Tensor
+from legseg_tf.wlnet.emitter import channels_last as _channels_last
 from legseg_tf.wlnet.translator import CONFIG_KIND, CONFIG_VERSION, SEP, Description
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    """Keras tensor name, logical shape (no batch axis), and the logical axis of each stored
-    Keras axis (batch excluded)."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    order: tuple[int, ...]
-
-
-def _channels_last(rank: int) -> tuple[int, ...]:
-    return tuple(range(1, rank)) + (0,) if rank >= 2 else tuple(range(rank))
 
 
 def _logical(rank: int) -> tuple[int, ...]:
@@ -116,16 +103,13 @@ def describe(graph: OnnxGraph, *, free_spatial: bool = False) -> Description:
     return _Walker(graph).run(free_spatial)
 
 
-class _Walker:
+class _Walker(OpEmitter):
     """Emits config ops node by node; tracks tensors, layouts and strides."""
 
     def __init__(self, graph: OnnxGraph) -> None:
         self.g = graph
-        self.ops: list[dict] = []
-        self.weights: dict[str, list[np.ndarray]] = {}
-        self.names: set[str] = set()
+        super().__init__()
         self.tensors: dict[str, _Tensor] = {}
-        self.permuted: dict[tuple[str, tuple[int, ...]], _Tensor] = {}
         self.node: Any = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -134,32 +118,6 @@ class _Walker:
         where = f"{self.g.node_label(node)}: " if node is not None else ""
         return OnnxImportError(f"{self.g.path}: {where}{message}")
 
-    def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}_{k}"
-        self.names.add(name)
-        return name
-
-    def emit(self, name: str, op: str, inputs: list[_Tensor], config: dict, shape: tuple,
-             order: tuple, weights: list[np.ndarray] | None = None) -> _Tensor:
-        name = self.unique(name)
-        self.ops.append({"name": name, "op": op, "inputs": [t.name for t in inputs],
-                         "config": config})
-        if weights is not None:
-            self.weights[name] = [np.asarray(w, dtype=np.float32) for w in weights]
-        return _Tensor(name, tuple(shape), tuple(order))
-
-    def to_order(self, t: _Tensor, order: tuple[int, ...], hint: str) -> _Tensor:
-        if t.order == order:
-            return t
-        key = (t.name, order)
-        if key not in self.permuted:
-            dims = [t.order.index(a) + 1 for a in order]
-            self.permuted[key] = self.emit(f"{hint}_permute", "permute", [t], {"dims": dims},
-                                           t.shape, order)
-        return self.permuted[key]
 
     def attrs(self, node, allowed: dict[str, Any]) -> dict[str, Any]:
         """Node attributes with defaults; any attribute not in ``allowed`` is refused."""

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from legseg_tf.wlnet.emitter import OpEmitter, Tensor as _Tensor
+from legseg_tf.wlnet.emitter import channels_last as _channels_last
 from legseg_tf.wlnet.expr import Expr, Symbol, WlnetError, to_wl_text
 from legseg_tf.wlnet.reader import (
     Container, Layer, Node, PortRef, TensorType, WlnetFile, unwrap,
@@ -86,19 +88,6 @@ class TranslationError(WlnetError):
 # --------------------------------------------------------------------------------------------
 # step 1: Wolfram graph -> config + weights
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Tensor:
-    """A Keras tensor name, the Wolfram shape, and which Wolfram axis each stored axis holds."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    order: tuple[int, ...]
-
-
-def _channels_last(rank: int) -> tuple[int, ...]:
-    return tuple(range(1, rank)) + (0,) if rank >= 2 else tuple(range(rank))
-
 
 def _wolfram_order(rank: int) -> tuple[int, ...]:
     return tuple(range(rank))
@@ -220,48 +209,19 @@ def _sanitize(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", text) or "x"
 
 
-class _Walker:
+class _Walker(OpEmitter):
     """Emits ops while walking containers; tracks tensors and layouts."""
 
     def __init__(self, source: str, version: str = "unknown") -> None:
         self.source = source
         self.version = version
-        self.ops: list[dict] = []
-        self.weights: dict[str, list[np.ndarray]] = {}
-        self.names: set[str] = set()
-        self.permuted: dict[tuple[str, tuple[int, ...]], _Tensor] = {}
+        super().__init__()
 
     # -- helpers -----------------------------------------------------------------------------
     def fail(self, layer: Layer | Container, message: str) -> TranslationError:
         kind = getattr(layer, "type", "")
         return TranslationError(f"{self.source}: node {layer.name} ({kind}): {message}")
 
-    def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}_{k}"
-        self.names.add(name)
-        return name
-
-    def emit(self, name: str, op: str, inputs: list[_Tensor], config: dict,
-             shape: tuple, order: tuple, weights: list[np.ndarray] | None = None) -> _Tensor:
-        name = self.unique(name)
-        self.ops.append({"name": name, "op": op, "inputs": [t.name for t in inputs],
-                         "config": config})
-        if weights is not None:
-            self.weights[name] = [np.asarray(w, dtype=np.float32) for w in weights]
-        return _Tensor(name, tuple(shape), tuple(order))
-
-    def to_order(self, t: _Tensor, order: tuple[int, ...], hint: str) -> _Tensor:
-        if t.order == order:
-            return t
-        key = (t.name, order)
-        if key not in self.permuted:
-            dims = [t.order.index(a) + 1 for a in order]
-            self.permuted[key] = self.emit(f"{hint}_permute", "permute", [t], {"dims": dims},
-                                           t.shape, order)
-        return self.permuted[key]
 
     # -- graph walk --------------------------------------------------------------------------
     def node(self, node: Node, inputs: dict[str, Any]) -> dict[str, _Tensor]:
