@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -55,6 +56,20 @@ def pytest_sessionfinish(session, exitstatus):
               f"\n{lines}")
         if session.exitstatus == 0:
             session.exitstatus = 1
+
+
+def thigh_bids(root: Path) -> tuple[Path, Path]:
+    """A one-participant BIDS dataset holding the real QMRITools thigh stack (test.nii.gz) as
+    ``sub-01_acq-outphase_T1w``; returns (dataset folder, source image)."""
+    image = shared_file("data", "qmritools", "scripts_test_data", "test.nii.gz")
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "QMRITools thighs", "BIDSVersion": "1.10.0"}))
+    shutil.copyfile(image, anat / "sub-01_acq-outphase_T1w.nii.gz")
+    (anat / "sub-01_acq-outphase_T1w.json").write_text(json.dumps(
+        {"MagneticFieldStrength": 3, "EchoTime": 0.00115}))
+    return root, image
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, sidecar: dict | None = None) -> Path:

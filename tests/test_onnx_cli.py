@@ -3,7 +3,6 @@ participant level on the real thigh with networks imported from ONNX files."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from legseg_tf.wlnet import cli  # noqa: E402
 from tests import onnx_builder as B  # noqa: E402
-from tests.conftest import REPO_ROOT, shared_file  # noqa: E402
+from tests.conftest import REPO_ROOT, shared_file, thigh_bids  # noqa: E402
 
 SIDES = ["Left", "Right", "Both"]
 POSITIONS = ["Lower", "Knee", "Upper", "Hip", "Torso", "Shoulder", "Neck", "Head"]
@@ -146,7 +145,6 @@ def test_participant_level_with_networks_imported_from_onnx(tmp_path, capsys):
     from legseg_tf.cli import main as app
     from legseg_tf.labels import BY_INDEX
 
-    image = shared_file("data", "qmritools", "scripts_test_data", "test.nii.gz")
     reference = shared_file("data", "qmritools", "scripts_test_data", "out.nii.gz")
     native_upper, upper_cfg = _shipped("upper_leg")
     native_cls, cls_cfg = _shipped("classifier")
@@ -170,14 +168,7 @@ def test_participant_level_with_networks_imported_from_onnx(tmp_path, capsys):
                      "--classes", "Side=" + ",".join(cls_cfg["side_classes"]),
                      "--classes", "Position=" + ",".join(cls_cfg["position_classes"])]) == 0
 
-    bids = tmp_path / "bids"
-    anat = bids / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    (bids / "dataset_description.json").write_text(json.dumps(
-        {"Name": "QMRITools thighs", "BIDSVersion": "1.10.0"}))
-    shutil.copyfile(image, anat / "sub-01_acq-outphase_T1w.nii.gz")
-    (anat / "sub-01_acq-outphase_T1w.json").write_text(json.dumps(
-        {"MagneticFieldStrength": 3, "EchoTime": 0.00115}))
+    bids, _ = thigh_bids(tmp_path / "bids")
     out = tmp_path / "out"
     code = app([str(bids), str(out), "participant", "--models", str(models),
                 "--region", "upper", "--skip_bids_validator"])

@@ -12,31 +12,19 @@ label map has the input's grid.
 from __future__ import annotations
 
 import json
-import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from legseg_tf.labels import BY_INDEX
-from tests.conftest import shared_file
+from tests.conftest import thigh_bids
 from tests.qmritools_paclet import SEGMENTATION_NETS, build_fake_paclet
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 ROLES = {"Body_Pos_Side": "classifier", "N5_UpperLeg_3D": "upper_leg",
          "N6_LowerLeg_3D": "lower_leg", "N4_Hip_3D": "hip"}
-
-
-def _bids_thigh(tmp_path):
-    image = shared_file("data", "qmritools", "scripts_test_data", "test.nii.gz")
-    bids = tmp_path / "bids"
-    anat = bids / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    (bids / "dataset_description.json").write_text(json.dumps(
-        {"Name": "QMRITools thighs", "BIDSVersion": "1.10.0"}))
-    shutil.copyfile(image, anat / "sub-01_acq-outphase_T1w.nii.gz")
-    return bids, image
 
 
 @pytest.mark.parametrize("widths", ["qmritools"])
@@ -58,7 +46,7 @@ def test_paclet_import_then_participant_level_on_a_real_thigh(tmp_path, capsys, 
         assert entry.sha256 == model_store.sha256_file(entry.weights_path)
     assert set(SEGMENTATION_NETS) <= {e.id for e in manifest.entries}
 
-    bids, image = _bids_thigh(tmp_path)
+    bids, image = thigh_bids(tmp_path / "bids")
     out = tmp_path / "out"
     code = legseg([str(bids), str(out), "participant", "--models", str(models),
                    "--region", "legs-hip", "--skip_bids_validator"])

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, shared_file
+from tests.conftest import REPO_ROOT, shared_file, thigh_bids
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 logger = logging.getLogger(__name__)
@@ -38,7 +36,6 @@ def _require_models():
 
 
 def test_participant_level_on_the_qmritools_thighs(tmp_path):
-    image = shared_file("data", "qmritools", "scripts_test_data", "test.nii.gz")
     reference = shared_file("data", "qmritools", "scripts_test_data", "out.nii.gz")
     _require_models()
     from legseg_tf.cli import main
@@ -46,14 +43,7 @@ def test_participant_level_on_the_qmritools_thighs(tmp_path):
     from legseg_tf.training.data import load_volume
     from legseg_tf.training.metrics import dice
 
-    bids = tmp_path / "bids"
-    anat = bids / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    (bids / "dataset_description.json").write_text(json.dumps(
-        {"Name": "QMRITools thighs", "BIDSVersion": "1.10.0"}))
-    shutil.copyfile(image, anat / "sub-01_acq-outphase_T1w.nii.gz")
-    (anat / "sub-01_acq-outphase_T1w.json").write_text(json.dumps(
-        {"MagneticFieldStrength": 3, "EchoTime": 0.00115}))
+    bids, _ = thigh_bids(tmp_path / "bids")
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--models", str(MODELS),
                  "--region", "upper", "--skip_bids_validator"])
