@@ -141,6 +141,9 @@ def patch_normaliser():
     return uniform_normalise
 
 
+#: The shipped classifier (recipe v2).
+CLASSIFIER_ID = "legseg-classifier-small-v2"
+
 #: Voxel size (z, y, x) mm of the shipped region networks' training data.
 TRAINING_VOXEL_SIZE = (6.0, 1.5, 1.5)
 
@@ -399,19 +402,22 @@ def cmd_install(args) -> int:
 
     MODELS.mkdir(exist_ok=True)
     if args.region == "classifier":
-        run = RUNS / "classifier"
+        run = RUNS / (args.run_name or "classifier-v2")
         report = json.loads((run / "report.json").read_text())
         shutil.copyfile(run / "classifier.json", MODELS / "classifier.json")
         shutil.copyfile(run / "classifier.weights.h5", MODELS / "classifier.weights.h5")
-        entry = {"id": "legseg-classifier-small-v1", "role": "classifier",
+        entry = {"id": CLASSIFIER_ID, "role": "classifier",
                  "config": "classifier.json", "weights": "classifier.weights.h5",
                  "label_table": None,
                  "provenance": {"source": "legseg-train", "recipe":
-                                "tools/train_default_models.py classifier",
-                                "card": "cards/legseg-classifier-small-v1.md",
+                                "tools/train_default_models.py classifier (recipe v2)",
+                                "card": f"cards/{CLASSIFIER_ID}.md",
+                                "validation": "leave-one-group-out: classifier --hold-out "
+                                              "ucl | ge | qmritools-thigh",
                                 "training_stacks": report["train_stacks"],
                                 "data_licence": "QMRITools data BSD-3-Clause (c) 2016 "
-                                                "Martijn Froeling"}}
+                                                "Martijn Froeling; UCL data MIT (c) 2025 "
+                                                "Stephen Wastling"}}
     else:
         spec = REGIONS[args.region]
         run = run_dir(args)
