@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from legseg_tf.onnxnet.graph import OnnxGraph, OnnxImportError
-from legseg_tf.wlnet.emitter import OpEmitter, Tensor as _Tensor
+from legseg_tf.wlnet.emitter import OpEmitter, prune_ops
+from legseg_tf.wlnet.emitter import Tensor as _Tensor
 from legseg_tf.wlnet.emitter import channels_last as _channels_last
 from legseg_tf.wlnet.translator import CONFIG_KIND, CONFIG_VERSION, SEP, Description
 
@@ -211,7 +212,7 @@ class _Walker(OpEmitter):
             t = self.to_order(t, _logical(len(t.shape)), f"output_{_sanitize(port) or 'y'}")
             outputs_cfg.append({"name": t.name, "port": port, "wolfram_shape": list(t.shape),
                                 "layout": "wolfram"})
-        ops = _prune(self.ops, [o["name"] for o in outputs_cfg] )
+        ops = prune_ops(self.ops, [o["name"] for o in outputs_cfg] )
         kept = {op["name"] for op in ops}
         model = g.model
         config = {
@@ -890,21 +891,6 @@ def _nearest_repeats(ctm: str, nearest_mode: str, factor: int) -> bool:
     return True
 
 
-def _prune(ops: list[dict], outputs: list[str]) -> list[dict]:
-    """Drop ops that no output depends on, keeping the order."""
-    producer = {op["name"]: op for op in ops}
-    needed, stack = set(), list(outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in producer:
-            continue
-        needed.add(name)
-        stack.extend(producer[name]["inputs"])
-    dropped = [op["name"] for op in ops if op["name"] not in needed]
-    if dropped:
-        LOGGER.info("dropping %d layer(s) no output depends on: %s", len(dropped),
-                    ", ".join(dropped[:5]))
-    return [op for op in ops if op["name"] in needed]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,9 +10,12 @@ tensor and order.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,20 @@ class OpEmitter:
             self.permuted[key] = self.emit(f"{hint}_permute", "permute", [t], {"dims": dims},
                                            t.shape, order)
         return self.permuted[key]
+
+
+def prune_ops(ops: list[dict], outputs: list[str]) -> list[dict]:
+    """Drop ops that no output depends on (dangling branches), keeping the order."""
+    producer = {op["name"]: op for op in ops}
+    needed, stack = set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in producer:
+            continue
+        needed.add(name)
+        stack.extend(producer[name]["inputs"])
+    dropped = [op["name"] for op in ops if op["name"] not in needed]
+    if dropped:
+        LOGGER.info("dropping %d layer(s) no output depends on: %s", len(dropped),
+                    ", ".join(dropped[:5]))
+    return [op for op in ops if op["name"] in needed]

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from legseg_tf.wlnet.emitter import OpEmitter, Tensor as _Tensor
+from legseg_tf.wlnet.emitter import OpEmitter, prune_ops
+from legseg_tf.wlnet.emitter import Tensor as _Tensor
 from legseg_tf.wlnet.emitter import channels_last as _channels_last
 from legseg_tf.wlnet.expr import Expr, Symbol, WlnetError, to_wl_text
 from legseg_tf.wlnet.reader import (
@@ -146,7 +147,7 @@ def describe(wl: WlnetFile, *, free_spatial: bool = False) -> Description:
         if isinstance(spec, TensorType) and spec.coder:
             entry["decoder"] = coder_summary(spec)
         outputs_cfg.append(entry)
-    ops = _prune(walker.ops, [o["name"] for o in outputs_cfg])
+    ops = prune_ops(walker.ops, [o["name"] for o in outputs_cfg])
     kept = {op["name"] for op in ops}
     config = {
         "kind": CONFIG_KIND, "config_version": CONFIG_VERSION,
@@ -157,21 +158,6 @@ def describe(wl: WlnetFile, *, free_spatial: bool = False) -> Description:
     return Description(config=config, weights=weights)
 
 
-def _prune(ops: list[dict], outputs: list[str]) -> list[dict]:
-    """Drop ops that no net output depends on (dangling branches), keeping the order."""
-    producer = {op["name"]: op for op in ops}
-    needed, stack = set(), list(outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in producer:
-            continue
-        needed.add(name)
-        stack.extend(producer[name]["inputs"])
-    dropped = [op["name"] for op in ops if op["name"] not in needed]
-    if dropped:
-        LOGGER.info("dropping %d layer(s) no output depends on: %s", len(dropped),
-                    ", ".join(dropped[:5]))
-    return [op for op in ops if op["name"] in needed]
 
 
 def coder_summary(spec: TensorType) -> dict:
