@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the BIDS App (also used to check the Boutiques descriptor)."""
     parser = _Parser(
         prog="legseg",
+        allow_abbrev=False,  # "--mem" must never silently mean "--mem-gb"
         description="Automated segmentation of leg muscles in BIDS datasets "
         "(a Python/Keras port of the QMRITools SegmentData pipeline).",
     )
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE", help="JSON object of pybids entity filters that replaces the default input query",
     )
     inputs.add_argument(
-        "--skip_bids_validator", "--skip-bids-validator", dest="skip_bids_validator",
+        "--skip_bids_validator", "--skip-bids-validator", "--skip-bids-validation",
+        dest="skip_bids_validator",
         action="store_true", help="do not run the BIDS validator on BIDS_DIR",
     )
     seg = parser.add_argument_group("segmentation")
@@ -136,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--ff-erosion", "--ff_erosion", dest="ff_erosion", type=_non_negative_int, default=1,
                      help="voxels eroded from each muscle for the eroded fat-fraction columns (default: %(default)s)")
     resources = parser.add_argument_group("resources and outputs")
-    resources.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=_positive_int,
+    resources.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", "--n_procs",
+                           "--omp-nthreads", dest="nprocs", type=_positive_int,
                            help="CPU threads to use (default: the CPUs this process may use: affinity set, container CPU quota)")
     resources.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float,
                            help="memory budget in GB for the network's patch activations (default: from the "

@@ -211,3 +211,16 @@ def test_caches_leave_an_unwritable_home(tmp_path, monkeypatch):
     monkeypatch.delenv("KERAS_HOME")
     cli._cache_dirs_off_an_unwritable_home(None)
     assert os.environ["KERAS_HOME"].endswith(f"legseg-cache-{os.getuid()}/.keras")
+
+
+def test_fmriprep_spellings_are_aliases_and_abbreviations_are_refused(tiny_dataset, tmp_path):
+    """fMRIPrep/MRIQC users' spellings parse to the same options; an abbreviated option is a
+    usage error (argparse's prefix matching would let "--mem" mean "--mem-gb")."""
+    base = [str(tiny_dataset), str(tmp_path / "out"), "participant"]
+    parser = cli.build_parser()
+    for words, dest, value in ((["--skip-bids-validation"], "skip_bids_validator", True),
+                               (["--n-cpus", "3"], "nprocs", 3), (["--n_procs", "3"], "nprocs", 3),
+                               (["--omp-nthreads", "2"], "nprocs", 2)):
+        assert getattr(parser.parse_args(base + words), dest) == value, words
+    assert run_cli(*base[:2], "participant", "--mem", "2") == cli.EXIT_USAGE
+    assert run_cli(*base[:2], "participant", "--skip-bids") == cli.EXIT_USAGE
