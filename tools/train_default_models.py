@@ -397,6 +397,25 @@ def stack_end_shares(config: UNetConfig, weights: Path, case: TrainingCase) -> d
             "last3_vs_middle": round(float(np.mean(shares[-3:])) / middle, 3)}
 
 
+def cmd_evaluate_new_subjects(args) -> int:
+    """Installed network of ``region`` on the pseudo-labelled stacks of other people
+    (``tools/make_pseudolabels.py`` output, ignore masks left out of the scores), through the
+    app's inference path. The reference is fused atlas labels, not a manual segmentation."""
+    from legseg_tf.training.evaluate import evaluate_case
+
+    models = args.models or MODELS
+    spec = REGIONS[args.region]
+    config = UNetConfig.from_json((models / f"{spec['files']}.json").read_text())
+    weights = models / f"{spec['files']}.weights.h5"
+    report = {}
+    for case in pseudolabel_cases(args.region, args.data, args.pseudolabels):
+        result = evaluate_case(config, weights, case, spec["table"], patch_size=(16, 64, 64))
+        report[case.name] = result["summary"]
+        print(f"{case.name}: mean Dice {result['summary']['mean_dice_reference_labels']:.3f}")
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def cmd_install(args) -> int:
     from legseg_tf.model_store import write_entry
 
@@ -485,6 +504,10 @@ def main(argv=None) -> int:
         p.add_argument("--pseudo-targets", nargs="+", default=None,
                        help="only these pseudo-labelled stacks (leave one out for validation)")
         p.set_defaults(region=region)
+    p = sub.add_parser("evaluate-new-subjects")
+    p.add_argument("region", choices=("upper", "lower"))
+    p.add_argument("--models", type=Path, default=None)
+    p.add_argument("--pseudolabels", type=Path, default=RUNS / "pseudolabels")
     p = sub.add_parser("evaluate")
     p.add_argument("region", choices=("upper", "lower"))
     p.add_argument("--best", action="store_true")
@@ -499,7 +522,8 @@ def main(argv=None) -> int:
     if not args.data.is_dir():
         parser.error(f"data folder {args.data} not found")
     handlers = {"classifier": cmd_classifier, "upper": cmd_region, "lower": cmd_region,
-                "evaluate": cmd_evaluate, "install": cmd_install}
+                "evaluate": cmd_evaluate, "install": cmd_install,
+                "evaluate-new-subjects": cmd_evaluate_new_subjects}
     return handlers[args.command](args)
 
 
