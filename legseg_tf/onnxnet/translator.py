@@ -273,15 +273,6 @@ class _Walker(OpEmitter):
             return [(t - t // 2, t // 2) for t in totals], False
         raise self.fail(f"auto_pad {mode!r} is not supported (with stride > 1)")
 
-    def _pad(self, x: _Tensor, pads: list[tuple[int, int]], name: str) -> _Tensor:
-        if not any(lo or hi for lo, hi in pads):
-            return x
-        shape = (x.shape[0],) + tuple(None if s is None else s + lo + hi
-                                      for s, (lo, hi) in zip(x.shape[1:], pads))
-        return self.emit(f"{name}_pad", "zero_pad", [x],
-                         {"rank": len(pads), "padding": [list(p) for p in pads]},
-                         shape, x.order)
-
     def _op_Conv(self, node, name: str) -> _Tensor:
         a = self.attrs(node, {"auto_pad": "NOTSET", "dilations": None, "group": 1,
                               "kernel_shape": None, "pads": None, "strides": None})

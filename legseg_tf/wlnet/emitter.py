@@ -61,6 +61,17 @@ class OpEmitter:
             self.weights[name] = [np.asarray(w, dtype=np.float32) for w in weights]
         return Tensor(name, tuple(shape), tuple(order))
 
+    def _pad(self, x: Tensor, pads: list[tuple[int, int]], name: str) -> Tensor:
+        """``x`` zero-padded by (low, high) per spatial axis (logical channels-first shape);
+        no op when all pads are 0."""
+        if not any(lo or hi for lo, hi in pads):
+            return x
+        shape = (x.shape[0],) + tuple(None if s is None else s + lo + hi
+                                      for s, (lo, hi) in zip(x.shape[1:], pads))
+        return self.emit(f"{name}_pad", "zero_pad", [x],
+                         {"rank": len(pads), "padding": [list(p) for p in pads]},
+                         shape, x.order)
+
     def to_order(self, t: Tensor, order: tuple[int, ...], hint: str) -> Tensor:
         """``t`` stored in ``order`` (a ``permute`` op the first time it is asked for)."""
         if t.order == order:

@@ -381,15 +381,6 @@ class _Walker(OpEmitter):
         return self.emit(name, "conv", [x], cfg, (out_ch,) + spatial, _channels_last(dims + 1),
                          [kernel_arr] + ([bias] if bias is not None else []))
 
-    def _pad(self, x: _Tensor, pads: list[tuple[int, int]], name: str) -> _Tensor:
-        if not any(lo or hi for lo, hi in pads):
-            return x
-        shape = (x.shape[0],) + tuple(None if s is None else s + lo + hi
-                                      for s, (lo, hi) in zip(x.shape[1:], pads))
-        return self.emit(f"{name}_pad", "zero_pad", [x],
-                         {"rank": len(pads), "padding": [list(p) for p in pads]},
-                         shape, x.order)
-
     def _l_Deconvolution(self, layer: Layer, name: str, inputs: dict) -> _Tensor:
         p = layer.parameters
         x = self._single(layer, inputs)
