@@ -162,6 +162,42 @@ PSEUDOLABEL_TARGETS = {
 }
 
 
+#: Subjects per region for leave-one-subject-out folds. Identity is not documented in the data;
+#: a subject here is one source and scanner: the region's labelled reference (QMRITools thigh
+#: test data, QMRITools calf demo), the QMRITools Join stacks, the UCL Siemens stacks.
+#: The GE thigh and Join_7 have no usable pseudo-labels (docs/pseudolabels.md).
+REFERENCE_SUBJECT = {"upper": "qmritools-thigh", "lower": "qmritools-calf"}
+SUBJECTS = {
+    "upper": {"qmritools-thigh": (), "qmritools-join": ("Join_5", "Join_6"),
+              "ucl": ("ucl_siemens_thigh",)},
+    "lower": {"qmritools-calf": (), "qmritools-join": ("Join_2", "Join_3", "Join_4"),
+              "ucl": ("ucl_calf",)},
+}
+
+
+def subject_split(region: str, data: Path, pseudolabels: Path, hold_out: str | None,
+                  hygiene: bool = True) -> tuple[list[TrainingCase], list[TrainingCase]]:
+    """(training legs, held-out legs) of a leave-one-subject-out fold of ``region``.
+
+    Every leg of every subject but ``hold_out`` trains (the reference subject with both legs,
+    its incompletely labelled end slices ignored when ``hygiene``); the held-out subject's
+    legs are returned for validation. ``hold_out=None`` trains on every subject and returns
+    the reference subject's left leg (then also a training leg) for monitoring only.
+    """
+    subjects = SUBJECTS[region]
+    if hold_out is not None and hold_out not in subjects:
+        raise SystemExit(f"--hold-out for {region} must be one of {sorted(subjects)}")
+    reference = list(region_cases(region, data, hygiene=hygiene))
+    train, held = [], []
+    for subject, stacks in subjects.items():
+        legs = (reference if subject == REFERENCE_SUBJECT[region]
+                else pseudolabel_cases(region, data, pseudolabels, list(stacks)))
+        (held if subject == hold_out else train).extend(legs)
+    if hold_out is None:
+        held = [reference[1]]
+    return train, held
+
+
 def pseudolabel_cases(region: str, data: Path, folder: Path,
                       names: list[str] | None = None) -> list[TrainingCase]:
     """Both legs of each pseudo-labelled stack of ``region`` (ignore mask applied), cropped
@@ -333,16 +369,20 @@ def segmenter_path_positions(run: Path, stacks) -> dict:
 def cmd_region(args) -> int:
     from legseg_tf.training.train import train
 
-    train_case, held_case = region_cases(args.region, args.data, args.hygiene)
-    extra = (pseudolabel_cases(args.region, args.data, args.pseudolabels, args.pseudo_targets)
-             if args.pseudolabels else [])
     config = region_train_config(args.region, args.rounds, args.threads, args.class_balanced,
                                  args.stack_ends)
-    logger.info("train %s %s, held out %s %s", train_case.name, train_case.image.shape,
-                held_case.name, held_case.image.shape)
-    if extra:
-        logger.info("with %d pseudo-labelled legs: %s", len(extra), [c.name for c in extra])
-    result = train(config, [train_case, *extra], [held_case], run_dir(args), resume=args.resume,
+    if args.subjects:  # leave-one-subject-out fold, or every subject and both legs
+        args.pseudolabels = args.pseudolabels or RUNS / "pseudolabels"
+        hold_out = None if args.hold_out == "none" else args.hold_out
+        cases, held = subject_split(args.region, args.data, args.pseudolabels, hold_out,
+                                    hygiene=args.hygiene)
+    else:
+        train_case, held_case = region_cases(args.region, args.data, args.hygiene)
+        extra = (pseudolabel_cases(args.region, args.data, args.pseudolabels,
+                                   args.pseudo_targets) if args.pseudolabels else [])
+        cases, held = [train_case, *extra], [held_case]
+    logger.info("train %s, validate %s", [c.name for c in cases], [c.name for c in held])
+    result = train(config, cases, held, run_dir(args), resume=args.resume,
                    normalise=patch_normaliser(), progress=not args.no_progress,
                    max_steps=args.max_steps, initial_weights=args.init_from)
     print(json.dumps(result.last_row, indent=1))
@@ -413,6 +453,30 @@ def cmd_evaluate_new_subjects(args) -> int:
         report[case.name] = result["summary"]
         print(f"{case.name}: mean Dice {result['summary']['mean_dice_reference_labels']:.3f}")
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_evaluate_subject(args) -> int:
+    """Last weights of a leave-one-subject-out run on the subject it left out, through the
+    app's inference path: per label Dice and HD95 against the subject's reference (manual or
+    QMRITools labels, incomplete slices ignored) or pseudo-labels (ignore mask left out)."""
+    from legseg_tf.training.evaluate import evaluate_case
+
+    run = run_dir(args)
+    config = UNetConfig.from_json((run / "network.json").read_text())
+    weights = run / "checkpoint" / "model.weights.h5"
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    _, held = subject_split(args.region, args.data, args.pseudolabels, args.hold_out)
+    reference = ("reference labels" if args.hold_out == REFERENCE_SUBJECT[args.region]
+                 else "pseudo-labels (tools/make_pseudolabels.py)")
+    report = {"hold_out": args.hold_out, "scored_against": reference, "rounds": state["round"],
+              "steps": state["step"], "legs": {}}
+    for case in held:
+        result = evaluate_case(config, weights, case, REGIONS[args.region]["table"],
+                               patch_size=(16, 64, 64))
+        report["legs"][case.name] = result
+        print(f"{case.name}: mean Dice {result['summary']['mean_dice_reference_labels']:.3f}")
+    (run / "subject_evaluation.json").write_text(json.dumps(report, indent=2))
     return 0
 
 
@@ -503,10 +567,21 @@ def main(argv=None) -> int:
                             "(tools/make_pseudolabels.py output)")
         p.add_argument("--pseudo-targets", nargs="+", default=None,
                        help="only these pseudo-labelled stacks (leave one out for validation)")
+        p.add_argument("--subjects", action="store_true",
+                       help="train on every subject (reference with both legs + the "
+                            "pseudo-labelled stacks of --pseudolabels), leaving --hold-out out")
+        p.add_argument("--hold-out", default="none",
+                       help=f"with --subjects: the subject left out ({', '.join(SUBJECTS[region])}"
+                            ") or none (the shipped network)")
         p.set_defaults(region=region)
     p = sub.add_parser("evaluate-new-subjects")
     p.add_argument("region", choices=("upper", "lower"))
     p.add_argument("--models", type=Path, default=None)
+    p.add_argument("--pseudolabels", type=Path, default=RUNS / "pseudolabels")
+    p = sub.add_parser("evaluate-subject")
+    p.add_argument("region", choices=("upper", "lower"))
+    p.add_argument("--run-name", required=True)
+    p.add_argument("--hold-out", required=True, help="the subject the run left out")
     p.add_argument("--pseudolabels", type=Path, default=RUNS / "pseudolabels")
     p = sub.add_parser("evaluate")
     p.add_argument("region", choices=("upper", "lower"))
@@ -523,7 +598,8 @@ def main(argv=None) -> int:
         parser.error(f"data folder {args.data} not found")
     handlers = {"classifier": cmd_classifier, "upper": cmd_region, "lower": cmd_region,
                 "evaluate": cmd_evaluate, "install": cmd_install,
-                "evaluate-new-subjects": cmd_evaluate_new_subjects}
+                "evaluate-new-subjects": cmd_evaluate_new_subjects,
+                "evaluate-subject": cmd_evaluate_subject}
     return handlers[args.command](args)
 
 
