@@ -168,6 +168,31 @@ def out_of_phase_distance(echo_time_s: float, field_t: float) -> float:
     return abs((cycles % 1.0) - 0.5)
 
 
+def _root_anchored_config(root: str) -> dict:
+    """pybids' ``bids`` config with every entity pattern confined to the path below ``root``.
+
+    pybids finds an entity by ``pattern.search(absolute path of the file)``, so folders *above*
+    the dataset root take part: a root under ``/data/perf/`` makes every file ``datatype-perf``
+    (the datatype pattern is ``[/\\]+(anat|func|perf|...)[/\\]+``), ``/x/sub-foo/ds`` makes
+    every file ``subject-foo``, and ``ses-``, ``acq-``, ``task-``, ``run-``... folders do the
+    same; the default query then finds nothing (issue 15). Each pattern ``P`` becomes
+    ``^<root>(?s:.*?)(?:P)``: the root is consumed literally and ``P`` is tried at the first
+    position after it, then the next, and so on -- exactly ``P.search(relative path)``, with
+    the relative path starting at its ``/``. Nothing is copied, linked or written, so it works
+    on read-only datasets and whatever the parent folders are called. The config keeps the
+    name ``bids``, which pybids checks (e.g. to add the dot to ``extension`` filters).
+    """
+    from bids.config import get_option
+
+    with open(get_option("config_paths")["bids"], encoding="utf-8") as handle:
+        config = json.load(handle)
+    prefix = "^" + re.escape(root.rstrip("/\\")) + "(?s:.*?)"
+    for entity in config["entities"]:
+        if entity.get("pattern"):
+            entity["pattern"] = prefix + "(?:" + entity["pattern"] + ")"
+    return config
+
+
 def _layout(bids_dir: Path, extra_ignore: list | None = None):
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
@@ -176,8 +201,11 @@ def _layout(bids_dir: Path, extra_ignore: list | None = None):
         validate=False,
         ignore=[*IGNORED_TOP, re.compile(r"/\."), *(extra_ignore or [])],
     )
+    # pybids makes the root absolute (without resolving links) and files' paths start with it
+    root = str(Path(bids_dir).absolute())
     try:
-        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer)
+        return BIDSLayout(root, validate=False, indexer=indexer,
+                          config=[_root_anchored_config(root)])
     except (OSError, ValueError) as error:
         # pybids names the file in its message (e.g. a JSON file that does not decode)
         cause = f"{error}" + (f" ({error.__cause__})" if error.__cause__ else "")

@@ -114,3 +114,56 @@ def test_out_of_phase_distance_is_periodic():
     assert bids_inputs.out_of_phase_distance(0.5 * period, 3.0) == pytest.approx(0.0, abs=1e-9)
     assert bids_inputs.out_of_phase_distance(1.5 * period, 3.0) == pytest.approx(0.0, abs=1e-9)
     assert bids_inputs.out_of_phase_distance(2.0 * period, 3.0) == pytest.approx(0.5, abs=1e-9)
+
+
+#: Parent folders named like BIDS path components (issue 15): pybids matched its entity patterns
+#: on the absolute path, so these leaked datatype/subject/session/acq values into every file.
+BIDS_LIKE_PARENTS = ["anat", "perf", "sub-01", "ses-1", "acq-water", "anat/perf/sub-01/ses-1"]
+
+
+def _dataset_under(parent_dir):
+    layout = {
+        "sub-02/ses-2/anat/sub-02_ses-2_acq-outphase_T1w.nii.gz": None,
+        "sub-02/ses-2/perf/sub-02_ses-2_asl.nii.gz": None,
+    }
+    root = make_dataset(parent_dir / "study", layout, shape=(8, 6, 2))
+    # EchoTime only in a top-level sidecar: inheritance must still associate it with the image
+    (root / "acq-outphase_T1w.json").write_text(json.dumps({"EchoTime": 0.00345}))
+    return root
+
+
+@pytest.mark.parametrize("parents", BIDS_LIKE_PARENTS)
+def test_inputs_are_found_whatever_the_parent_folders_are_called(tmp_path, parents):
+    root = _dataset_under(tmp_path.joinpath(*parents.split("/")))
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    images = find_inputs(root)
+    assert names(images) == ["sub-02_ses-2_acq-outphase_T1w.nii.gz"]
+    image = images[0]
+    assert (image.subject, image.session) == ("02", "2")
+    assert image.relpath == "sub-02/ses-2/anat/sub-02_ses-2_acq-outphase_T1w.nii.gz"
+    assert {k: str(v) for k, v in image.entities.items()} == {
+        "subject": "02", "session": "2", "datatype": "anat", "acquisition": "outphase",
+        "suffix": "T1w", "extension": ".nii.gz",
+    }
+    assert image.echo_time == pytest.approx(0.00345)
+    # label filters and --bids-filter-file queries see the dataset's own entities only
+    assert names(find_inputs(root, ("02",), ("2",))) == names(images)
+    with pytest.raises(InputSelectionError, match="participant"):
+        find_inputs(root, ("01",))
+    perf = find_inputs(root, filters={"datatype": "perf"})
+    assert names(perf) == ["sub-02_ses-2_asl.nii.gz"]
+    assert perf[0].entities["suffix"] == "asl"
+    # nothing was written, linked or left behind next to the dataset
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_cli_finds_inputs_under_a_datatype_named_parent(tmp_path):
+    # Stops right after input discovery: an empty models folder exits 3 (no model), not 18.
+    from legseg_tf import cli
+
+    root = _dataset_under(tmp_path / "data" / "perf")
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    code = cli.main([str(root), str(tmp_path / "out"), "participant", "--participant_label", "02",
+                     "--models", str(empty_models), "--skip_bids_validator"])
+    assert code == cli.EXIT_NO_MODEL
