@@ -94,7 +94,8 @@ check_legseg_options() {  # options the script sets itself must not come in LEGS
         die 64 "give sessions with the script's --session-label, not after '--'" ;;
       --nprocs | --nthreads | --n_cpus | --nprocs=* | --nthreads=* | --n_cpus=*)
         die 64 "$arg is set from --cpus; do not pass it after '--'" ;;
-      --mem-gb | --mem_gb | --mem-gb=* | --mem_gb=*)
+      --mem-gb | --mem_gb | --mem-gb=* | --mem_gb=* | --mem | --mem=* | --mem-mb | --mem_mb | \
+      --mem-mb=* | --mem_mb=*)
         die 64 "use the script's --mem-gb instead of passing $arg after '--'" ;;
       -w | --work-dir | --work-dir=*)
         die 64 "the work folder comes from --work-root; do not pass $arg after '--'" ;;

@@ -13,6 +13,7 @@ that have no session are kept when a session filter is given (BIDS execution spe
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,11 +61,15 @@ class DatasetScan:
             walked (a loop or a second route to the same folder); not indexed.
         invalid_json: JSON files (relative paths) that do not parse, with the reason.
         excluded: folders left out because they hold legseg's own outputs or work files.
+        fingerprint: sha256 of what an index of the dataset holds: the path of every file
+            walked, and the size and modification time of every JSON file (pybids indexes
+            their content).
     """
 
     loops: list[str] = field(default_factory=list)
     invalid_json: dict[str, str] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)
+    fingerprint: str = ""
 
     def ignore_patterns(self, include_invalid_json: bool = True) -> list:
         """pybids ignore patterns (compiled; matched against "/<relative path>")."""
@@ -91,6 +96,7 @@ def scan_dataset(bids_dir: Path, exclude: tuple[Path, ...] = ()) -> DatasetScan:
                 scan.excluded.append(rel)
             excluded_real.add(str(real))
     seen = {str(root)}
+    files: list[str] = []
     for current, dirnames, filenames in os.walk(root, followlinks=True, onerror=None):
         rel_current = Path(current).relative_to(root).as_posix()
         keep = []
@@ -108,16 +114,24 @@ def scan_dataset(bids_dir: Path, exclude: tuple[Path, ...] = ()) -> DatasetScan:
             keep.append(name)
         dirnames[:] = keep
         for name in filenames:
-            if not name.endswith(".json") or name.startswith("."):
+            if name.startswith("."):
                 continue
             rel = name if rel_current == "." else f"{rel_current}/{name}"
+            if not name.endswith(".json"):
+                files.append(rel)
+                continue
             try:
                 with open(os.path.join(current, name), encoding="utf-8") as handle:
+                    stat = os.fstat(handle.fileno())
+                    files.append(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}")
                     json.load(handle)
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 scan.invalid_json[rel] = str(error).splitlines()[0]
             except OSError as error:
+                files.append(rel)
                 scan.invalid_json[rel] = f"unreadable: {error.strerror or error}"
+    listing = "\n".join(sorted(files)).encode("utf-8", "surrogateescape")
+    scan.fingerprint = hashlib.sha256(listing).hexdigest()
     for rel in scan.loops:
         logger.warning("%s/%s leads back to a folder already indexed (symbolic link loop or "
                        "duplicate route); not followed", root, rel)
@@ -212,6 +226,78 @@ def _layout(bids_dir: Path, extra_ignore: list | None = None):
         raise DatasetIndexError(f"cannot index {bids_dir}: {cause}".splitlines()[0]) from error
 
 
+#: Part of the name of an index saved by --bids-database-dir: change it whenever
+#: :func:`_layout` indexes differently (patterns, config), so that older indexes are not reused.
+INDEX_FORMAT = 1
+#: File that pybids keeps an index in, inside its database folder.
+INDEX_FILE = "layout_index.sqlite"
+
+
+def _saved_layout(bids_dir: Path, scan: DatasetScan, database_dir: Path):
+    """The layout of ``bids_dir`` from the index saved in ``database_dir`` for this dataset
+    state; without one, :func:`_layout` indexes the dataset and the index is saved there."""
+    from bids import BIDSLayout
+
+    folder = Path(database_dir) / _index_name(bids_dir, scan)
+    if (folder / INDEX_FILE).is_file():
+        try:
+            layout = BIDSLayout(str(Path(bids_dir).absolute()), validate=False,
+                                database_path=str(folder))
+            logger.info("reusing the BIDS index %s", folder)
+            return layout
+        except Exception as error:  # noqa: BLE001 - a damaged index is rebuilt, not fatal
+            logger.warning("cannot read the BIDS index %s (%s); indexing %s again", folder,
+                           str(error).splitlines()[0] if str(error) else type(error).__name__,
+                           bids_dir)
+            return _layout(bids_dir, scan.ignore_patterns())
+    layout = _layout(bids_dir, scan.ignore_patterns())
+    _save_index(layout, folder)
+    return layout
+
+
+def _index_name(bids_dir: Path, scan: DatasetScan) -> str:
+    """Folder name of a saved index: a digest of everything that makes two indexes differ
+    (dataset location, its files and sidecars, what is left out, pybids, legseg's indexing),
+    so one database dir serves several datasets and a changed dataset is indexed again."""
+    import bids
+
+    key = json.dumps({
+        "root": str(Path(bids_dir).absolute()),
+        "content": scan.fingerprint,
+        "ignore": [*IGNORED_TOP, *(p.pattern for p in scan.ignore_patterns())],
+        "pybids": bids.__version__,
+        "format": INDEX_FORMAT,
+    }, sort_keys=True)
+    return "legseg-" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def _save_index(layout, folder: Path) -> None:
+    """Save an in-memory index as ``folder`` in one step: written into a private folder next
+    to it, then renamed, so that the tasks of a job array that index at the same time never
+    read a half-written index (the first rename wins; the others drop their copy). When the
+    index cannot be saved (e.g. a read-only database dir), the run goes on with it in memory."""
+    import shutil
+    import tempfile
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as error:
+        logger.warning("cannot save the BIDS index in %s: %s", folder.parent, error.strerror or error)
+        return
+    try:
+        layout.save(str(private), replace_connection=False)
+        private.chmod(0o755)
+        os.rename(private, folder)
+        logger.info("saved the BIDS index as %s", folder)
+    except Exception as error:  # noqa: BLE001 - the index stays in memory for this run
+        if not (folder / INDEX_FILE).is_file():  # else another task saved it first
+            logger.warning("cannot save the BIDS index as %s: %s", folder,
+                           getattr(error, "strerror", None) or error)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
 def _pybids_filters(filters: dict) -> dict:
     from bids.layout import Query
 
@@ -297,6 +383,7 @@ def find_inputs(
     filters: dict | None = None,
     exclude: tuple[Path, ...] = (),
     skip_invalid_json: bool = False,
+    database_dir: Path | None = None,
 ) -> list[InputImage]:
     """Select the images to segment.
 
@@ -308,6 +395,9 @@ def find_inputs(
         exclude: folders inside BIDS_DIR never to index (OUTPUT_DIR, the work dir).
         skip_invalid_json: leave JSON files that do not parse out of the index with a warning
             (``--skip_bids_validator``) instead of refusing the dataset.
+        database_dir: folder that keeps the pybids index between runs
+            (``--bids-database-dir``): reused while the dataset's files and JSON sidecars,
+            what is left out and the pybids version are the same, else built and saved.
 
     Returns:
         The selected images, sorted by path; one per real file location (a folder reached
@@ -333,7 +423,10 @@ def find_inputs(
             )
         for rel, reason in scan.invalid_json.items():
             logger.warning("skipping %s: not valid JSON (%s)", bids_dir / rel, reason)
-    layout = _layout(bids_dir, scan.ignore_patterns())
+    if database_dir is not None:
+        layout = _saved_layout(bids_dir, scan, database_dir)
+    else:
+        layout = _layout(bids_dir, scan.ignore_patterns())
     subjects = set(layout.get_subjects())
     missing = sorted(set(participant_labels) - subjects)
     if missing:

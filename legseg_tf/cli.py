@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -73,6 +74,42 @@ def _overlap(text: str) -> float:
     return value
 
 
+#: Unit prefixes of --mem/--mem-mb in GB (as fMRIPrep: decimal units; "Ki".."Ti" are binary).
+_MEMORY_UNITS = {"k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3,
+                 "ki": 2**10 / 1e9, "mi": 2**20 / 1e9, "gi": 2**30 / 1e9, "ti": 2**40 / 1e9}
+_MEMORY_PATTERN = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:([kmgt]i?)b?)?$", re.IGNORECASE)
+
+
+def memory_gb(text: str) -> float:
+    """GB of a memory size as fMRIPrep's ``--mem`` takes it: a number of MB, or a number with
+    a unit (``16G``, ``16GB``, ``16000M``, ``16GiB``; K, M, G, T are powers of 1000).
+
+    A number below 100 without a unit is refused: ``--mem 16`` would be a 16 MB budget, and
+    was almost certainly meant as 16 GB.
+
+    >>> memory_gb("16000"), memory_gb("16G"), memory_gb("16000MB"), memory_gb("0.5t")
+    (16.0, 16.0, 16.0, 500.0)
+    """
+    match = _MEMORY_PATTERN.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a size in MB or with a unit (e.g. 16000, 16000M, 16G), got {text!r}")
+    number, unit = float(match.group(1)), match.group(2)
+    if unit is None and number < 100:
+        raise argparse.ArgumentTypeError(
+            f"{text} without a unit means {text} MB (as in fMRIPrep); write {text}G for GB")
+    value = number * _MEMORY_UNITS[(unit or "m").lower()]
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _memory_text(text: str) -> str:
+    """Check a ``--mem``/``--mem-mb`` value; the text is kept (converted in :func:`parse_args`)."""
+    memory_gb(text)
+    return text
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -84,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the BIDS App (also used to check the Boutiques descriptor)."""
     parser = _Parser(
         prog="legseg",
-        allow_abbrev=False,  # "--mem" must never silently mean "--mem-gb"
+        allow_abbrev=False,  # no prefix matching: "--mem-g" must never mean "--mem-gb"
         description="Automated segmentation of leg muscles in BIDS datasets "
         "(a Python/Keras port of the QMRITools SegmentData pipeline).",
     )
@@ -106,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument(
         "--bids-filter-file", "--bids_filter_file", dest="bids_filter_file", type=Path,
         metavar="FILE", help="JSON object of pybids entity filters that replaces the default input query",
+    )
+    inputs.add_argument(
+        "--bids-database-dir", "--bids_database_dir", dest="bids_database_dir", type=Path,
+        metavar="DIR", help="keep the pybids index of BIDS_DIR in DIR (created when missing) and "
+        "reuse it while the dataset is unchanged, e.g. across the tasks of a job array",
     )
     inputs.add_argument(
         "--skip_bids_validator", "--skip-bids-validator", "--skip-bids-validation",
@@ -141,15 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", "--n_procs",
                            "--omp-nthreads", dest="nprocs", type=_positive_int,
                            help="CPU threads to use (default: the CPUs this process may use: affinity set, container CPU quota)")
-    resources.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float,
-                           help="memory budget in GB for the network's patch activations (default: from the "
-                                "machine); it sizes the tiles, it does not cap the whole process: "
-                                "the TensorFlow runtime (about 0.7 GB) and the per-part "
-                                "accumulators (about 0.1 GB per million voxels) come on top")
+    memory = resources.add_mutually_exclusive_group()
+    memory.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float,
+                        help="memory budget in GB for the network's patch activations (default: from the "
+                             "machine); it sizes the tiles, it does not cap the whole process: "
+                             "the TensorFlow runtime (about 0.7 GB) and the per-part "
+                             "accumulators (about 0.1 GB per million voxels) come on top")
+    memory.add_argument("--mem", dest="mem", type=_memory_text, metavar="MEMORY_MB",
+                        help="the same budget in fMRIPrep's spelling: MB, or with a unit "
+                             "(16000, 16000M, 16G); one of --mem, --mem-mb, --mem-gb")
+    memory.add_argument("--mem-mb", "--mem_mb", dest="mem_mb", type=_memory_text, metavar="MEMORY_MB",
+                        help="the same budget in MB (a unit as for --mem is accepted)")
     resources.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
                            help="scratch folder for temporary files (default: the system temp folder)")
     resources.add_argument("--overwrite", action="store_true",
                            help="replace existing outputs instead of skipping them")
+    resources.add_argument("--notrack", dest="notrack", action="store_true",
+                           help="accepted for fMRIPrep/MRIQC command lines; no effect: legseg "
+                                "never sends usage data anywhere")
     checks = parser.add_argument_group("checks")
     checks.add_argument(
         "--assume-orientation", "--assume_orientation", dest="assume_orientation", metavar="CODES",
@@ -208,10 +259,14 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
         raise UsageError(f"BIDS_DIR {bids_dir} does not exist or is not a readable folder", EXIT_NO_BIDS_DIR)
     if output_dir.resolve() == bids_dir.resolve():
         raise UsageError("OUTPUT_DIR must differ from BIDS_DIR (use e.g. BIDS_DIR/derivatives/legseg)")
+    mem_gb = args.mem_gb
+    for text in (args.mem, args.mem_mb):
+        if text is not None:
+            mem_gb = memory_gb(text)
     inference = InferenceConfig(
         region=args.region,
         device=args.device,
-        mem_gb=args.mem_gb,
+        mem_gb=mem_gb,
         merge=args.merge,
         segmentation_resolution=args.segmentation_resolution,
         overlap=args.overlap,
@@ -228,6 +283,8 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
         session_labels=sessions,
         bids_filters=filters,
         work_dir=args.work_dir.expanduser().absolute() if args.work_dir else None,
+        bids_database_dir=(args.bids_database_dir.expanduser().absolute()
+                           if args.bids_database_dir else None),
         overwrite=args.overwrite,
         skip_bids_validator=args.skip_bids_validator,
         verbosity=args.verbose,
@@ -248,6 +305,18 @@ def _prepare_output_dir(output_dir: Path, what: str = "OUTPUT_DIR") -> None:
     except OSError as error:
         raise UsageError(
             f"cannot create or write {what} {output_dir}: {error.strerror or error}", EXIT_OUTPUT_DIR
+        ) from error
+
+
+def _prepare_database_dir(folder: Path) -> None:
+    """Create the --bids-database-dir when missing; a folder that exists may be read-only
+    (a shared index built beforehand): legseg then only reads it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"cannot create the BIDS database dir (--bids-database-dir) {folder}: "
+            f"{error.strerror or error}", EXIT_OUTPUT_DIR
         ) from error
 
 
@@ -284,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         _prepare_output_dir(config.output_dir)
         if config.work_dir is not None:
             _prepare_output_dir(config.work_dir, "the work dir (-w/--work-dir)")
+        if config.bids_database_dir is not None:
+            _prepare_database_dir(config.bids_database_dir)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     except UsageError as error:

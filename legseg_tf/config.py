@@ -78,6 +78,9 @@ class RunConfig:
     session_labels: tuple[str, ...] = ()
     bids_filters: dict | None = None
     work_dir: Path | None = None
+    #: folder that keeps the pybids index of bids_dir between runs (--bids-database-dir);
+    #: None indexes the dataset in memory on every run.
+    bids_database_dir: Path | None = None
     overwrite: bool = False
     skip_bids_validator: bool = False
     verbosity: int = 0

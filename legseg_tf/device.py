@@ -6,9 +6,43 @@ import math
 import os
 from pathlib import Path
 
+from legseg_tf.errors import NoModelError
+
 logger = logging.getLogger(__name__)
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+#: How to install TensorFlow: the ``cpu``/``gpu`` extras of pyproject.toml.
+TENSORFLOW_INSTALL = 'pip install "legseg[cpu]" (or "legseg[gpu]" for NVIDIA GPUs)'
+
+
+class MissingTensorFlowError(NoModelError):
+    """TensorFlow or Keras cannot be imported, so no network can run (exit 3, one line)."""
+
+
+def import_tensorflow():
+    """Import TensorFlow (and Keras, which runs on it) where the app first needs them.
+
+    Returns:
+        The ``tensorflow`` module.
+
+    Raises:
+        MissingTensorFlowError: one line that names the pip extra to install, instead of the
+            ImportError's traceback (TensorFlow is an extra: ``legseg[cpu]`` or ``legseg[gpu]``).
+    """
+    try:
+        import tensorflow as tf
+        import keras  # noqa: F401 - its backend is TensorFlow; fails here, not mid-run
+    except ImportError as error:
+        missing = getattr(error, "name", None)
+        if isinstance(error, ModuleNotFoundError) and missing in ("tensorflow", "keras"):
+            message = (f"{'TensorFlow' if missing == 'tensorflow' else 'Keras'} is not installed, "
+                       f"and legseg needs it to run its networks; install it with: {TENSORFLOW_INSTALL}")
+        else:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = (f"TensorFlow cannot be imported ({first}); reinstall it with: "
+                       f"{TENSORFLOW_INSTALL}")
+        raise MissingTensorFlowError(message) from error
+    return tf
 
 
 def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -45,13 +79,14 @@ def configure_device(device: str = "auto", nprocs: int | None = None) -> dict:
 
     Raises:
         DeviceError: "gpu" was requested but TensorFlow sees no GPU.
+        MissingTensorFlowError: TensorFlow is not installed or cannot be imported.
     """
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
     if nprocs is None:
         nprocs = available_cpus()
     os.environ["OMP_NUM_THREADS"] = str(nprocs)
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:

@@ -14,7 +14,7 @@ class ExitCode(IntEnum):
 
     OK = 0
     FAILED = 1            # at least one participant/image failed; the others were processed
-    NO_MODEL = 3          # no usable segmentation model installed
+    NO_MODEL = 3          # no usable segmentation model installed (or no TensorFlow to run one)
     INVALID_DATASET = 16  # BIDS_DIR failed BIDS validation
     UNKNOWN_LEVEL = 17    # unknown analysis level
     NO_INPUT = 18         # the filters selected no input images
@@ -35,7 +35,8 @@ class UsageError(Exception):
 
 
 class NoModelError(RuntimeError):
-    """No usable segmentation model is installed for the requested region (exit 3)."""
+    """No usable segmentation model is installed for the requested region, or TensorFlow is
+    missing so that none can run (``device.MissingTensorFlowError``); exit 3."""
 
 
 #: errno values that mean "the output file system cannot take more" (disk full, quota, file

@@ -104,8 +104,10 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
     try:
         images = find_inputs(
             config.bids_dir, config.participant_labels, config.session_labels, config.bids_filters,
-            exclude=tuple(p for p in (config.output_dir, config.work_dir) if p is not None),
+            exclude=tuple(p for p in (config.output_dir, config.work_dir, config.bids_database_dir)
+                          if p is not None),
             skip_invalid_json=config.skip_bids_validator,
+            database_dir=config.bids_database_dir,
         )
     except InputSelectionError as error:
         logger.error("%s", error)

@@ -148,6 +148,16 @@ def test_number_ranges_match_the_argparse_types(dest):
         assert not _accepts(action, str(item.get("minimum", 0) + 1.5))
 
 
+def test_readme_lists_every_cli_option():
+    """README's option table names every option of the CLI (in one of its spellings)."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Usage", 1)[1].split("### Exit codes", 1)[0]
+    named = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", table))
+    missing = [a.option_strings for a in cli.build_parser()._actions
+               if a.option_strings and a.dest != "help" and not named & set(a.option_strings)]
+    assert not missing, f"options missing from README's option table: {missing}"
+
+
 def test_error_codes_are_the_documented_exit_codes():
     described = {e["code"] for e in _descriptor()["error-codes"]}
     in_cli = {getattr(cli, n) for n in dir(cli) if n.startswith("EXIT_")} - {cli.EXIT_OK}
@@ -177,9 +187,11 @@ def test_generated_command_line_parses_back_to_the_same_values(tmp_path):
         "save_probabilities": True, "ff_erosion": 0, "nprocs": 4, "mem_gb": 2.5,
         "work_dir": str(tmp_path / "work"), "overwrite": True, "verbose": True,
         "assume_orientation": "LPS", "include_failed_qc": True,
-        "segmentation_resolution": "6x1.5x1.5",
+        "segmentation_resolution": "6x1.5x1.5", "notrack": True,
+        "bids_database_dir": str(tmp_path / "bids_db"),
     }
-    assert set(invocation) == set(_inputs())  # every input exercised
+    alternatives = {"mem", "mem_mb"}   # exclusive with mem_gb: tested on their own below
+    assert set(invocation) | alternatives == set(_inputs())  # every input exercised
     args = cli.build_parser().parse_args(_simulate(bosh, invocation, tmp_path))
     for key, value in invocation.items():
         got = getattr(args, key)
@@ -189,6 +201,22 @@ def test_generated_command_line_parses_back_to_the_same_values(tmp_path):
         if key == "segmentation_resolution":
             expected = (6.0, 1.5, 1.5)
         assert got == expected, key
+
+
+def test_exclusive_groups_match_the_cli(tmp_path):
+    """The descriptor's mutually exclusive groups are argparse's, and each spelling of the
+    memory budget gives the same value."""
+    bosh = _bosh()
+    parser = cli.build_parser()
+    in_cli = [sorted(a.dest for a in group._group_actions) for group in parser._mutually_exclusive_groups]
+    described = [sorted(g["members"]) for g in _descriptor().get("groups", []) if g.get("mutually-exclusive")]
+    assert sorted(in_cli) == sorted(described)
+    base = {"bids_dir": "b", "output_dir": "o", "analysis_level": "participant"}
+    for key, value in (("mem", "2500"), ("mem", "2.5G"), ("mem_mb", "2500")):
+        args = parser.parse_args(_simulate(bosh, {**base, key: value}, tmp_path))
+        assert cli.memory_gb(getattr(args, key)) == 2.5
+    with pytest.raises(Exception):
+        _simulate(bosh, {**base, "mem": "2500", "mem_gb": 2.5}, tmp_path)
 
 
 def test_defaults_fill_in_a_minimal_invocation(tmp_path):

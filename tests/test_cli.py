@@ -222,5 +222,182 @@ def test_fmriprep_spellings_are_aliases_and_abbreviations_are_refused(tiny_datas
                                (["--n-cpus", "3"], "nprocs", 3), (["--n_procs", "3"], "nprocs", 3),
                                (["--omp-nthreads", "2"], "nprocs", 2)):
         assert getattr(parser.parse_args(base + words), dest) == value, words
-    assert run_cli(*base[:2], "participant", "--mem", "2") == cli.EXIT_USAGE
+    assert run_cli(*base[:2], "participant", "--mem-g", "2") == cli.EXIT_USAGE
     assert run_cli(*base[:2], "participant", "--skip-bids") == cli.EXIT_USAGE
+
+
+@pytest.mark.parametrize("words, gb", [
+    (["--mem", "16000"], 16.0), (["--mem", "16G"], 16.0), (["--mem", "16GB"], 16.0),
+    (["--mem", "16000M"], 16.0), (["--mem", "16000mb"], 16.0), (["--mem", "1.5t"], 1500.0),
+    (["--mem", "2GiB"], 2**31 / 1e9), (["--mem-mb", "2500"], 2.5), (["--mem_mb", "8G"], 8.0),
+    (["--mem-gb", "3"], 3.0), (["--mem_gb", "0.5"], 0.5), ([], None),
+])
+def test_memory_spellings_set_the_same_budget(tiny_dataset, tmp_path, words, gb):
+    """fMRIPrep's --mem (MB, or with a unit) and --mem-mb size the same budget as --mem-gb."""
+    config, _ = cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant", *words])
+    assert config.inference.mem_gb == pytest.approx(gb) if gb else config.inference.mem_gb is None
+
+
+@pytest.mark.parametrize("words", [
+    ["--mem", "16"],                       # 16 MB: meant as GB, surely; refused with a hint
+    ["--mem", "16X"], ["--mem", "G"], ["--mem", "0G"], ["--mem-mb", "-5000"],
+    ["--mem", "16000", "--mem-gb", "16"],  # two spellings of one budget
+    ["--mem", "16000", "--mem-mb", "16000"],
+    ["--mem_mb", "16000", "--mem_gb", "16"],
+])
+def test_memory_spelling_errors_exit_64(tiny_dataset, tmp_path, capsys, words):
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", *words) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    if words == ["--mem", "16"]:
+        assert "16G" in err
+    if len(words) == 4:
+        assert "not allowed with argument" in err
+
+
+def test_notrack_is_accepted_and_changes_nothing(tiny_dataset, tmp_path):
+    base = [str(tiny_dataset), str(tmp_path / "o"), "participant"]
+    import dataclasses
+
+    with_flag, _ = cli.parse_args([*base, "--notrack"])
+    without, _ = cli.parse_args(base)
+    assert with_flag == dataclasses.replace(without, command_line=(*base, "--notrack"))
+    assert "never sends" in cli.build_parser().format_help().replace("\n", " ").replace("  ", " ")
+
+
+def test_bids_database_dir_is_created_and_reused(tiny_dataset, tmp_path, placeholder, caplog):
+    """--bids-database-dir keeps the pybids index between runs (a job array indexes once);
+    a changed dataset gets a new index, and the folder may lie inside BIDS_DIR."""
+    import logging
+
+    from legseg_tf import bids_inputs
+    from legseg_tf.config import RunConfig
+
+    assert RunConfig(tmp_path, tmp_path / "o", "group").bids_database_dir is None
+    config, _ = cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant",
+                                "--bids_database_dir", "rel/db"])
+    assert config.bids_database_dir == (cli.Path("rel/db")).absolute()
+    for database in (tmp_path / "new" / "db", tiny_dataset / "bids_db"):
+        out = tmp_path / f"out-{database.parent.name}"
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="legseg_tf.bids_inputs"):
+            for run in range(2):
+                assert run_cli(tiny_dataset, out, "participant", "--skip_bids_validator",
+                               "--bids-database-dir", database, "--overwrite") == cli.EXIT_OK
+        saved = [p for p in database.iterdir()]
+        assert len(saved) == 1 and (saved[0] / bids_inputs.INDEX_FILE).is_file(), saved
+        messages = [r.getMessage() for r in caplog.records if "BIDS index" in r.getMessage()]
+        assert messages == [f"saved the BIDS index as {saved[0]}", f"reusing the BIDS index {saved[0]}"]
+    assert placeholder.calls == 8
+    # a new participant, or an edited sidecar: indexed again, never a stale index
+    make_dataset(tiny_dataset, {"sub-03/anat/sub-03_acq-outphase_T1w.nii.gz": {"EchoTime": 0.00345}})
+    images = bids_inputs.find_inputs(tiny_dataset, ("03",), database_dir=tmp_path / "new" / "db")
+    assert [im.subject for im in images] == ["03"]
+    sidecar = tiny_dataset / "sub-03/anat/sub-03_acq-outphase_T1w.json"
+    sidecar.write_text(json.dumps({"EchoTime": 0.0046}))
+    os.utime(sidecar, ns=(1, 1))
+    images = bids_inputs.find_inputs(tiny_dataset, ("03",), database_dir=tmp_path / "new" / "db")
+    assert images[0].echo_time == 0.0046
+    assert len(list((tmp_path / "new" / "db").iterdir())) == 3
+
+
+def test_bids_index_saved_by_another_task_first_is_kept(tiny_dataset, tmp_path, monkeypatch):
+    """Two tasks that index at once: the first rename wins; the loser keeps no copy."""
+    from legseg_tf import bids_inputs
+
+    database = tmp_path / "db"
+    first = bids_inputs.find_inputs(tiny_dataset, database_dir=database)
+    (index,) = database.iterdir()
+    monkeypatch.setattr(bids_inputs, "INDEX_FILE", "not-there")  # as if this task came too late
+    assert bids_inputs.find_inputs(tiny_dataset, database_dir=database) == first
+    assert list(database.iterdir()) == [index]
+
+
+def test_unwritable_bids_database_dir(tiny_dataset, tmp_path, placeholder):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", "--skip_bids_validator",
+                   "--bids-database-dir", blocker / "db") == cli.EXIT_OUTPUT_DIR
+
+
+def test_missing_tensorflow_is_one_line_with_exit_3(tiny_dataset, tmp_path):
+    """Without TensorFlow (an extra), the participant level ends with exit 3 and one line
+    that names the extra to install, not with an ImportError's traceback."""
+    (tmp_path / "models").mkdir()
+    code = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None  # import tensorflow -> ModuleNotFoundError\n"
+        "from legseg_tf.cli import main\n"
+        f"sys.exit(main([{str(tiny_dataset)!r}, {str(tmp_path / 'out')!r}, 'participant',"
+        f" '--skip_bids_validator', '--models', {str(tmp_path / 'models')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == cli.EXIT_NO_MODEL == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "TensorFlow is not installed" in errors[0]
+    assert 'pip install "legseg[cpu]"' in errors[0] and '"legseg[gpu]"' in errors[0]
+    assert not list((tmp_path / "out").rglob("*_dseg.nii.gz"))
+
+
+def test_tensorflow_that_cannot_be_imported_is_one_line(monkeypatch):
+    from legseg_tf import device
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(device.MissingTensorFlowError, match=r"TensorFlow is not installed.*legseg\[cpu\]"):
+        device.configure_device("cpu")
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    monkeypatch.setattr("builtins.__import__", _import_raising_for("tensorflow"))
+    with pytest.raises(device.MissingTensorFlowError) as caught:
+        device.import_tensorflow()
+    assert str(caught.value).startswith("TensorFlow cannot be imported (libcudnn.so.9: cannot open")
+    assert "\n" not in str(caught.value) and 'pip install "legseg[cpu]"' in str(caught.value)
+    assert isinstance(caught.value, pipeline.NoModelError)   # so the pipeline exits with 3
+
+
+def _import_raising_for(name):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(module, *args, **kwargs):
+        if module.split(".")[0] == name:
+            raise ImportError("libcudnn.so.9: cannot open shared object file\nmore details")
+        return real(module, *args, **kwargs)
+    return fake
+
+
+def test_version_is_legseg_own_never_slash_version(tmp_path, monkeypatch):
+    """The version comes from legseg's own source tree, else its installed metadata, else
+    "unknown"; never from /version (another application's file in a container) nor from a
+    stray version file next to an installed package."""
+    import importlib.metadata
+
+    import legseg_tf
+
+    assert legseg_tf.__version__ == (REPO_ROOT / "version").read_text().strip()
+    looked_at = []
+    for method in ("read_text", "is_file", "exists", "open"):
+        def spy(self, *args, _real=getattr(cli.Path, method), **kwargs):
+            looked_at.append(str(self))
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(cli.Path, method, spy)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "version").write_text("9.8.7\n")
+    (tree / "pyproject.toml").write_text('[project]\nname = "legseg"\ndynamic = ["version"]\n')
+    assert legseg_tf._read_version(tree) == "9.8.7"                 # a checkout / the image
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "version").write_text("6.6.6\n")                         # not legseg's: ignored
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"legseg": "1.2.3"}[name])
+    assert legseg_tf._read_version(site) == "1.2.3"                  # installed from a wheel
+
+    def not_found(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_found)
+    assert legseg_tf._read_version(tmp_path / "nothing") == "unknown"
+    assert not [p for p in looked_at if p == "/version"]
+    assert str(site / "version") not in looked_at or str(site / "pyproject.toml") in looked_at

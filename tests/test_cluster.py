@@ -171,6 +171,8 @@ def test_bad_labels_are_rejected_with_a_clear_error(tmp_path, case):
     (["--", "--participant-label", "01"], "give participants with the script's --participant-label"),
     (["--", "--nthreads", "2"], "set from --cpus"),
     (["--", "-w", "/tmp"], "--work-root"),
+    (["--", "--mem", "16G"], "use the script's --mem-gb"),
+    (["--", "--mem_mb=16000"], "use the script's --mem-gb"),
     (["--", "--nv"], "put it before '--'"),
     (["--cpus", "0"], "--cpus must be a positive integer"),
     (["--mem", "lots"], "not a SLURM memory size"),
