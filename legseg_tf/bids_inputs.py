@@ -467,5 +467,35 @@ def find_inputs(
     images.sort(key=lambda im: im.relpath)
     if not images:
         what = "the --bids-filter-file query" if filters is not None else "the default query (acq-*outphase* anatomical images or MEGRE series)"
-        raise InputSelectionError(f"no input images in {bids_dir} matched {what}")
+        raise InputSelectionError(f"no input images in {bids_dir} matched {what}; {no_input_hint(query())}")
     return images
+
+
+def no_input_hint(files: list) -> str:
+    """The fix for "no input images" (exit 18), in one line: which kinds of NIfTI images the
+    selected participants have, and a ``--bids-filter-file`` content that selects one kind.
+
+    ``files``: pybids files (NIfTI images of the selected participants and sessions)."""
+    kinds: dict[tuple, int] = defaultdict(int)
+    for bids_file in files:
+        entities = bids_file.get_entities()
+        if entities.get("suffix"):
+            kinds[(entities.get("datatype") or "", entities["suffix"], entities.get("acquisition"))] += 1
+    if not kinds:
+        return "the selected participants have no NIfTI images at all (is BIDS_DIR right?)"
+
+    def preference(item):
+        (datatype, suffix, acquisition), count = item
+        opposed = any(word in str(acquisition or "").lower() for word in ("out", "opp"))
+        return (datatype != "anat", not opposed, suffix != "T1w", -count, str(acquisition or ""))
+
+    ranked = sorted(kinds.items(), key=preference)
+    shown = ", ".join(
+        f"{datatype + '/' if datatype else ''}{f'acq-{acq}_' if acq else ''}{suffix} ({count})"
+        for (datatype, suffix, acq), count in ranked[:4]
+    ) + (f" and {len(ranked) - 4} more kinds" if len(ranked) > 4 else "")
+    (datatype, suffix, acquisition), _ = ranked[0]
+    example = {"datatype": datatype, "suffix": suffix, "acquisition": acquisition}
+    example = {key: value for key, value in example.items() if value}
+    return (f"the selected participants have {shown}: to segment one of these, pass --bids-filter-file FILE with FILE "
+            f"holding e.g. {json.dumps(example)}")

@@ -4,7 +4,10 @@ Layout of OUTPUT_DIR::
 
     dataset_description.json            written once (safe with concurrent participant jobs)
     dseg.tsv                            label lookup table inherited by every *_dseg.nii.gz
-    legseg_labels.txt                   the same table as an ITK-SNAP label description file
+    dseg.json                           its data dictionary (the side and region columns)
+    legseg_labels.txt                   the same table as an ITK-SNAP label description file,
+    legseg_labels.ctbl                  ... as a 3D Slicer colour table
+    legseg_labels.lut                   ... and as an FSLeyes lookup table
     .bidsignore                         non-BIDS outputs (reports, logs, group tables)
     logs/                               one log file per run
     sub-<label>/[ses-<label>/]<datatype>/<source entities>_desc-muscles_dseg.nii.gz (+ .json)
@@ -15,11 +18,12 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 from pathlib import Path
 
 from legseg_tf import __version__
-from legseg_tf.labels import dseg_tsv_text, itksnap_text
+from legseg_tf.labels import dseg_json, dseg_tsv_text, fsleyes_lut_text, itksnap_text, slicer_ctbl_text
 from legseg_tf.results import InputImage
 
 logger = logging.getLogger(__name__)
@@ -28,7 +32,13 @@ PIPELINE_NAME = "legseg"
 CODE_URL = "https://github.com/legseg/legseg"
 BIDS_VERSION = "1.10.0"
 DSEG_DESC = "muscles"
-BIDSIGNORE_LINES = ("logs/", "*.html", "group_*.tsv", "legseg_labels.txt", "*_morph.tsv", "*_morph.json")
+#: Colour tables for viewers, beside dseg.tsv: file name -> text (same labels and colours).
+VIEWER_TABLES = {
+    "legseg_labels.txt": itksnap_text,      # ITK-SNAP label description file
+    "legseg_labels.ctbl": slicer_ctbl_text,  # 3D Slicer colour table
+    "legseg_labels.lut": fsleyes_lut_text,   # FSLeyes lookup table
+}
+BIDSIGNORE_LINES = ("logs/", "*.html", "group_*.tsv", *VIEWER_TABLES, "*_morph.tsv", "*_morph.json")
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -82,16 +92,61 @@ def write_json(path: Path, payload: dict) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
-def container_info() -> dict | None:
-    """Describe the container this process runs in, from its environment, or None."""
+#: Files that container engines create in every container: Docker (``/.dockerenv``), Podman
+#: (``/run/.containerenv``), Apptainer/Singularity (``/.singularity.d``).
+DOCKER_MARKERS = (".dockerenv", "run/.containerenv")
+SINGULARITY_MARKERS = (".singularity.d",)
+#: Where the markers are looked for (a test points it elsewhere).
+FILESYSTEM_ROOT = Path("/")
+
+
+def container_info(environ: dict | None = None, root: Path | None = None) -> dict | None:
+    """The container this process runs in, or None when it does not run in one.
+
+    Both must hold, so that neither a variable left in a host shell nor a marker file alone
+    (a development machine that happens to be a Docker container) counts:
+
+    * Apptainer/Singularity: ``APPTAINER_CONTAINER`` or ``SINGULARITY_CONTAINER`` (set by the
+      runtime: the image path) and ``/.singularity.d``; the URI is the image.
+    * Docker/Podman: ``LEGSEG_DOCKER_TAG`` (set by legseg's Dockerfile) and ``/.dockerenv`` or
+      ``/run/.containerenv``; the tag is the image's.
+    """
+    environ = os.environ if environ is None else environ
+    root = FILESYSTEM_ROOT if root is None else Path(root)
+
+    def marked(markers: tuple[str, ...]) -> bool:
+        return any(os.path.lexists(root / marker) for marker in markers)
+
     for variable in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
-        if os.environ.get(variable):
-            return {"Type": "singularity", "URI": os.environ[variable]}
-    if os.environ.get("LEGSEG_DOCKER_TAG"):
-        return {"Type": "docker", "Tag": os.environ["LEGSEG_DOCKER_TAG"]}
-    if Path("/.dockerenv").exists():
-        return {"Type": "docker"}
+        if environ.get(variable) and marked(SINGULARITY_MARKERS):
+            return {"Type": "singularity", "URI": environ[variable]}
+    if environ.get("LEGSEG_DOCKER_TAG") and marked(DOCKER_MARKERS):
+        return {"Type": "docker", "Tag": environ["LEGSEG_DOCKER_TAG"]}
     return None
+
+
+def _doi_uri(doi: str) -> str:
+    """A DOI as the URI BIDS asks for (``doi:<prefix>/<suffix>``; bare DOIs are deprecated)."""
+    doi = doi.strip()
+    for prefix in ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "http://dx.doi.org/"):
+        if doi.lower().startswith(prefix):
+            return "doi:" + doi[len(prefix):]
+    return doi if doi.lower().startswith("doi:") else f"doi:{doi}"
+
+
+def source_dataset(bids_dir: Path, raw: dict) -> dict:
+    """The ``SourceDatasets`` entry of BIDS_DIR: ``URL`` (its ``file://`` location, also the
+    ``raw`` of ``DatasetLinks`` that the ``bids:raw:`` URIs of the sidecars resolve with),
+    ``DOI`` from its ``DatasetDOI``, and ``Version`` where the DOI names one (OpenNeuro's
+    ``doi:10.18112/openneuro.ds000001.v1.0.0``). No other keys: BIDS defines only these."""
+    source: dict = {"URL": Path(bids_dir).resolve().as_uri()}
+    doi = raw.get("DatasetDOI")
+    if isinstance(doi, str) and doi.strip():
+        source["DOI"] = _doi_uri(doi)
+        version = re.search(r"\.v(\d+(?:\.\d+)*)$", source["DOI"])
+        if version:
+            source["Version"] = version.group(1)
+    return source
 
 
 def dataset_description(bids_dir: Path) -> dict:
@@ -100,20 +155,22 @@ def dataset_description(bids_dir: Path) -> dict:
     container = container_info()
     if container:
         generated_by["Container"] = container
-    source: dict = {"URL": Path(bids_dir).resolve().as_uri()}
     try:
         raw = json.loads((Path(bids_dir) / "dataset_description.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raw = {}
-    if isinstance(raw, dict):
-        if raw.get("DatasetDOI"):
-            source["DOI"] = raw["DatasetDOI"]
-        if raw.get("Name"):
-            source["Name"] = raw["Name"]
-    return {
+    if not isinstance(raw, dict):
+        raw = {}
+    source = source_dataset(bids_dir, raw)
+    description = {
         "Name": "legseg leg-muscle segmentations",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
+    }
+    if isinstance(raw.get("License"), str) and raw["License"].strip():
+        # derived data stay under the raw data's licence (BIDS: License of the dataset)
+        description["License"] = raw["License"].strip()
+    description.update({
         "GeneratedBy": [generated_by],
         "SourceDatasets": [source],
         "DatasetLinks": {"raw": source["URL"]},
@@ -121,11 +178,13 @@ def dataset_description(bids_dir: Path) -> dict:
             "Cite legseg and QMRITools: Froeling M. QMRTools: a Mathematica toolbox for "
             "quantitative MRI analysis. J Open Source Softw 2019;4:1204."
         ),
-    }
+    })
+    return description
 
 
 def ensure_dataset_files(output_dir: Path, bids_dir: Path) -> None:
-    """Create dataset_description.json, dseg.tsv, the ITK-SNAP table and .bidsignore once.
+    """Create dataset_description.json, dseg.tsv + dseg.json, the viewer colour tables and
+    .bidsignore once (entries missing from an existing .bidsignore are added).
 
     Safe when several participant jobs start at the same time: each file is first written
     to a private temporary file and then hard-linked into place, which fails (harmlessly) if
@@ -134,12 +193,28 @@ def ensure_dataset_files(output_dir: Path, bids_dir: Path) -> None:
     files = {
         "dataset_description.json": json.dumps(dataset_description(bids_dir), indent=2) + "\n",
         "dseg.tsv": dseg_tsv_text(),
-        "legseg_labels.txt": itksnap_text(),
+        "dseg.json": json.dumps(dseg_json(), indent=2) + "\n",
+        **{name: text() for name, text in VIEWER_TABLES.items()},
         ".bidsignore": "\n".join(BIDSIGNORE_LINES) + "\n",
     }
     for name, text in files.items():
         _create_once(Path(output_dir) / name, text)
+    _complete_bidsignore(Path(output_dir) / ".bidsignore")
     _check_version(Path(output_dir) / "dataset_description.json")
+
+
+def _complete_bidsignore(path: Path) -> None:
+    """Append the entries an older legseg (or a person) left out of an existing .bidsignore,
+    keeping its lines, so that files added since stay out of validation."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    present = {line.strip() for line in text.splitlines()}
+    missing = [line for line in BIDSIGNORE_LINES if line not in present]
+    if missing:
+        separator = "" if not text or text.endswith("\n") else "\n"
+        atomic_write_text(path, text + separator + "\n".join(missing) + "\n")
 
 
 def _create_once(path: Path, text: str) -> None:

@@ -277,3 +277,65 @@ def itksnap_text(labels: tuple[Label, ...] = LABELS) -> str:
         r, g, b = label.rgb
         lines.append(f'{label.index:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{label.full_name}"')
     return "\n".join(lines) + "\n"
+
+
+def slicer_ctbl_text(labels: tuple[Label, ...] = LABELS) -> str:
+    """3D Slicer colour table (``.ctbl``): ``# Color table file`` header, then one line per
+    label ``index name R G B A`` (0-255); names have no spaces (Slicer's rule: underscores).
+    Background 0 is listed fully transparent, as Slicer writes it."""
+    lines = [
+        "# Color table file legseg_labels.ctbl (legseg, Muscles_leg numbering)",
+        f"# {len(labels) + 1} values",
+        "0 Background 0 0 0 0",
+    ]
+    for label in labels:
+        r, g, b = label.rgb
+        lines.append(f"{label.index} {label.full_name.replace(' ', '_')} {r} {g} {b} 255")
+    return "\n".join(lines) + "\n"
+
+
+def fsleyes_lut_text(labels: tuple[Label, ...] = LABELS) -> str:
+    """FSLeyes lookup table (``.lut``): one line per label ``index R G B name`` with R, G, B
+    as floats in 0..1 and the name as all remaining columns, in ascending index order (FSLeyes
+    refuses any other). No comment lines (FSLeyes reads every non-empty line as a label) and no
+    background line (0 is shown transparent)."""
+    lines = []
+    for label in labels:
+        r, g, b = (value / 255 for value in label.rgb)
+        lines.append(f"{label.index} {r:.6f} {g:.6f} {b:.6f} {label.full_name}")
+    return "\n".join(lines) + "\n"
+
+
+#: Levels of the ``side`` column of dseg.tsv and the morphometry tables (``n/a``: no side).
+SIDE_LEVELS = {"L": "patient's left", "R": "patient's right"}
+#: Levels of the ``region`` column of dseg.tsv and the morphometry tables.
+REGION_LEVELS = {
+    "lower_leg": "muscle of the lower leg (calf)",
+    "upper_leg": "muscle of the upper leg (thigh), including iliacus and psoas",
+    "hip": "muscle of the hip",
+    "bone": "bone",
+    "other": "other tissue (subcutaneous fat)",
+}
+
+
+def dseg_json(labels: tuple[Label, ...] = LABELS) -> dict:
+    """Data dictionary of ``dseg.tsv``: its columns beyond BIDS' ``index``, ``name``,
+    ``abbreviation`` and ``color`` (``side``, ``region``), as BIDS column descriptions.
+
+    No ``Description`` key: by the inheritance principle a top-level ``dseg.json`` also applies
+    to every ``*_dseg.nii.gz``, whose own sidecar's ``Description`` would override it (the
+    validator warns of that once per label map)."""
+    regions = {label.region for label in labels}
+    return {
+        "side": {
+            "LongName": "Patient side",
+            "Description": "Patient side of the structure (odd index = L, even = R); n/a for "
+                           "the background and the structures without a side.",
+            "Levels": dict(SIDE_LEVELS),
+        },
+        "region": {
+            "LongName": "Body region",
+            "Description": "Body region of the structure; n/a for the background.",
+            "Levels": {key: text for key, text in REGION_LEVELS.items() if key in regions},
+        },
+    }

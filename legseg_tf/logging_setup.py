@@ -15,8 +15,10 @@ def level_from_verbosity(verbosity: int) -> int:
     return logging.DEBUG if verbosity >= 1 else logging.INFO
 
 
-#: Libraries whose messages are shown only from -vv on (WARNING and above before that).
-NOISY = ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "bidsschematools", "numexpr")
+#: Libraries whose messages are shown only from -vv on (WARNING and above before that), on the
+#: console and in the log file: e.g. fsspec logs a DEBUG line per file pybids opens.
+NOISY = ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "bidsschematools", "numexpr",
+         "fsspec", "upath", "urllib3")
 
 
 def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legseg") -> Path | None:

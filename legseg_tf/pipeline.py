@@ -90,7 +90,9 @@ def validate_dataset(bids_dir: Path, work_dir: Path | None = None) -> None:
         for line in details[-40:]:
             logger.error("validator: %s", line)
         raise UsageError(
-            f"{bids_dir} failed BIDS validation (see the log above, or use --skip_bids_validator)",
+            f"{bids_dir} failed BIDS validation (errors in the log above): fix them, or list the "
+            f"files that are not BIDS (e.g. non-standard suffixes such as *_outphase.nii.gz) in "
+            f"{Path(bids_dir) / '.bidsignore'} (one glob pattern a line), or use --skip_bids_validator",
             ExitCode.INVALID_DATASET,
         )
 

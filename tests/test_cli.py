@@ -81,6 +81,53 @@ def test_filters_matching_nothing_exit_18(tiny_dataset, tmp_path, placeholder):
                    "--skip_bids_validator") == cli.EXIT_NO_INPUT
 
 
+def _error_lines(caplog, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and words in r.getMessage()]
+
+
+def test_exit_18_message_gives_a_filter_file_that_works(tiny_dataset, tmp_path, placeholder, caplog):
+    """The one error line of exit 18 names what the dataset has and a --bids-filter-file
+    content in the project's format (pybids entities) that, used as it stands, selects images."""
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"suffix": "FLAIR"}))
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", "--bids-filter-file", filters,
+                   "--skip_bids_validator") == cli.EXIT_NO_INPUT
+    [message] = _error_lines(caplog, "no input images")
+    assert "\n" not in message and "--bids-filter-file" in message
+    assert "anat/acq-outphase_T1w (1)" in message and "anat/MEGRE (6)" in message
+    example = json.loads(message.split("holding e.g. ", 1)[1])
+    assert example == {"datatype": "anat", "suffix": "T1w", "acquisition": "outphase"}
+    filters.write_text(json.dumps(example))
+    assert run_cli(tiny_dataset, tmp_path / "out", "participant", "--bids-filter-file", filters,
+                   "--skip_bids_validator") == cli.EXIT_OK
+    assert placeholder.calls == 1
+
+
+def test_exit_18_hint_for_the_default_query_and_for_no_images(tmp_path, placeholder, caplog):
+    water = make_dataset(tmp_path / "water", {"sub-01/anat/sub-01_acq-water_T1w.nii.gz": None})
+    assert run_cli(water, tmp_path / "out", "participant", "--skip_bids_validator") == cli.EXIT_NO_INPUT
+    [message] = _error_lines(caplog, "no input images")
+    assert message.endswith('holding e.g. {"datatype": "anat", "suffix": "T1w", "acquisition": "water"}')
+    caplog.clear()
+    (water / "sub-01/anat/sub-01_acq-water_T1w.nii.gz").unlink()
+    assert run_cli(water, tmp_path / "out2", "participant", "--skip_bids_validator") == cli.EXIT_NO_INPUT
+    [message] = _error_lines(caplog, "no input images")
+    assert message.endswith("no NIfTI images at all (is BIDS_DIR right?)")
+
+
+def test_exit_16_message_points_to_bidsignore(tmp_path, monkeypatch, caplog):
+    validator = tmp_path / "bids-validator"
+    validator.write_text("#!/bin/sh\necho '[ERROR] NOT_INCLUDED sub-01/anat/sub-01_outphase.nii.gz'\nexit 16\n")
+    validator.chmod(0o755)
+    monkeypatch.setattr(pipeline, "find_validator", lambda: str(validator))
+    root = make_dataset(tmp_path / "bids", {"sub-01/anat/sub-01_acq-outphase_T1w.nii.gz": None})
+    assert run_cli(root, tmp_path / "out", "participant") == cli.EXIT_INVALID_DATASET
+    [message] = _error_lines(caplog, "failed BIDS validation")
+    assert "\n" not in message
+    assert f"{root / '.bidsignore'}" in message and "--skip_bids_validator" in message
+    assert _error_lines(caplog, "validator: [ERROR] NOT_INCLUDED")  # the validator's own words
+
+
 def test_malformed_filter_file_exits_64(tiny_dataset, tmp_path):
     filters = tmp_path / "filters.json"
     filters.write_text("{broken")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from legseg_tf import derivatives
 from legseg_tf.pipeline import find_validator
 from tests.test_segmenter import install_tiny_models
 
@@ -167,7 +168,11 @@ def test_participant_and_group_as_non_root_with_read_only_inputs(sandbox):
                  "group_muscles_wide.tsv", "group.html"):
         assert (out / name).is_file(), name
     description = json.loads((out / "dataset_description.json").read_text())
-    assert description["GeneratedBy"][0]["Container"] == {"Type": "docker", "Tag": "legseg:conditions-test"}
+    # the image's variable counts only together with a container engine's marker file (this
+    # test runs the app outside a container, where there is none, or inside a CI container)
+    in_engine = any(os.path.lexists(Path("/") / marker) for marker in derivatives.DOCKER_MARKERS)
+    assert description["GeneratedBy"][0].get("Container") == (
+        {"Type": "docker", "Tag": "legseg:conditions-test"} if in_engine else None)
     assert all(p.stat().st_uid == uid for p in out.rglob("*")), "outputs not owned by the running user"
 
     for path, before in watched.items():

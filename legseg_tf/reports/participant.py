@@ -35,6 +35,7 @@ from legseg_tf.fatfraction import (
     parse_entities,
     session_fat_fraction,
 )
+from legseg_tf.labels import REGION_LEVELS, SIDE_LEVELS
 from legseg_tf.morphometry import MORPH_COLUMNS, label_morphometry
 from legseg_tf.qc_flags import QCResult
 from legseg_tf.reports import html, plotting, qc
@@ -45,30 +46,37 @@ logger = logging.getLogger(__name__)
 DSEG_SUFFIX = "_dseg.nii.gz"
 MORPH_SUFFIX = "_morph.tsv"
 
-#: Column descriptions written to the JSON sidecar of every morphometry table.
+#: Column descriptions written to the JSON sidecar of every morphometry table, as BIDS asks
+#: of a TSV data dictionary: one object per column (Description, and Units or Levels).
 COLUMN_DESCRIPTIONS = {
-    "label": "Label value in the _dseg.nii.gz (Muscles_leg numbering, see dseg.tsv).",
-    "name": "Structure name with side.",
-    "abbreviation": "Short name with side suffix (_L / _R).",
-    "muscle": "Structure name without side.",
-    "side": "Patient side (L, R, n/a), from the image affine (RAS).",
-    "region": "lower_leg, upper_leg, hip, bone or other.",
-    "voxels": "Number of voxels with this label.",
+    "label": {"Description": "Label value in the _dseg.nii.gz (Muscles_leg numbering, see dseg.tsv)."},
+    "name": {"Description": "Structure name with side."},
+    "abbreviation": {"Description": "Short name with side suffix (_L / _R)."},
+    "muscle": {"Description": "Structure name without side."},
+    "side": {
+        "Description": "Patient side (L, R; n/a: no side), from the image affine (RAS).",
+        "Levels": dict(SIDE_LEVELS),
+    },
+    "region": {
+        "Description": "Body region of the structure.",
+        "Levels": {**REGION_LEVELS, "unknown": "label value not in the Muscles_leg table"},
+    },
+    "voxels": {"Description": "Number of voxels with this label."},
     "volume_ml": {"Description": "Label volume.", "Units": "ml"},
-    "slices": "Number of axial slices (z of the canonical RAS grid) containing the label.",
-    "first_slice": "Lowest z index (canonical RAS, 0 = most inferior) containing the label.",
-    "last_slice": "Highest z index containing the label.",
+    "slices": {"Description": "Number of axial slices (z of the canonical RAS grid) containing the label."},
+    "first_slice": {"Description": "Lowest z index (canonical RAS, 0 = most inferior) containing the label."},
+    "last_slice": {"Description": "Highest z index containing the label."},
     "max_csa_cm2": {
         "Description": "Largest cross-sectional area over the axial slices of the "
         "acquired grid (not resliced perpendicular to the muscle).",
         "Units": "cm^2",
     },
-    "max_csa_slice": "z index of the largest cross-sectional area.",
+    "max_csa_slice": {"Description": "z index of the largest cross-sectional area."},
     "centroid_x_mm": {"Description": "Centroid, RAS world x.", "Units": "mm"},
     "centroid_y_mm": {"Description": "Centroid, RAS world y.", "Units": "mm"},
     "centroid_z_mm": {"Description": "Centroid, RAS world z.", "Units": "mm"},
-    "components": "Number of 26-connected pieces of the label.",
-    "largest_component_fraction": "Fraction of the voxels in the largest piece.",
+    "components": {"Description": "Number of 26-connected pieces of the label."},
+    "largest_component_fraction": {"Description": "Fraction of the voxels in the largest piece."},
     "ff_mean": {
         "Description": "Mean voxel fat fraction 100*F/(F+W) over the label.",
         "Units": "%",
@@ -78,7 +86,7 @@ COLUMN_DESCRIPTIONS = {
         "Description": "Inter-quartile range (P75-P25) of the voxel fat fraction.",
         "Units": "%",
     },
-    "ff_voxels": "Voxels with a defined fat fraction (inside the water/fat field of view).",
+    "ff_voxels": {"Description": "Voxels with a defined fat fraction (inside the water/fat field of view)."},
     "ff_eroded_mean": {
         "Description": "Mean fat fraction over the label eroded in-plane.",
         "Units": "%",
@@ -88,7 +96,7 @@ COLUMN_DESCRIPTIONS = {
         "Units": "%",
     },
     "ff_eroded_iqr": {"Description": "Inter-quartile range over the eroded label.", "Units": "%"},
-    "ff_eroded_voxels": "Voxels of the eroded label with a defined fat fraction.",
+    "ff_eroded_voxels": {"Description": "Voxels of the eroded label with a defined fat fraction."},
 }
 
 
