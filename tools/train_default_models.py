@@ -105,9 +105,9 @@ OUT_NII_INCOMPLETE = {"R": (range(0, 3), range(22, 31)), "L": (range(0, 7), rang
 #: Network and training recipe per region (small networks for CPU training).
 SMALL_FEATURES = (8, 16, 32, 48, 64)
 REGIONS = {
-    "upper": {"table": "N5_UpperLeg", "role": "upper_leg", "id": "legseg-upperleg-small-v2",
+    "upper": {"table": "N5_UpperLeg", "role": "upper_leg", "id": "legseg-upperleg-small-v3",
               "files": "upperleg"},
-    "lower": {"table": "N6_LowerLeg", "role": "lower_leg", "id": "legseg-lowerleg-small-v1",
+    "lower": {"table": "N6_LowerLeg", "role": "lower_leg", "id": "legseg-lowerleg-small-v2",
               "files": "lowerleg"},
 }
 
@@ -173,6 +173,11 @@ SUBJECTS = {
     "lower": {"qmritools-calf": (), "qmritools-join": ("Join_2", "Join_3", "Join_4"),
               "ucl": ("ucl_calf",)},
 }
+
+
+#: Run-name suffix of each subject's fold (``<region>-loso-<suffix>``).
+FOLD_NAMES = {"qmritools-thigh": "ref", "qmritools-calf": "ref", "qmritools-join": "join",
+              "ucl": "ucl"}
 
 
 def subject_split(region: str, data: Path, pseudolabels: Path, hold_out: str | None,
@@ -480,15 +485,60 @@ def cmd_evaluate_subject(args) -> int:
     return 0
 
 
+def cmd_subject_table(args) -> int:
+    """Markdown table of the leave-one-subject-out runs ``<region>-<prefix><subject>`` that
+    ``evaluate-subject`` scored: per label, Dice / HD95 (mm) on each left-out subject (both
+    legs pooled by averaging the legs' figures), and the mean over the labels its reference
+    has."""
+    columns = {}
+    for subject in SUBJECTS[args.region]:
+        path = RUNS / f"{args.region}-{args.prefix}{FOLD_NAMES[subject]}" / "subject_evaluation.json"
+        if path.is_file():
+            columns[subject] = json.loads(path.read_text())
+    if not columns:
+        raise SystemExit("no evaluated folds: run evaluate-subject first")
+    names = []
+    for report in columns.values():
+        for leg in report["legs"].values():
+            for name, row in leg["summary"]["per_label"].items():
+                if row["n_reference"] > 0 and name not in names:
+                    names.append(name)
+    head = "| muscle | " + " | ".join(f"{s} (Dice / HD95 mm)" for s in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    means = {}
+    for name in names:
+        cells = []
+        for subject, report in columns.items():
+            rows = [leg["summary"]["per_label"].get(name) for leg in report["legs"].values()]
+            rows = [r for r in rows if r and r["n_reference"] > 0]
+            if not rows:
+                cells.append("-")
+                continue
+            dice = float(np.mean([r["dice"] for r in rows]))
+            hd = [r["hd95_mm"] for r in rows if r["hd95_mm"] is not None]
+            means.setdefault(subject, []).append(dice)
+            cells.append(f"{dice:.2f} / {np.mean(hd):.1f}" if hd else f"{dice:.2f} / -")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(
+        f"**{np.mean(means[s]):.2f}**" if s in means else "-" for s in columns) + " |")
+    lines.append("| scored against | " + " | ".join(r["scored_against"] for r in columns.values())
+                 + " |")
+    lines.append("| fold training | " + " | ".join(f"{r['rounds']} rounds" for r in columns.values())
+                 + " |")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_install(args) -> int:
     from legseg_tf.model_store import write_entry
 
-    MODELS.mkdir(exist_ok=True)
+    models = args.into or MODELS
+    models.mkdir(parents=True, exist_ok=True)
     if args.region == "classifier":
         run = RUNS / (args.run_name or "classifier-v2")
         report = json.loads((run / "report.json").read_text())
-        shutil.copyfile(run / "classifier.json", MODELS / "classifier.json")
-        shutil.copyfile(run / "classifier.weights.h5", MODELS / "classifier.weights.h5")
+        shutil.copyfile(run / "classifier.json", models / "classifier.json")
+        shutil.copyfile(run / "classifier.weights.h5", models / "classifier.weights.h5")
         entry = {"id": CLASSIFIER_ID, "role": "classifier",
                  "config": "classifier.json", "weights": "classifier.weights.h5",
                  "label_table": None,
@@ -507,8 +557,8 @@ def cmd_install(args) -> int:
         state = json.loads((run / "checkpoint" / "state.json").read_text())
         weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
         config = UNetConfig.from_json((run / "network.json").read_text())
-        (MODELS / f"{spec['files']}.json").write_text(config.to_json() + "\n")
-        shutil.copyfile(weights, MODELS / f"{spec['files']}.weights.h5")
+        (models / f"{spec['files']}.json").write_text(config.to_json() + "\n")
+        shutil.copyfile(weights, models / f"{spec['files']}.weights.h5")
         entry = {"id": spec["id"], "role": spec["role"], "config": f"{spec['files']}.json",
                  "weights": f"{spec['files']}.weights.h5", "label_table": spec["table"],
                  "provenance": {"source": "legseg-train",
@@ -525,10 +575,12 @@ def cmd_install(args) -> int:
                                                     else None),
                                 "data_licence": "QMRITools data BSD-3-Clause (c) 2016 "
                                                 "Martijn Froeling"}}
+    if args.id:
+        entry["id"] = args.id
     if args.region != "classifier":  # the app segments at this voxel size by default
         case, _ = region_cases(args.region, args.data)
         entry["provenance"]["training_voxel_size_mm"] = [float(v) for v in case.spacing]
-    manifest = write_entry(MODELS, entry)
+    manifest = write_entry(models, entry)
     print(f"installed {entry['id']}: {len(manifest.entries)} models in {manifest.path}")
     return 0
 
@@ -583,12 +635,18 @@ def main(argv=None) -> int:
     p.add_argument("--run-name", required=True)
     p.add_argument("--hold-out", required=True, help="the subject the run left out")
     p.add_argument("--pseudolabels", type=Path, default=RUNS / "pseudolabels")
+    p = sub.add_parser("subject-table")
+    p.add_argument("region", choices=("upper", "lower"))
+    p.add_argument("--prefix", default="loso-", help="fold runs are <region>-<prefix><subject>")
     p = sub.add_parser("evaluate")
     p.add_argument("region", choices=("upper", "lower"))
     p.add_argument("--best", action="store_true")
     p.add_argument("--run-name", default=None)
     p = sub.add_parser("install")
     p.add_argument("region", choices=("upper", "lower", "classifier"))
+    p.add_argument("--into", type=Path, default=None,
+                   help="models folder to install into (default: models/)")
+    p.add_argument("--id", default=None, help="model id (default: the shipped id)")
     p.add_argument("--best", action="store_true")
     p.add_argument("--run-name", default=None)
     args = parser.parse_args(argv)
@@ -599,7 +657,8 @@ def main(argv=None) -> int:
     handlers = {"classifier": cmd_classifier, "upper": cmd_region, "lower": cmd_region,
                 "evaluate": cmd_evaluate, "install": cmd_install,
                 "evaluate-new-subjects": cmd_evaluate_new_subjects,
-                "evaluate-subject": cmd_evaluate_subject}
+                "evaluate-subject": cmd_evaluate_subject,
+                "subject-table": cmd_subject_table}
     return handlers[args.command](args)
 
 
