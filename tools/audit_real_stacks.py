@@ -51,8 +51,9 @@ END_TARGET = 0.70
 WRONG_SHARE = 0.01
 #: Positions whose end slices must be labelled (muscle bellies run through the end slice).
 BELLY_POSITIONS = ("Upper", "Lower")
-#: Stacks whose ends are not checked: Join_1 is the foot and ankle (tendons, no calf bellies).
-NO_END_CHECK = ("Join_1",)
+#: Participants whose ends are not checked: Join_1 (``join1``) is the foot and ankle (tendons,
+#: no calf bellies).
+NO_END_CHECK = ("join1",)
 
 
 def real_stacks(data: Path) -> dict[str, tuple[Path, list[str]]]:
@@ -129,7 +130,7 @@ def audit_stack(label: str, image: np.ndarray, labels: np.ndarray, spacing,
     for end, block in (("first", slice(0, END_SLICES)), ("last", slice(nz - END_SLICES, nz))):
         checked = (nz >= 2 * END_SLICES + 2 and label not in NO_END_CHECK
                    and all(p in BELLY_POSITIONS for p in positions[block]))
-        ratio = float(np.mean(shares[block])) / middle if middle > 0 else float("nan")
+        ratio = float(np.mean(shares[block])) / middle if middle > 0 else 0.0
         ends[end] = {"ratio": round(ratio, 3), "checked": checked,
                      "ok": (not checked) or ratio >= END_TARGET}
     return {"slices": nz, "middle_share": round(middle, 3),
