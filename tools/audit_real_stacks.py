@@ -14,8 +14,10 @@ thighs Upper, the top of the QMRITools thigh Hip):
 * **stack ends**: labelled share of muscle-like tissue (body voxels within the intensity
   range of the labelled ones; :func:`legseg_tf.training.data.labelled_fraction_per_slice`)
   in the first and last 3 slices over the median of the middle half. Checked at ends whose
-  slices are thigh or calf anatomy (not knee, hip or the foot stack Join_1); the target is
-  >= 0.70.
+  slices are thigh or calf anatomy (not knee, hip or the foot stack Join_1) and where the
+  stack's reference has muscle labels on any of those slices (QMRITools' ``out.nii.gz``, the
+  manual calf labels, or the pseudo-labels of ``tools/make_pseudolabels.py`` outside their
+  ignore mask; stacks without one are reported, not checked); the target is >= 0.70.
 * the app's own QC flags (sidecar ``legseg.qc``).
 
     python tools/audit_real_stacks.py [--models DIR] [--out audit.json] [--region legs]
@@ -54,6 +56,40 @@ BELLY_POSITIONS = ("Upper", "Lower")
 #: Participants whose ends are not checked: Join_1 (``join1``) is the foot and ankle (tendons,
 #: no calf bellies).
 NO_END_CHECK = ("join1",)
+
+
+#: Participant label -> pseudo-label target of ``tools/make_pseudolabels.py``.
+PSEUDO_TARGETS = {"join2": "Join_2", "join3": "Join_3", "join4": "Join_4", "join5": "Join_5",
+                  "join6": "Join_6", "join7": "Join_7", "calfwater": "demo_water",
+                  "thighucl": "ucl_siemens_thigh", "thighge": "ucl_ge_thigh",
+                  "calfucl": "ucl_calf"}
+
+
+def reference_muscle_slices(label: str, data: Path, pseudolabels: Path) -> np.ndarray | None:
+    """(z,) bool: slices on which the stack's reference has muscle labels (ignored voxels
+    excluded); None when the stack has no reference."""
+    from legseg_tf.training.data import load_volume
+
+    q = data / "qmritools"
+    ignore = None
+    if label == "thighqmritools":
+        labels, _ = load_volume(q / "scripts_test_data" / "out.nii.gz")
+    elif label == "calftwolegs":
+        labels, _ = load_volume(q / "DemoData" / "labels.nii.gz")  # 13..26, all muscles
+    elif label in PSEUDO_TARGETS and (pseudolabels / PSEUDO_TARGETS[label]).is_dir():
+        folder = pseudolabels / PSEUDO_TARGETS[label]
+        labels, _ = load_volume(folder / "labels.nii.gz")
+        ignore, _ = load_volume(folder / "ignore.nii.gz")
+    else:
+        return None
+    labels = np.rint(labels).astype(np.int32)
+    if label == "calftwolegs":
+        muscle = labels > 0
+    else:
+        muscle = np.any(list(muscle_regions_map(labels).values()), axis=0)
+    if ignore is not None:
+        muscle &= ignore < 0.5
+    return muscle.reshape(muscle.shape[0], -1).any(axis=1)
 
 
 def real_stacks(data: Path) -> dict[str, tuple[Path, list[str]]]:
@@ -105,7 +141,7 @@ def muscle_regions_map(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def audit_stack(label: str, image: np.ndarray, labels: np.ndarray, spacing,
-                positions: list[str]) -> dict:
+                positions: list[str], reference_slices: np.ndarray | None = None) -> dict:
     """Wrong-region slices and stack-end shares of one label map (canonical (z, y, x))."""
     from legseg_tf.training.data import TrainingCase, labelled_fraction_per_slice
 
@@ -129,7 +165,8 @@ def audit_stack(label: str, image: np.ndarray, labels: np.ndarray, spacing,
     ends = {}
     for end, block in (("first", slice(0, END_SLICES)), ("last", slice(nz - END_SLICES, nz))):
         checked = (nz >= 2 * END_SLICES + 2 and label not in NO_END_CHECK
-                   and all(p in BELLY_POSITIONS for p in positions[block]))
+                   and all(p in BELLY_POSITIONS for p in positions[block])
+                   and reference_slices is not None and bool(reference_slices[block].any()))
         ratio = float(np.mean(shares[block])) / middle if middle > 0 else 0.0
         ends[end] = {"ratio": round(ratio, 3), "checked": checked,
                      "ok": (not checked) or ratio >= END_TARGET}
@@ -145,6 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--region", default="legs")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here (JSON)")
     parser.add_argument("--only", nargs="+", default=None, help="these participant labels only")
+    parser.add_argument("--pseudolabels", type=Path, default=recipe.RUNS / "pseudolabels",
+                        help="tools/make_pseudolabels.py output (the stacks' references)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -174,7 +213,8 @@ def main(argv=None) -> int:
             labels, _ = load_volume(found[0])
             positions = positions_per_slice(ranges, image.shape[0])
             entry = audit_stack(label, image, np.rint(labels).astype(np.int32), spacing,
-                                positions)
+                                positions, reference_muscle_slices(label, args.data,
+                                                                   args.pseudolabels))
             sidecar = json.loads(found[0].with_name(
                 found[0].name.replace(".nii.gz", ".json")).read_text())
             qc = sidecar.get("legseg", {}).get("qc") or {}
@@ -191,7 +231,8 @@ def main(argv=None) -> int:
         wrong = ",".join(str(w["slice"]) for w in entry["wrong_region_slices"]) or "-"
         print(f"{label:<16} {entry['slices']:>6} {entry['middle_share']:>6.2f} {ends[0]:>7} "
               f"{ends[1]:>7} {wrong:<22} {' '.join(entry['app_flags']) or '-'}")
-    print("(* end not checked: knee/hip/foot slices; ! below the 0.70 target)")
+    print("(* end not checked: knee/hip/foot slices or no reference labels there; "
+          "! below the 0.70 target)")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     return 0 if code == 0 else code
