@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                      default=InferenceConfig.batch_size, help="tiles per network call (default: %(default)s)")
     seg.add_argument("--save-probabilities", "--save_probabilities", dest="save_probabilities",
                      action="store_true", help="also write a 4-D probseg image")
-    seg.add_argument("--ff-erosion", "--ff_erosion", dest="ff_erosion", type=_non_negative_int, default=1,
+    seg.add_argument("--ff-erosion", "--ff_erosion", dest="ff_erosion", type=_non_negative_int,
+                     default=RunConfig.ff_erosion,
                      help="voxels eroded from each muscle for the eroded fat-fraction columns (default: %(default)s)")
     resources = parser.add_argument_group("resources and outputs")
     resources.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", "--n_procs",
@@ -217,11 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
-    """Parse and check the command line.
-
-    Returns:
-        ``(config, ff_erosion)``.
+def parse_args(argv: list[str]) -> RunConfig:
+    """Parse and check the command line; return the run's configuration.
 
     Raises:
         UsageError: with the exit code of the problem found.
@@ -292,8 +290,9 @@ def parse_args(argv: list[str]) -> tuple[RunConfig, int]:
         command_line=tuple(argv),
         assume_orientation=args.assume_orientation,
         include_failed_qc=args.include_failed_qc,
+        ff_erosion=args.ff_erosion,
     )
-    return config, args.ff_erosion
+    return config
 
 
 def _prepare_output_dir(output_dir: Path, what: str = "OUTPUT_DIR") -> None:
@@ -349,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the BIDS App; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        config, ff_erosion = parse_args(argv)
+        config = parse_args(argv)
         _prepare_output_dir(config.output_dir)
         if config.work_dir is not None:
             _prepare_output_dir(config.work_dir, "the work dir (-w/--work-dir)")
@@ -378,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        return pipeline.run(config, ff_erosion=ff_erosion)
+        return pipeline.run(config)
     except UsageError as error:
         logger.error("%s", error)
         return error.code

@@ -91,6 +91,14 @@ class RunConfig:
     assume_orientation: str | None = None
     #: group level: keep images with a QC "fail" flag in the group statistics.
     include_failed_qc: bool = False
+    #: in-plane erosion (voxels) of each muscle for the eroded fat-fraction columns of the
+    #: participant tables (--ff-erosion); 0 leaves those columns out.
+    ff_erosion: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ff_erosion, bool) or int(self.ff_erosion) != self.ff_erosion \
+                or self.ff_erosion < 0:
+            raise ValueError(f"ff_erosion must be a whole number >= 0, got {self.ff_erosion!r}")
 
     def to_json(self) -> str:
         """JSON of the resolved configuration (paths as strings)."""

@@ -14,12 +14,14 @@ Layout of OUTPUT_DIR::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from legseg_tf import __version__
@@ -41,21 +43,62 @@ VIEWER_TABLES = {
 BIDSIGNORE_LINES = ("logs/", "*.html", "group_*.tsv", *VIEWER_TABLES, "*_morph.tsv", "*_morph.json")
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def _filled_temporary(path: Path, fill: Callable[[Path], object], suffix: str,
+                      fsync: bool) -> Iterator[Path]:
+    """A temporary file beside ``path`` (``.<name>.<random><suffix>``), filled by ``fill`` and
+    given the permissions the umask allows (as a file created in place would have); removed on
+    leaving, whatever happened, unless it was moved away. The one primitive of every
+    atomic write (:func:`atomic_write` and the create-once of the dataset files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        fill(tmp)
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask
-        warn_if_symlink(path)
-        os.replace(tmp, path)  # replaces a symbolic link itself, never writes through it
+        yield tmp
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write(path: Path, fill: Callable[[Path], object], suffix: str = ".tmp",
+                 fsync: bool = False) -> Path:
+    """Write ``path`` in one step: ``fill(tmp)`` writes a temporary file in the same folder,
+    which then replaces ``path`` (``os.replace``). Readers see the old file or the new one,
+    never a half-written one; on any failure ``path`` is unchanged and the temporary file gone.
+
+    Args:
+        path: the file to write (its folder is created when missing).
+        fill: writes the whole content to the path it is given (an existing empty file).
+        suffix: ending of the temporary file's name, for writers that choose the format by it
+            (e.g. ``".tmp.nii.gz"`` for nibabel, ``".weights.h5"`` for Keras).
+        fsync: flush the content to disk before the rename (files read by other processes
+            after a crash, e.g. a models manifest).
+
+    A symbolic link at ``path`` is replaced by a regular file (with a warning), never written
+    through.
+    """
+    path = Path(path)
+    with _filled_temporary(path, fill, suffix, fsync) as tmp:
+        warn_if_symlink(path)
+        os.replace(tmp, path)
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), fsync=fsync)
+
+
+def atomic_write_text(path: Path, text: str, fsync: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
 def warn_if_symlink(path: Path) -> None:
@@ -218,16 +261,15 @@ def _complete_bidsignore(path: Path) -> None:
 
 
 def _create_once(path: Path, text: str) -> None:
+    """Create ``path`` with ``text`` unless it exists; safe when several jobs do it at once
+    (the complete file is hard-linked into place: the first one wins)."""
     if os.path.islink(path):
         atomic_write_text(path, text)  # the link is replaced (with a warning), never followed
         return
     if path.exists():
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+    data = text.encode("utf-8")
+    with _filled_temporary(path, lambda tmp: tmp.write_bytes(data), ".tmp", False) as tmp:
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -235,13 +277,10 @@ def _create_once(path: Path, text: str) -> None:
         except OSError:
             # File systems without hard links: exclusive create, then fill it in.
             try:
-                with open(path, "x", encoding="utf-8") as handle:
-                    handle.write(text)
+                with open(path, "xb") as handle:
+                    handle.write(data)
             except FileExistsError:
                 pass
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_version(path: Path) -> None:

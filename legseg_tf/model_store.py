@@ -33,7 +33,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -394,18 +393,7 @@ def write_entry(models_dir: str | os.PathLike, entry: Mapping[str, Any]) -> Mani
         kept = []
     data = {"schema_version": SCHEMA_VERSION,
             "models": [e.to_manifest_dict() for e in kept] + [new.to_manifest_dict()]}
-    text = json.dumps(data, indent=2) + "\n"
-    handle, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        current_umask = os.umask(0)
-        os.umask(current_umask)
-        os.chmod(tmp_name, 0o666 & ~current_umask)  # mkstemp makes 0600; a manifest is shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    from legseg_tf.derivatives import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", fsync=True)
     return load_manifest(directory)

@@ -11,7 +11,6 @@ anterior to posterior and columns from the patient's right to left; :func:`ras_t
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,19 +308,11 @@ def save_array(
         image.header.set_dim_info(*geometry.header.get_dim_info())
         image.header["dim"][4:] = 1
         image.header["pixdim"][4:] = geometry.header["pixdim"][4:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        nib.save(image, str(tmp))
-        if os.path.islink(path):
-            logger.warning("%s is a symbolic link (to %s); replacing it by a regular file",
-                           path, os.readlink(path))
-        os.replace(tmp, path)  # replaces a symbolic link itself, never writes through it
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from legseg_tf.derivatives import atomic_write
+
+    # nibabel picks compression by the name: the temporary file keeps the .nii(.gz) ending
+    suffix = ".tmp.nii.gz" if path.name.endswith(".nii.gz") else ".tmp.nii"
+    return atomic_write(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
 
 
 def ras_to_qmri(array_ras: np.ndarray) -> np.ndarray:

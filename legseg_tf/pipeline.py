@@ -25,13 +25,14 @@ logger = logging.getLogger(__name__)
 VALIDATOR_NAMES = ("bids-validator-deno", "bids-validator")
 
 
-def run(config: RunConfig, ff_erosion: int = 1) -> int:
-    """Run one analysis level; return the exit code."""
-    if config.work_dir is not None:
-        tempfile.tempdir = str(config.work_dir)
+def run(config: RunConfig) -> int:
+    """Run one analysis level; return the exit code.
+
+    Process-wide state is left as it was: the work dir reaches the code that needs it through
+    ``config`` (never through ``tempfile.tempdir``)."""
     if config.analysis_level == "group":
         return run_group(config)
-    return run_participant(config, ff_erosion=ff_erosion)
+    return run_participant(config)
 
 
 def find_validator() -> str | None:
@@ -97,8 +98,11 @@ def validate_dataset(bids_dir: Path, work_dir: Path | None = None) -> None:
         )
 
 
-def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter | None = None) -> int:
-    """Segment every selected image; return 0, or 1 if any image failed."""
+def run_participant(config: RunConfig, segmenter: Segmenter | None = None) -> int:
+    """Segment every selected image; return 0, or 1 if any image failed.
+
+    ``segmenter`` replaces the installed networks (tests); the device is then not configured
+    and each sidecar records the device the segmenter reports."""
     from legseg_tf.bids_inputs import DatasetIndexError, InputSelectionError, find_inputs
 
     if not config.skip_bids_validator:
@@ -123,9 +127,10 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
     subjects = sorted({image.subject for image in images})
     logger.info("%d image(s) of %d participant(s): %s", len(images), len(subjects), ", ".join(subjects))
     pending = [im for im in images if config.overwrite or not _outputs_exist(config, im)]
+    device: dict | None = None
     if segmenter is None and pending:
         try:
-            segmenter = _load_segmenter(config)
+            segmenter, device = _load_segmenter(config)
         except NoModelError as error:
             logger.error("%s", error)
             return ExitCode.NO_MODEL
@@ -139,8 +144,8 @@ def run_participant(config: RunConfig, ff_erosion: int = 1, segmenter: Segmenter
             results.append(ImageResult(image, "skipped", dseg_path=dseg,
                                        sidecar_path=derivatives.sidecar_path(dseg)))
             continue
-        results.append(segment_image(image, config, segmenter))
-    _participant_reports(results, config, ff_erosion)
+        results.append(segment_image(image, config, segmenter, device))
+    _participant_reports(results, config)
     failed = [r for r in results if r.status == "failed"]
     done = sum(r.status == "done" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
@@ -155,25 +160,27 @@ def _outputs_exist(config: RunConfig, image: InputImage) -> bool:
     return dseg.exists() and derivatives.sidecar_path(dseg).exists()
 
 
-def _load_segmenter(config: RunConfig) -> Segmenter:
+def _load_segmenter(config: RunConfig) -> tuple[Segmenter, dict]:
+    """The installed networks, and what ``configure_device`` chose for them (recorded in every
+    sidecar)."""
     from legseg_tf.device import DeviceError, configure_device
 
     models_dir = config.inference.models_dir
     if models_dir is None:
         raise NoModelError("no models folder configured")
     try:
-        _DEVICE.update(configure_device(config.inference.device, config.inference.nprocs))
+        device = configure_device(config.inference.device, config.inference.nprocs)
     except DeviceError as error:
         raise UsageError(str(error), ExitCode.USAGE) from error
-    return load_segmenter(config.inference, models_dir)
+    return load_segmenter(config.inference, models_dir), device
 
 
-#: What configure_device chose in this process (recorded in every sidecar).
-_DEVICE: dict = {}
+def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
+                  device: dict | None = None) -> ImageResult:
+    """Segment one image and write its label map and sidecar; never raises.
 
-
-def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) -> ImageResult:
-    """Segment one image and write its label map and sidecar; never raises."""
+    ``device`` is what ``configure_device`` chose for ``segmenter`` (None: the device the
+    segmenter's report names, if any)."""
     dseg = derivatives.dseg_path(config.output_dir, image)
     sidecar = derivatives.sidecar_path(dseg)
     probseg = derivatives.probseg_path(config.output_dir, image)
@@ -205,7 +212,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter) ->
             "legseg": {
                 "version": derivatives.software_versions()["legseg"],
                 "software": derivatives.software_versions(),
-                "device": dict(_DEVICE) or result.report.get("device"),
+                "device": dict(device) if device else result.report.get("device"),
                 "region": config.inference.region,
                 "merge": config.inference.merge,
                 "timings_s": {**result.report.get("timings_s", {}), "total": round(elapsed, 3)},
@@ -317,7 +324,7 @@ def _save_probabilities(result, geometry: nifti_io.Geometry, path: Path) -> Path
     return path
 
 
-def _participant_reports(results: list[ImageResult], config: RunConfig, ff_erosion: int) -> None:
+def _participant_reports(results: list[ImageResult], config: RunConfig) -> None:
     """Per-image tables and per-subject QC reports; a report failure marks its images failed."""
     from legseg_tf.reports.participant import write_participant_outputs
 
@@ -325,7 +332,8 @@ def _participant_reports(results: list[ImageResult], config: RunConfig, ff_erosi
     for subject, group in groupby(ordered, key=lambda r: r.image.subject):
         members = list(group)
         try:
-            write_participant_outputs(members, config.bids_dir, config.output_dir, ff_erosion)
+            write_participant_outputs(members, config.bids_dir, config.output_dir,
+                                      config.ff_erosion)
         except Exception as error:  # noqa: BLE001 - reports must not lose the segmentations
             logger.debug("report failure details", exc_info=True)
             if is_output_full(error):

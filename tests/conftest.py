@@ -138,5 +138,5 @@ def placeholder(monkeypatch):
 
     segmenter = ThresholdPlaceholderSegmenter()
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: segmenter)
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     return segmenter

@@ -1,6 +1,7 @@
 """The command-line contract: options, labels and every documented exit code."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -161,7 +162,7 @@ def test_one_failing_participant_exits_1_and_others_are_processed(tiny_dataset, 
             return super().segment(volume, spacing, **kwargs)
 
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: FailSecond())
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     out = tmp_path / "out"
     assert run_cli(tiny_dataset, out, "participant", "--skip_bids_validator") == cli.EXIT_FAILED
     written = sorted(p.name for p in out.rglob("*_dseg.nii.gz"))
@@ -180,7 +181,7 @@ def test_sigterm_stops_cleanly_with_143(tiny_dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "load_segmenter",
                         lambda config, models_dir: TerminatedDuringSecond())
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
     assert run_cli(tiny_dataset, out, "participant", "--skip_bids_validator") == cli.EXIT_TERMINATED
@@ -222,7 +223,7 @@ def test_models_dir_resolution(monkeypatch, tmp_path):
 
 
 def test_parse_args_builds_the_run_config(tiny_dataset, tmp_path):
-    config, erosion = cli.parse_args([
+    config = cli.parse_args([
         str(tiny_dataset), str(tmp_path / "o"), "participant", "--participant_label", "sub-01", "01",
         "--session_label", "ses-a", "--region", "upper", "--device", "cpu", "--mem-gb", "2",
         "--nprocs", "2", "--merge", "qmritools", "--overlap", "0.25", "--ff-erosion", "0", "-vv",
@@ -231,8 +232,22 @@ def test_parse_args_builds_the_run_config(tiny_dataset, tmp_path):
     assert config.session_labels == ("a",)
     assert config.inference.region == "upper" and config.inference.mem_gb == 2.0
     assert config.inference.merge == "qmritools" and config.inference.overlap == 0.25
-    assert config.verbosity == 2 and erosion == 0
+    assert config.verbosity == 2 and config.ff_erosion == 0
     assert json.loads(config.to_json())["analysis_level"] == "participant"
+
+
+def test_ff_erosion_default_lives_in_the_run_config(tiny_dataset, tmp_path):
+    """--ff-erosion's default is RunConfig's (one home); a negative value is refused."""
+    from legseg_tf.config import RunConfig
+
+    default = {f.name: f.default for f in dataclasses.fields(RunConfig)}["ff_erosion"]
+    assert cli.build_parser().get_default("ff_erosion") == default
+    config = cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant"])
+    assert config.ff_erosion == default
+    assert cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant",
+                           "--ff-erosion", "3"]).ff_erosion == 3
+    with pytest.raises(ValueError, match="ff_erosion"):
+        RunConfig(tmp_path, tmp_path / "o", "participant", ff_erosion=-1)
 
 
 def test_console_script_module_entry(tmp_path):
@@ -281,7 +296,7 @@ def test_fmriprep_spellings_are_aliases_and_abbreviations_are_refused(tiny_datas
 ])
 def test_memory_spellings_set_the_same_budget(tiny_dataset, tmp_path, words, gb):
     """fMRIPrep's --mem (MB, or with a unit) and --mem-mb size the same budget as --mem-gb."""
-    config, _ = cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant", *words])
+    config = cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant", *words])
     assert config.inference.mem_gb == pytest.approx(gb) if gb else config.inference.mem_gb is None
 
 
@@ -303,10 +318,8 @@ def test_memory_spelling_errors_exit_64(tiny_dataset, tmp_path, capsys, words):
 
 def test_notrack_is_accepted_and_changes_nothing(tiny_dataset, tmp_path):
     base = [str(tiny_dataset), str(tmp_path / "o"), "participant"]
-    import dataclasses
-
-    with_flag, _ = cli.parse_args([*base, "--notrack"])
-    without, _ = cli.parse_args(base)
+    with_flag = cli.parse_args([*base, "--notrack"])
+    without = cli.parse_args(base)
     assert with_flag == dataclasses.replace(without, command_line=(*base, "--notrack"))
     assert "never sends" in cli.build_parser().format_help().replace("\n", " ").replace("  ", " ")
 
@@ -320,8 +333,8 @@ def test_bids_database_dir_is_created_and_reused(tiny_dataset, tmp_path, placeho
     from legseg_tf.config import RunConfig
 
     assert RunConfig(tmp_path, tmp_path / "o", "group").bids_database_dir is None
-    config, _ = cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant",
-                                "--bids_database_dir", "rel/db"])
+    config = cli.parse_args([str(tiny_dataset), str(tmp_path / "o"), "participant",
+                             "--bids_database_dir", "rel/db"])
     assert config.bids_database_dir == (cli.Path("rel/db")).absolute()
     for database in (tmp_path / "new" / "db", tiny_dataset / "bids_db"):
         out = tmp_path / f"out-{database.parent.name}"

@@ -128,6 +128,51 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["b.json"]
 
 
+def test_one_atomic_write_for_text_tables_and_images(tmp_path, monkeypatch):
+    """Text, JSON, NIfTI (and checkpoint) outputs share one temporary-file-and-rename
+    primitive: the file appears complete, with the permissions the umask allows, or not at
+    all, and a failed write leaves the old file and no temporary file behind."""
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    from legseg_tf import nifti_io
+    from tests.conftest import write_nifti
+
+    previous = os.umask(0o027)
+    try:
+        text = derivatives.atomic_write_text(tmp_path / "t.tsv", "a\tb\n")
+        source = write_nifti(tmp_path / "src" / "x.nii.gz", np.ones((4, 3, 2)), np.eye(4))
+        _, geometry = nifti_io.load_canonical(source)
+        image = nifti_io.save_labels(np.ones((4, 3, 2), np.uint8), geometry, tmp_path / "l.nii.gz")
+    finally:
+        os.umask(previous)
+    assert text.read_text() == "a\tb\n" and text.stat().st_mode & 0o777 == 0o640
+    assert image.stat().st_mode & 0o777 == 0o640
+    assert nib.load(str(image)).get_data_dtype() == np.uint8  # gzip chosen by the name ending
+    assert image.read_bytes()[:2] == b"\x1f\x8b"
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    for path in (text, image):
+        before = path.read_bytes()
+        with pytest.raises(OSError, match="disk full"):
+            derivatives.atomic_write(path, broken)
+        assert path.read_bytes() == before
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        nifti_io.save_labels(np.zeros((4, 3, 2), np.uint8), geometry, tmp_path / "new.nii.gz")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.nii.gz", "src", "t.tsv"]
+
+
 # ------------------------------------------------------------------ viewer colour tables
 
 def _label_table(out: Path) -> dict[int, tuple[str, tuple[int, int, int]]]:

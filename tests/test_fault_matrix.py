@@ -629,7 +629,7 @@ import sys
 from legseg_tf import cli, pipeline
 from tests.fakes import ThresholdPlaceholderSegmenter
 pipeline.load_segmenter = lambda config, models_dir: ThresholdPlaceholderSegmenter()
-pipeline._participant_reports = lambda results, config, ff: None
+pipeline._participant_reports = lambda results, config: None
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -650,7 +650,7 @@ def _run_offline(setup: Setup, tmp: Path) -> tuple[int, str]:
 def test_fault(case: Case, tmp_path, monkeypatch, caplog, capsys):
     RESULTS[case.id] = False
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: ThresholdPlaceholderSegmenter())
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     (tmp_path / "filter.json").write_text(json.dumps({"datatype": "anat", "extension": [".nii", ".nii.gz"]}))
     try:
         setup = case.build(tmp_path, monkeypatch)

@@ -332,7 +332,7 @@ def test_sigterm_then_rerun_completes(tmp_path, monkeypatch):
             return super().segment(volume, spacing, **kwargs)
 
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: StopSecond())
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     out = tmp_path / "out"
     assert run(bids, out, "participant", "--skip_bids_validator") == cli.EXIT_TERMINATED
     monkeypatch.setattr(pipeline, "load_segmenter",

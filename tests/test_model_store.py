@@ -266,7 +266,7 @@ def test_write_entry_is_atomic(lower_leg_dir, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_entry(models_dir, entry_dict("upper", role="upper_leg", table="N5_UpperLeg"))
     assert (models_dir / "manifest.json").read_bytes() == before
-    assert not list(models_dir.glob(".manifest-*"))
+    assert not [p.name for p in models_dir.iterdir() if ".tmp" in p.name]
 
 
 def test_write_entry_rejects_invalid_entries_without_touching_the_manifest(lower_leg_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -82,7 +83,7 @@ def test_probabilities_are_written_when_requested(tiny_dataset, tmp_path, monkey
             return result
 
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: WithProbabilities())
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     out = tmp_path / "out"
     assert run(tiny_dataset, out, "--participant_label", "01", "--save-probabilities") == 0
     prob = nib.load(str(out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_probseg.nii.gz"))
@@ -96,8 +97,31 @@ def test_probabilities_are_written_when_requested(tiny_dataset, tmp_path, monkey
 
 def test_work_dir_is_used_for_temporary_files(tiny_dataset, tmp_path, placeholder):
     work = tmp_path / "work"
+    before = tempfile.tempdir
     assert run(tiny_dataset, tmp_path / "out", "-w", work) == 0
     assert work.is_dir()
+    assert tempfile.tempdir == before  # no process-wide temporary folder is set
+
+
+def test_device_choice_is_recorded_per_run_not_kept_in_the_process(tiny_dataset, tmp_path,
+                                                                   placeholder, monkeypatch):
+    """What configure_device chose reaches the sidecars of that run only: a later run with a
+    segmenter of its own records that segmenter's device, not the earlier choice."""
+    from legseg_tf import device
+    from legseg_tf.config import RunConfig
+
+    chosen = {"device": "gpu", "gpus": ["/physical_device:GPU:0"], "tensorflow": "x"}
+    monkeypatch.setattr(device, "configure_device", lambda name, nprocs: dict(chosen))
+    out = tmp_path / "out"
+    assert run(tiny_dataset, out, "--participant_label", "01") == 0
+    sidecar = out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.json"
+    assert json.loads(sidecar.read_text())["legseg"]["device"] == chosen
+    config = RunConfig(tiny_dataset, tmp_path / "again", "participant", participant_labels=("01",),
+                       skip_bids_validator=True)
+    config.output_dir.mkdir()
+    assert pipeline.run_participant(config, segmenter=ThresholdPlaceholderSegmenter()) == 0
+    again = tmp_path / "again/sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.json"
+    assert json.loads(again.read_text())["legseg"]["device"] == "cpu"  # the segmenter's report
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")

@@ -451,3 +451,34 @@ def test_segmenter_report_kept_in_the_sidecar_is_shown_for_skipped_images(tmp_pa
     page = (out / "sub-01.html").read_text()
     assert "DISAGREE: classifier Right, geometry Both" in page
     assert "segmenter says hello" in page and "per-slice body positions" in page
+
+
+def test_importing_the_figures_module_leaves_the_environment_alone(tmp_path):
+    """Importing ``reports.plotting`` changes no environment variable and does not load
+    matplotlib; the first figure gets a writable matplotlib config dir even where HOME has
+    none (a container's missing or read-only home)."""
+    import os
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME")}
+    env.update(HOME=str(tmp_path / "no-home"), TMPDIR=str(scratch),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    code = (
+        "import os, sys\n"
+        "before = dict(os.environ)\n"
+        "from legseg_tf.reports import plotting\n"
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "png = plotting.confidence_figure({0: 0.9, 1: 0.4}, 2, 0.6)\n"
+        "assert png.startswith(b'\\x89PNG')\n"
+        "print(os.environ['MPLCONFIGDIR'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.parent == scratch and folder.is_dir()

@@ -87,7 +87,7 @@ def test_the_pipeline_segments_at_the_network_voxel_size_and_writes_the_input_gr
 
     segmenter = _CoarseNetworkSegmenter()
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: segmenter)
-    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config, ff: None)
+    monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     rel = "sub-01/anat/sub-01_acq-outphase_T1w.nii.gz"
     bids = make_dataset(tmp_path / "bids", {rel: None}, shape=(96, 64, 8))
     source = nib.load(str(bids / rel))

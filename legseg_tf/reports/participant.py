@@ -134,7 +134,7 @@ def report_path(output_dir: Path, subject: str) -> Path:
 
 
 def write_participant_outputs(
-    results: list[ImageResult], bids_dir: Path, output_dir: Path, ff_erosion: int = 1
+    results: list[ImageResult], bids_dir: Path, output_dir: Path, ff_erosion: int
 ) -> list[Path]:
     """Write the morphometry tables of the images and the subjects' HTML reports.
 
@@ -143,7 +143,8 @@ def write_participant_outputs(
             (skipped images are re-read from disk), "failed" ones are listed in the report.
         bids_dir: the BIDS dataset (source images, water/fat images).
         output_dir: the derivatives folder.
-        ff_erosion: in-plane erosion (voxels) for the eroded fat-fraction columns; 0 disables.
+        ff_erosion: in-plane erosion (voxels) for the eroded fat-fraction columns; 0 disables
+            (the run's ``RunConfig.ff_erosion``).
 
     Returns:
         The files written.

@@ -8,20 +8,28 @@ sides, and "A"/"P" or "S"/"I" at top and bottom, so the reader need not know the
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from legseg_tf.labels import BY_INDEX
 
-def _ensure_matplotlib_config_dir() -> None:
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def ensure_matplotlib_config_dir() -> None:
     """Point MPLCONFIGDIR at a private temporary folder when the usual one is not writable.
 
     Containers often run with a read-only or missing home folder; matplotlib would then warn
-    and build its font cache on every start.
+    and build its font cache on every start. Called when plotting starts (:func:`pyplot`),
+    never at import: importing this module leaves the environment as it is.
     """
     configured = os.environ.get("MPLCONFIGDIR")
     if configured:
@@ -38,16 +46,18 @@ def _ensure_matplotlib_config_dir() -> None:
     os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="legseg-mpl-")
 
 
-_ensure_matplotlib_config_dir()
+@functools.cache
+def pyplot():
+    """matplotlib's ``pyplot`` on the Agg backend, imported on the first figure (after
+    :func:`ensure_matplotlib_config_dir`, since matplotlib reads its config dir on import)."""
+    ensure_matplotlib_config_dir()
+    import matplotlib
 
-import matplotlib  # noqa: E402
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
 
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+    return plt
 
-from legseg_tf.labels import BY_INDEX  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +73,7 @@ def figure_png(figure: Figure, dpi: int = 96) -> bytes:
     """Render a figure to PNG bytes and close it."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    plt.close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
 
 
@@ -182,7 +192,7 @@ def axial_mosaic(
     aspect = float(zooms_mm[1]) / float(zooms_mm[0])
     nx, ny = volume_ras.shape[0], volume_ras.shape[1] * aspect
     width = 4.0
-    figure, axes = plt.subplots(
+    figure, axes = pyplot().subplots(
         rows, columns, figsize=(columns * width, rows * width * ny / nx + 0.1), squeeze=False
     )
     for axis in axes.ravel():
@@ -210,7 +220,7 @@ def coronal_figure(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm) -> 
     low, high = display_range(volume_ras)
     aspect = float(zooms_mm[2]) / float(zooms_mm[0])
     nx, nz = volume_ras.shape[0], volume_ras.shape[2] * aspect
-    figure, axis = plt.subplots(figsize=(8.0, max(2.0, 8.0 * nz / nx)))
+    figure, axis = pyplot().subplots(figsize=(8.0, max(2.0, 8.0 * nz / nx)))
     axis.imshow(
         coronal_view(volume_ras, j),
         cmap="gray",
@@ -232,8 +242,8 @@ def positions_figure(
     """Per-slice classifier positions (raw and fitted staircase) and the region ranges."""
     slices = np.asarray(positions.get("slices", []), dtype=int)
     level = {name: i for i, name in enumerate(classes)}
-    figure, axis = plt.subplots(figsize=(8.0, 3.0))
-    palette = plt.get_cmap("tab10")
+    figure, axis = pyplot().subplots(figsize=(8.0, 3.0))
+    palette = pyplot().get_cmap("tab10")
     for i, (region, (first, last)) in enumerate(sorted(region_ranges.items())):
         axis.axvspan(
             first - 0.5,
@@ -252,7 +262,7 @@ def positions_figure(
     axis.set_yticklabels(classes, fontsize=8)
     axis.set_xlim(-0.5, n_slices - 0.5)
     axis.set_xlabel("slice (z index, inferior to superior)")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.xaxis.set_major_locator(_integer_ticks())
     axis.legend(fontsize=7, loc="upper left", ncols=2)
     axis.grid(alpha=0.3)
     return figure_png(figure)
@@ -260,14 +270,14 @@ def positions_figure(
 
 def confidence_figure(per_slice: dict[int, float], n_slices: int, threshold: float) -> bytes:
     """Mean probability of the assigned label per slice, with the low-confidence threshold."""
-    figure, axis = plt.subplots(figsize=(8.0, 2.4))
+    figure, axis = pyplot().subplots(figsize=(8.0, 2.4))
     ks = sorted(per_slice)
     axis.bar(ks, [per_slice[k] for k in ks], color="steelblue")
     axis.axhline(threshold, color="red", linestyle="--", label=f"threshold {threshold:g}")
     axis.set_ylim(0, 1)
     axis.set_xlim(-0.5, n_slices - 0.5)
     axis.set_xlabel("slice (z index)")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.xaxis.set_major_locator(_integer_ticks())
     axis.set_ylabel("mean probability")
     axis.legend(fontsize=7)
     return figure_png(figure)
@@ -284,7 +294,7 @@ def muscle_distributions(table, value: str, ylabel: str, highlight=None) -> byte
     """
     data = table[np.isfinite(table[value].astype(float))]
     order = sorted(data["abbreviation"].unique(), key=_abbreviation_order)
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(order) + 1.5), 3.6))
+    figure, axis = pyplot().subplots(figsize=(max(6.0, 0.45 * len(order) + 1.5), 3.6))
     groups = [
         data.loc[data["abbreviation"] == name, value].astype(float).to_numpy() for name in order
     ]
@@ -311,7 +321,7 @@ def asymmetry_figure(table, value: str, ylabel: str) -> bytes:
     """Strip plot of the left/right asymmetry index per muscle (column ``value``)."""
     data = table[np.isfinite(table[value].astype(float))]
     order = sorted(data["muscle"].unique())
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(order) + 1.5), 3.4))
+    figure, axis = pyplot().subplots(figsize=(max(6.0, 0.45 * len(order) + 1.5), 3.4))
     rng = np.random.default_rng(0)
     for i, name in enumerate(order):
         values = data.loc[data["muscle"] == name, value].astype(float).to_numpy()
@@ -328,3 +338,10 @@ def asymmetry_figure(table, value: str, ylabel: str) -> bytes:
 def _abbreviation_order(abbreviation: str) -> tuple:
     stem, _, side = abbreviation.partition("_")
     return stem, side
+
+
+def _integer_ticks():
+    """A tick locator that puts ticks on whole numbers only (slice indices)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)

@@ -39,6 +39,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``legseg-train``; the training options' defaults are those of
+    :class:`TrainConfig`, :class:`PatchConfig` and :class:`UNetConfig` (read, not repeated)."""
+    from legseg_tf.networks.config import UNetConfig
+    from legseg_tf.training.sampling import PatchConfig
+    from legseg_tf.training.train import TrainConfig
+
     parser = _Parser(prog="legseg-train", description="Train and evaluate legseg networks.")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -55,18 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="split each case at the inter-leg valley into two legs")
     seg.add_argument("--hold-out", choices=("left", "right", "none"), default="none",
                      help="with --split-legs: validate on this leg of every case")
-    seg.add_argument("--patch", type=int, nargs=3, default=(32, 112, 112))
-    seg.add_argument("--features", type=int, nargs="+", default=(32, 64, 128, 192, 320))
-    seg.add_argument("--batch-size", type=int, default=4)
-    seg.add_argument("--round-length", type=int, default=512)
-    seg.add_argument("--rounds", type=int, default=150)
+    seg.add_argument("--patch", type=int, nargs=3, default=PatchConfig.patch_size)
+    seg.add_argument("--features", type=int, nargs="+", default=UNetConfig.features)
+    seg.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    seg.add_argument("--round-length", type=int, default=TrainConfig.round_length)
+    seg.add_argument("--rounds", type=int, default=TrainConfig.rounds)
     seg.add_argument("--max-steps", type=int, default=None)
-    seg.add_argument("--validation-patches", type=int, default=51)
-    seg.add_argument("--augment", choices=AUGMENTATIONS, default="default")
+    seg.add_argument("--validation-patches", type=int, default=TrainConfig.validation_patches)
+    seg.add_argument("--augment", choices=AUGMENTATIONS, default="default",
+                     help="'default' = TrainConfig's augmentation")
     seg.add_argument("--target-spacing", type=float, nargs=3, default=None)
-    seg.add_argument("--dropout", type=float, default=0.2)
-    seg.add_argument("--seed", type=int, default=0)
-    seg.add_argument("--threads", type=int, default=None)
+    seg.add_argument("--dropout", type=float, default=UNetConfig.dropout_rate)
+    seg.add_argument("--seed", type=int, default=TrainConfig.seed)
+    seg.add_argument("--threads", type=int, default=TrainConfig.threads)
     seg.add_argument("--class-balanced", action="store_true",
                      help="foreground patch centres drawn class by class (small muscles seen "
                           "as often as large ones)")
@@ -76,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reference slices at the stack ends that label far less muscle-like "
                           "tissue than the stack's typical slice are not trusted: their "
                           "unlabelled body voxels are ignored in loss and validation")
-    seg.add_argument("--stack-ends", type=float, default=0.0, metavar="P",
+    seg.add_argument("--stack-ends", type=float, default=PatchConfig.stack_end_probability,
+                     metavar="P",
                      help="probability of an artificial stack end per patch (slices beyond a "
                           "random plane emptied and ignored), so that a stack border is not "
                           "learned as 'no muscle'")
@@ -139,10 +147,8 @@ def _load_cases(images: Sequence[Path], labels: Sequence[Path], table: str, labe
 
 def _cmd_segmentation(args) -> int:
     from legseg_tf.labels import TRAIN_TABLES
-    from legseg_tf.networks.config import UNetConfig
     from legseg_tf.training.data import ignore_incomplete_slices, split_legs
-    from legseg_tf.training.sampling import PatchConfig
-    from legseg_tf.training.train import TrainConfig, train
+    from legseg_tf.training.train import train
 
     if len(args.image) != len(args.labels):
         raise ValueError("give one --labels per --image")
@@ -163,23 +169,32 @@ def _cmd_segmentation(args) -> int:
         if args.ignore_incomplete:
             cases = [ignore_incomplete_slices(case) for case in cases]
         training = validation = cases
-    n_classes = len(TRAIN_TABLES[args.table]) + 1
-    features = tuple(args.features)
-    network = UNetConfig(n_classes=n_classes, features=features,
-                         downsample=_downsample(len(features)), dropout_rate=args.dropout)
-    patch = PatchConfig(patch_size=tuple(args.patch), class_balanced=args.class_balanced,
-                        stack_end_probability=args.stack_ends)
-    config = TrainConfig(network=network, patch=patch,
-                         augmentation=_augmentation(args.augment), batch_size=args.batch_size,
-                         round_length=args.round_length, rounds=args.rounds,
-                         validation_patches=args.validation_patches, seed=args.seed,
-                         threads=args.threads)
+    config = _train_config(args, len(TRAIN_TABLES[args.table]) + 1)
     result = train(config, training, validation, args.run_dir, resume=args.resume,
                    progress=not args.no_progress, max_steps=args.max_steps,
                    initial_weights=args.init_from)
     print(json.dumps({"run_dir": str(result.run_dir), "step": result.state.step,
                       "round": result.state.round, "last": result.last_row}, indent=1))
     return EXIT_OK
+
+
+def _train_config(args, n_classes: int):
+    """The :class:`TrainConfig` of a ``segmentation`` command line (``n_classes`` with
+    background)."""
+    from legseg_tf.networks.config import UNetConfig
+    from legseg_tf.training.sampling import PatchConfig
+    from legseg_tf.training.train import TrainConfig
+
+    features = tuple(args.features)
+    network = UNetConfig(n_classes=n_classes, features=features,
+                         downsample=_downsample(len(features)), dropout_rate=args.dropout)
+    patch = PatchConfig(patch_size=tuple(args.patch), class_balanced=args.class_balanced,
+                        stack_end_probability=args.stack_ends)
+    return TrainConfig(network=network, patch=patch,
+                       augmentation=_augmentation(args.augment), batch_size=args.batch_size,
+                       round_length=args.round_length, rounds=args.rounds,
+                       validation_patches=args.validation_patches, seed=args.seed,
+                       threads=args.threads)
 
 
 def _downsample(depth: int) -> tuple[tuple[int, int, int], ...]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -31,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from legseg_tf.derivatives import atomic_write, atomic_write_text
 from legseg_tf.networks.config import UNetConfig, total_stride
 from legseg_tf.training.augmentation import AugmentConfig
 from legseg_tf.training.data import IGNORE_LABEL, TrainingCase
-from legseg_tf.training.losses import LOSS_WEIGHTS
 from legseg_tf.training.metrics import batch_dice_per_class
 from legseg_tf.training.progress import ProgressBar
 from legseg_tf.training.sampling import (
@@ -52,6 +51,20 @@ CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_NAME = "model.weights.h5"
 BEST_WEIGHTS = "best.weights.h5"
 LOG_NAME = "log.csv"
+
+
+def _default_loss_weights() -> dict[str, float]:
+    """:data:`~legseg_tf.training.losses.LOSS_WEIGHTS`, imported when a config is made (the
+    losses module imports TensorFlow; reading this module's defaults does not)."""
+    from legseg_tf.training.losses import LOSS_WEIGHTS
+
+    return dict(LOSS_WEIGHTS)
+
+
+def save_weights_atomically(model, path: Path) -> Path:
+    """``model.save_weights(path)`` through a temporary file and a rename, so that a killed
+    run never leaves half-written weights (Keras wants the ``.weights.h5`` ending)."""
+    return atomic_write(path, model.save_weights, suffix=".weights.h5")
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,7 @@ class TrainConfig:
     epsilon: float = 1e-5
     clip_norm: float = 1.0
     l2: float = 1e-4
-    loss_weights: dict[str, float] = field(default_factory=lambda: dict(LOSS_WEIGHTS))
+    loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
     validation_patches: int = 51
     seed: int = 0
     sideless_labels: bool = True
@@ -214,17 +227,18 @@ class _Trainer:
         self.optimizer.learning_rate.assign(value)
 
     def save(self, directory: Path, state: TrainState) -> None:
+        """Checkpoint: weights, optimizer state and ``state.json``, each written atomically."""
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f"{WEIGHTS_NAME}.tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, directory / WEIGHTS_NAME)
+        save_weights_atomically(self.model, directory / WEIGHTS_NAME)
         arrays = {f"v{i:04d}": np.asarray(v.numpy())
                   for i, v in enumerate(self.optimizer.variables)}
-        with open(directory / "optimizer.npz.tmp", "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(directory / "optimizer.npz.tmp", directory / "optimizer.npz")
-        (directory / "state.json.tmp").write_text(json.dumps(asdict(state), indent=2))
-        os.replace(directory / "state.json.tmp", directory / "state.json")
+
+        def write_arrays(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a name
+                np.savez(handle, **arrays)
+
+        atomic_write(directory / "optimizer.npz", write_arrays)
+        atomic_write_text(directory / "state.json", json.dumps(asdict(state), indent=2))
 
     def load(self, directory: Path) -> TrainState:
         self.model.load_weights(directory / WEIGHTS_NAME)
@@ -403,7 +417,7 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
                 csv.writer(handle).writerow([last_row[k] for k in header])
             if mean_dice > state.best_dice:
                 state.best_dice, state.best_round = mean_dice, state.round
-                trainer.model.save_weights(run_dir / BEST_WEIGHTS)
+                save_weights_atomically(trainer.model, run_dir / BEST_WEIGHTS)
             trainer.save(checkpoint, state)
             logger.info("round %d step %d: train loss %.4f, val loss %.4f, val mean Dice %.4f",
                         state.round, state.step, last_row["train_loss"], val_loss, mean_dice)
