@@ -180,6 +180,10 @@ FOLD_NAMES = {"qmritools-thigh": "ref", "qmritools-calf": "ref", "qmritools-join
               "ucl": "ucl"}
 
 
+def _is_pseudo(case: TrainingCase, region: str) -> bool:
+    return any(case.name.startswith(name) for name in PSEUDOLABEL_TARGETS[region])
+
+
 def subject_split(region: str, data: Path, pseudolabels: Path, hold_out: str | None,
                   hygiene: bool = True) -> tuple[list[TrainingCase], list[TrainingCase]]:
     """(training legs, held-out legs) of a leave-one-subject-out fold of ``region``.
@@ -381,6 +385,10 @@ def cmd_region(args) -> int:
         hold_out = None if args.hold_out == "none" else args.hold_out
         cases, held = subject_split(args.region, args.data, args.pseudolabels, hold_out,
                                     hygiene=args.hygiene)
+        # patches are drawn case by case: repeating the labelled reference's legs raises its
+        # share against the pseudo-labelled legs
+        reference = [c for c in cases if not _is_pseudo(c, args.region)]
+        cases += reference * (args.reference_repeat - 1)
     else:
         train_case, held_case = region_cases(args.region, args.data, args.hygiene)
         extra = (pseudolabel_cases(args.region, args.data, args.pseudolabels,
@@ -562,7 +570,8 @@ def cmd_install(args) -> int:
         entry = {"id": spec["id"], "role": spec["role"], "config": f"{spec['files']}.json",
                  "weights": f"{spec['files']}.weights.h5", "label_table": spec["table"],
                  "provenance": {"source": "legseg-train",
-                                "recipe": f"tools/train_default_models.py {args.region}",
+                                "recipe": f"tools/train_default_models.py {args.region} "
+                                          f"(run {run.name}; the exact command is in the card)",
                                 "card": f"cards/{spec['id']}.md",
                                 "steps": state["step"], "rounds": state["round"],
                                 "weights_from": "best" if args.best else "last",
@@ -574,7 +583,8 @@ def cmd_install(args) -> int:
                                                     if (run / "initial_weights.txt").exists()
                                                     else None),
                                 "data_licence": "QMRITools data BSD-3-Clause (c) 2016 "
-                                                "Martijn Froeling"}}
+                                                "Martijn Froeling; UCL data (pseudo-labelled "
+                                                "stacks) MIT (c) 2025 Stephen Wastling"}}
     if args.id:
         entry["id"] = args.id
     if args.region != "classifier":  # the app segments at this voxel size by default
@@ -622,6 +632,9 @@ def main(argv=None) -> int:
         p.add_argument("--subjects", action="store_true",
                        help="train on every subject (reference with both legs + the "
                             "pseudo-labelled stacks of --pseudolabels), leaving --hold-out out")
+        p.add_argument("--reference-repeat", type=int, default=1,
+                       help="with --subjects: draw the reference subject's legs this many times "
+                            "as often as a pseudo-labelled leg")
         p.add_argument("--hold-out", default="none",
                        help=f"with --subjects: the subject left out ({', '.join(SUBJECTS[region])}"
                             ") or none (the shipped network)")
