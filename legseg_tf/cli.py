@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         return error.code
 
     _cache_dirs_off_an_unwritable_home(config.work_dir)
-    from legseg_tf import logging_setup, pipeline
+    from legseg_tf import logging_setup
 
     try:
         log_file = logging_setup.configure(
@@ -374,6 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("legseg %s: %s level, %s -> %s", __version__, config.analysis_level,
                 config.bids_dir, config.output_dir)
     logger.debug("log file: %s", log_file)
+    if config.analysis_level == "participant":
+        # the manifest must serve --region before anything heavy is imported (TensorFlow)
+        from legseg_tf.errors import NoModelError
+        from legseg_tf.regions import check_models
+
+        try:
+            check_models(config.inference.region, config.inference.models_dir)
+        except NoModelError as error:
+            logger.error("%s", error)
+            return EXIT_NO_MODEL
+    from legseg_tf import pipeline
+
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:

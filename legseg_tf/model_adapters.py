@@ -184,23 +184,41 @@ def fixed_patch(config: Mapping[str, Any]) -> tuple[int, int, int] | None:
     return tuple(int(s) for s in spatial)  # type: ignore[return-value]
 
 
-def region_network(entry: ModelEntry, config: InferenceConfig) -> RegionNetwork:
+def region_network(entry: ModelEntry, config: InferenceConfig, *,
+                   lazy: bool = False) -> RegionNetwork:
     """Load a region network and wrap it for the sliding-window merger.
 
+    Args:
+        entry: the manifest entry.
+        config: inference settings.
+        lazy: check the weights' checksum and the config now, but build the network and load
+            its weights on the first part it segments (then keep it): a run loads only the
+            networks its images need (a thigh-only volume never loads the lower-leg net).
+            Weights that do not fit the architecture are then reported by the first image
+            that needs them.
+
     Raises:
-        NoModelError: the weights or the config are unusable.
+        NoModelError: the weights (checksum; with ``lazy=False`` also their fit) or the
+            config are unusable.
     """
     from legseg_tf import model_store
     from legseg_tf.inference import apply_segmentation_network
     from legseg_tf.labels import TRAIN_TABLES
 
+    def unusable(error: Exception) -> NoModelError:
+        return NoModelError(f"model {entry.id!r} ({entry.role}) is not usable: {error}")
+
+    loaded: list = []
     try:
-        model = model_store.load_model(entry)
+        if lazy:
+            model_store.verify_weights(entry)
+        else:
+            loaded.append(model_store.load_model(entry))
         raw = entry.read_config()
         stride = network_stride(raw)
         patch = fixed_patch(raw)
     except (model_store.ModelError, model_store.ManifestError) as error:
-        raise NoModelError(f"model {entry.id!r} ({entry.role}) is not usable: {error}") from error
+        raise unusable(error) from error
     except NoModelError as error:
         raise NoModelError(f"model {entry.id!r} ({entry.role}): {error}") from error
     if entry.label_table not in TRAIN_TABLES:
@@ -210,9 +228,17 @@ def region_network(entry: ModelEntry, config: InferenceConfig) -> RegionNetwork:
     if patch is not None:
         logger.info("%s takes fixed %s patches", entry.id, "x".join(map(str, patch)))
 
+    def model():
+        if not loaded:
+            try:
+                loaded.append(model_store.load_model(entry, verify=False))  # verified above
+            except (model_store.ModelError, model_store.ManifestError) as error:
+                raise unusable(error) from error
+        return loaded[0]
+
     def predict(part: np.ndarray):
         # raw arg-max labels: the segmenter picks each label's component on the own side
-        return apply_segmentation_network(part, model, n_classes, config, stride,
+        return apply_segmentation_network(part, model(), n_classes, config, stride,
                                           largest_component=False, patch=patch)
 
     return RegionNetwork(entry.role, entry.id, entry.sha256, entry.label_table, predict)

@@ -164,10 +164,12 @@ def _load_segmenter(config: RunConfig) -> tuple[Segmenter, dict]:
     """The installed networks, and what ``configure_device`` chose for them (recorded in every
     sidecar)."""
     from legseg_tf.device import DeviceError, configure_device
+    from legseg_tf.regions import check_models
 
     models_dir = config.inference.models_dir
     if models_dir is None:
         raise NoModelError("no models folder configured")
+    check_models(config.inference.region, models_dir)  # before TensorFlow is imported
     try:
         device = configure_device(config.inference.device, config.inference.nprocs)
     except DeviceError as error:

@@ -9,14 +9,15 @@ installed region networks were trained on (their manifest provenance
 interpolation, then the label with the largest weight), so the label map keeps exactly the
 input's shape and affine.
 
-Arrays are (z, y, x) in the QMRITools layout; voxel sizes (dz, dy, dx) in mm. Pure numpy/scipy.
+Arrays are (z, y, x) in the QMRITools layout; voxel sizes (dz, dy, dx) in mm. Pure numpy/scipy;
+scipy is imported where it is used, since the command line parses ``--segmentation-resolution``
+here at start-up.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 #: Relative voxel-size difference below which a volume is segmented on its own grid.
 TOLERANCE = 0.1
@@ -64,6 +65,8 @@ def resample_volume(volume: np.ndarray, spacing_zyx: Sequence[float],
         ``(resampled float32, the exact voxel size of the new grid (dz, dy, dx) mm)`` - the
         field of view is kept, so the sizes are those of ``target_zyx`` up to rounding.
     """
+    from scipy import ndimage
+
     volume = np.asarray(volume, dtype=np.float32)
     shape = target_shape(volume.shape, spacing_zyx, target_zyx)
     zoom = [n / m for n, m in zip(shape, volume.shape)]
@@ -87,6 +90,8 @@ def labels_to_shape(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     included) with the largest value, so thin structures are neither thickened nor dropped the
     way nearest-neighbour sampling would.
     """
+    from scipy import ndimage
+
     labels = np.asarray(labels)
     shape = tuple(int(n) for n in shape)
     if labels.shape == shape:
@@ -105,6 +110,8 @@ def labels_to_shape(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 def channels_to_shape(probabilities: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Linear resampling of (z, y, x, n) probabilities onto ``shape`` (z, y, x)."""
+    from scipy import ndimage
+
     probabilities = np.asarray(probabilities, dtype=np.float32)
     zoom = [n / m for n, m in zip(shape, probabilities.shape[:3])]
     return np.stack([ndimage.zoom(probabilities[..., c], zoom, order=1, mode="nearest",

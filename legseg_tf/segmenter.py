@@ -62,6 +62,14 @@ from legseg_tf.postprocessing import (
     largest_component_per_label,
     largest_own_side_component_per_label,
 )
+from legseg_tf.regions import (  # noqa: F401 - RegionPlan, required_roles: part of this API
+    MODELS_HELP,
+    REGION_PLANS,
+    REGION_ROLES,
+    RegionPlan,
+    check_models,
+    required_roles,
+)
 from legseg_tf.split import (
     Part,
     SideDecision,
@@ -75,11 +83,6 @@ from legseg_tf.split import (
 )
 
 logger = logging.getLogger(__name__)
-
-MODELS_HELP = (
-    "install models into the models folder (--models DIR or LEGSEG_MODELS_DIR): train them "
-    "with legseg-train or convert the QMRITools networks with legseg-import (README, 'Models')"
-)
 
 
 @dataclass
@@ -119,35 +122,6 @@ class Segmenter(Protocol):
         """
 
 
-@dataclass(frozen=True)
-class RegionPlan:
-    """What one ``--region`` value segments.
-
-    Attributes:
-        regions: QMRITools region names, in processing order.
-        needs_positions: the slice ranges of the regions come from the position classifier
-            (several regions in one volume); otherwise the whole volume is one region.
-        find_middle: cut between the legs at the FindMiddle valley; otherwise the region is
-            centred on the body midline (the hip): cut at the image centre, and a volume that
-            geometry cannot tell apart is treated as both sides.
-    """
-
-    regions: tuple[str, ...]
-    needs_positions: bool
-    find_middle: bool = True
-
-
-REGION_PLANS: dict[str, RegionPlan] = {
-    "legs": RegionPlan(("LowerLegs", "UpperLegs"), needs_positions=True),
-    "legs-hip": RegionPlan(("LowerLegs", "UpperLegs", "Hip"), needs_positions=True),
-    "upper": RegionPlan(("UpperLegs",), needs_positions=False),
-    "lower": RegionPlan(("LowerLegs",), needs_positions=False),
-    "hip": RegionPlan(("Hip",), needs_positions=False, find_middle=False),
-}
-#: Model-manifest role of each region's network.
-REGION_ROLES = {"LowerLegs": "lower_leg", "UpperLegs": "upper_leg", "Hip": "hip"}
-
-
 def sideless_classes(table: str) -> frozenset[int]:
     """Training classes of ``table`` whose final label has no side (sacrum, subcutaneous fat)."""
     left, right = train_label_map(table, "L"), train_label_map(table, "R")
@@ -175,17 +149,6 @@ def own_side_probabilities(
         other = np.flatnonzero(~own_columns)
         probabilities[:, :, other[:, None], sided] = 0.0
     return probabilities, part.box, [int(v) for v in lookup]
-
-
-def required_roles(region: str, with_classifier: bool = True) -> list[str]:
-    """Manifest roles needed for ``region`` (the classifier only where positions are needed)."""
-    if region not in REGION_PLANS:
-        raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_PLANS)}")
-    plan = REGION_PLANS[region]
-    roles = [REGION_ROLES[r] for r in plan.regions]
-    if with_classifier and plan.needs_positions:
-        roles.append("classifier")
-    return roles
 
 
 class QMRIToolsSegmenter:
@@ -474,33 +437,21 @@ def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:
 
     "legs" and "legs-hip" need the slice classifier; "upper", "lower" and "hip" use it for the
     side vote when it is installed and otherwise decide the side from the image geometry.
+    Region networks are checked (checksum, config) here but built on the first part that
+    needs them (:func:`legseg_tf.model_adapters.region_network` with ``lazy=True``).
 
     Raises:
         NoModelError: when ``models_dir`` holds no usable model for the requested region (the
             message names the missing roles and how to install models).
     """
-    from legseg_tf import model_store
-
     models_dir = Path(models_dir)
-    try:
-        manifest = model_store.load_manifest(models_dir)
-    except model_store.ManifestError as error:
-        raise NoModelError(f"no usable model manifest in {models_dir}: {error}; {MODELS_HELP}") \
-            from error
+    manifest = check_models(config.region, models_dir)
     plan = REGION_PLANS[config.region]
-    missing = [role for role in required_roles(config.region) if manifest.get(role) is None]
-    if missing:
-        hint = (" (the slice classifier finds the lower-leg, knee, thigh and hip slices; a "
-                "volume of one region can use --region upper, lower or hip without it)"
-                if "classifier" in missing else "")
-        raise NoModelError(
-            f"region {config.region!r} needs model role(s) {missing}, which {manifest.path} "
-            f"does not list{hint}; {MODELS_HELP}"
-        )
     networks = {}
     for region in plan.regions:
         entry = manifest.get(REGION_ROLES[region])
-        networks[entry.role] = region_network(entry, config)
+        # built on the first part that needs it: a run loads only what its images need
+        networks[entry.role] = region_network(entry, config, lazy=True)
     classifier_entry = manifest.get("classifier")
     classifier = None
     classifier_model = None

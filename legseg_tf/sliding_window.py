@@ -7,7 +7,9 @@ Volumes are (z, y, x) arrays; a ``predict`` callable maps a float32 batch of til
   flush with the border, nnU-Net's placement), each tile's softmax weighted by a Gaussian
   importance map (sigma = patch / 8) and blended in float32. Memory: one (z, y, x, C) float32
   accumulator for the volume handed in (the cropped leg part, not the whole image) plus one
-  (z, y, x) weight array.
+  (z, y, x) weight array. When one tile covers the volume (a leg part that fits the memory
+  budget, the usual case) only its output, cropped to the volume, is weighted and divided by
+  the same weights (bit-identical to blending it): no accumulator, no weight sum.
 * :func:`predict_hard_labels` ("qmritools"): the original patch layout (minimal, uneven
   overlap) with arg-max labels per tile merged as a per-label union, lowest label winning
   overlaps (spec sections 2.3 and 1.9).
@@ -157,6 +159,19 @@ def predict_probabilities(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     padded = _pad_to(volume, patch)
     tiles = _tiles(padded.shape, patch, [tile_starts(s, p, overlap) for s, p in zip(padded.shape, patch)])
+    crop = tuple(slice(0, s) for s in volume.shape)
+    if len(tiles) == 1:
+        # One tile covers the whole volume: no accumulator, no weight sum, nothing outside the
+        # crop. Weighting and dividing by the same weights changes the softmax only by float
+        # rounding (<= 1 ulp); it is kept so that labels (arg-max ties) and probabilities stay
+        # bit-identical to blending the one tile.
+        output = _run(predict, padded, tiles, patch)[0][crop]
+        if not gaussian:
+            return output, 1
+        weights = gaussian_importance_map(patch)[crop][..., None]
+        blended = output * weights
+        blended /= weights
+        return blended, 1
     weights = gaussian_importance_map(patch) if gaussian else np.ones(patch, dtype=np.float32)
     accumulator: np.ndarray | None = None
     weight_sum = np.zeros(padded.shape, dtype=np.float32)
@@ -168,7 +183,6 @@ def predict_probabilities(
             accumulator[tile] += output * weights[..., None]
             weight_sum[tile] += weights
     accumulator /= weight_sum[..., None]
-    crop = tuple(slice(0, s) for s in volume.shape)
     return accumulator[crop], len(tiles)
 
 

@@ -157,13 +157,17 @@ def test_inputs_are_found_whatever_the_parent_folders_are_called(tmp_path, paren
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
 
 
-def test_cli_finds_inputs_under_a_datatype_named_parent(tmp_path):
-    # Stops right after input discovery: an empty models folder exits 3 (no model), not 18.
-    from legseg_tf import cli
+def test_cli_finds_inputs_under_a_datatype_named_parent(tmp_path, monkeypatch):
+    # Stops right after input discovery: the model loader (reached only when inputs were
+    # found; the manifest itself is checked before discovery) exits 3 (no model), not 18.
+    from legseg_tf import cli, pipeline
+    from legseg_tf.errors import NoModelError
 
+    def stop(config):
+        raise NoModelError("stopped after input discovery")
+
+    monkeypatch.setattr(pipeline, "_load_segmenter", stop)
     root = _dataset_under(tmp_path / "data" / "perf")
-    empty_models = tmp_path / "models"
-    empty_models.mkdir()
     code = cli.main([str(root), str(tmp_path / "out"), "participant", "--participant_label", "02",
-                     "--models", str(empty_models), "--skip_bids_validator"])
+                     "--skip_bids_validator"])
     assert code == cli.EXIT_NO_MODEL

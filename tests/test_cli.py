@@ -381,14 +381,14 @@ def test_unwritable_bids_database_dir(tiny_dataset, tmp_path, placeholder):
 
 def test_missing_tensorflow_is_one_line_with_exit_3(tiny_dataset, tmp_path):
     """Without TensorFlow (an extra), the participant level ends with exit 3 and one line
-    that names the extra to install, not with an ImportError's traceback."""
-    (tmp_path / "models").mkdir()
+    that names the extra to install, not with an ImportError's traceback. (The installed
+    models serve the region: a manifest that does not is reported first, without TensorFlow.)"""
     code = (
         "import sys\n"
         "sys.modules['tensorflow'] = None  # import tensorflow -> ModuleNotFoundError\n"
         "from legseg_tf.cli import main\n"
         f"sys.exit(main([{str(tiny_dataset)!r}, {str(tmp_path / 'out')!r}, 'participant',"
-        f" '--skip_bids_validator', '--models', {str(tmp_path / 'models')!r}]))\n"
+        f" '--skip_bids_validator', '--models', {str(REPO_ROOT / 'models')!r}]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300)

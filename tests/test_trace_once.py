@@ -1,0 +1,164 @@
+"""Networks are traced once per process, single-tile parts need no accumulator, and the label
+maps and probabilities stay bit-identical to those of the merger as it was before (issue 15).
+
+The reference below is the merger as it stood before these changes: Keras'
+``predict_on_batch`` (which retraces for every new tile shape) and Gaussian blending of every
+part, a single tile included.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import pytest
+
+from legseg_tf import inference
+from legseg_tf import sliding_window as sw
+from legseg_tf.config import InferenceConfig
+from legseg_tf.normalization import uniform_normalise
+
+N_CLASSES = 4
+
+
+def old_predict_probabilities(volume, predict, patch, *, overlap=0.5, batch_size=1):
+    """``sliding_window.predict_probabilities`` before the single-tile fast path."""
+    padded = sw._pad_to(volume, patch)
+    tiles = sw._tiles(padded.shape, patch,
+                      [sw.tile_starts(s, p, overlap) for s, p in zip(padded.shape, patch)])
+    weights = sw.gaussian_importance_map(patch)
+    accumulator = None
+    weight_sum = np.zeros(padded.shape, dtype=np.float32)
+    for batch in sw._batches(tiles, batch_size):
+        outputs = sw._run(predict, padded, batch, patch)
+        if accumulator is None:
+            accumulator = np.zeros((*padded.shape, outputs.shape[-1]), dtype=np.float32)
+        for tile, output in zip(batch, outputs):
+            accumulator[tile] += output * weights[..., None]
+            weight_sum[tile] += weights
+    accumulator /= weight_sum[..., None]
+    crop = tuple(slice(0, s) for s in volume.shape)
+    return accumulator[crop], len(tiles)
+
+
+def old_predict(model):
+    """``inference.make_predict`` before: Keras' ``predict_on_batch``."""
+    def predict(tiles):
+        normalised = np.stack([uniform_normalise(tile) for tile in tiles]).astype(np.float32)
+        return np.asarray(model.predict_on_batch(normalised), dtype=np.float32)
+    return predict
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    from legseg_tf.networks.config import UNetConfig, total_stride
+    from legseg_tf.networks.unet import build_unet
+
+    import keras
+
+    keras.utils.set_random_seed(7)
+    config = UNetConfig(n_classes=N_CLASSES, features=(4, 8, 8, 8, 8), dropout_rate=0.0)
+    return build_unet(config), tuple(total_stride(config))
+
+
+def _volume(shape, seed):
+    """Positive everywhere, so the non-zero box is the whole volume."""
+    rng = np.random.default_rng(seed)
+    volume = rng.gamma(2.0, 60.0, shape).astype(np.float32) + 1.0
+    volume[:, : shape[1] // 2] *= 3.0  # some structure for the random network
+    return volume
+
+
+# (shape, forced patch or None = from the memory budget, batch size): one part fits one tile,
+# the others need several tiles (and a last, smaller batch).
+CASES = [((8, 40, 56), None, 1), ((12, 30, 70), (8, 16, 32), 2), ((5, 20, 20), (4, 16, 16), 3)]
+
+
+def test_each_network_is_traced_once_whatever_the_volume_shapes(tiny_unet, caplog):
+    model, stride = tiny_unet
+    assert inference.tracing_count(model) == 0
+    patches = []
+    with caplog.at_level(logging.DEBUG, logger="legseg_tf.inference"):
+        for index, (shape, patch, batch) in enumerate(CASES):
+            config = InferenceConfig(save_probabilities=True, batch_size=batch)
+            out = inference.apply_segmentation_network(_volume(shape, index), model, N_CLASSES,
+                                                       config, stride, patch=patch,
+                                                       largest_component=False)
+            patches.append(tuple(out.patch))
+            assert inference.tracing_count(model) == 1, (shape, patch)
+    assert len(set(patches)) == len(CASES)  # three tile shapes, several batch sizes: one trace
+    traces = [r for r in caplog.records if r.getMessage().startswith("tracing network")]
+    assert len(traces) == 1   # the one trace is logged (at -v)
+    # the premise: Keras' predict_on_batch retraces for new tile shapes
+    for patch in patches:
+        model.predict_on_batch(np.zeros((1, *patch, 1), np.float32))
+    assert model.predict_function.experimental_get_tracing_count() > 1
+    assert inference.tracing_count(model) == 1
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_labels_and_probabilities_are_those_of_the_old_merger(tiny_unet, case):
+    model, stride = tiny_unet
+    shape, patch, batch = CASES[case]
+    volume = _volume(shape, 10 + case)
+    config = InferenceConfig(save_probabilities=True, batch_size=batch)
+    new = inference.apply_segmentation_network(volume, model, N_CLASSES, config, stride,
+                                               patch=patch, largest_component=False)
+    old, n_tiles = old_predict_probabilities(volume, old_predict(model), tuple(new.patch),
+                                             overlap=config.overlap, batch_size=batch)
+    assert n_tiles == new.n_tiles and (n_tiles == 1) == (patch is None)
+    np.testing.assert_array_equal(new.labels, np.argmax(old, axis=-1).astype(np.int16))
+    np.testing.assert_array_equal(new.probabilities, old)
+    assert len(np.unique(new.labels)) > 1  # the random network does not give one class only
+    top = old.max(axis=-1)[new.labels > 0]
+    assert new.confidence == {"mean_max_probability": round(float(top.mean()), 4),
+                              "voxels": int(top.size)}
+
+
+def test_the_traced_forward_pass_is_bit_identical_to_predict_on_batch(tiny_unet):
+    model, _ = tiny_unet
+    forward = inference.forward_function(model)
+    assert inference.forward_function(model) is forward   # cached per model
+    rng = np.random.default_rng(3)
+    for shape in ((1, 4, 16, 16, 1), (3, 8, 32, 48, 1)):
+        batch = rng.normal(size=shape).astype(np.float32)
+        np.testing.assert_array_equal(forward(batch), model.predict_on_batch(batch))
+
+
+def test_a_single_tile_part_needs_no_accumulator_and_blends_bit_identically():
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(7, 30, 29)).astype(np.float32)
+    raw = rng.dirichlet(np.ones(5), size=(8, 32, 32)).astype(np.float32)
+    calls = []
+
+    def softmax(batch):
+        calls.append(batch.shape)
+        return raw[None]
+
+    peaks = {}
+    for name, merger in (("old", old_predict_probabilities), ("new", sw.predict_probabilities)):
+        sw.gaussian_importance_map((8, 32, 32))  # cached: not counted
+        tracemalloc.start()
+        result, n_tiles = merger(volume, softmax, (8, 32, 32))
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n_tiles == 1
+        if name == "old":
+            expected = result
+    assert calls == [(1, 8, 32, 32, 1)] * 2
+    np.testing.assert_array_equal(result, expected)   # labels and probabilities: bit-identical
+    assert result.shape == (7, 30, 29, 5)
+    # before: accumulator + weighted tile + weight sum; now: the cropped result only
+    assert peaks["new"] < 0.5 * peaks["old"], peaks
+
+
+@pytest.mark.parametrize("shape,patch", list(itertools.product(
+    [(4, 16, 16), (3, 10, 11), (8, 32, 32)], [(4, 16, 16), (8, 32, 32)])))
+def test_one_tile_whenever_the_patch_covers_the_volume(shape, patch):
+    volume = np.ones(shape, np.float32)
+    blended, n_tiles = sw.predict_probabilities(volume, lambda b: b.astype(np.float32), patch)
+    covered = all(s <= p for s, p in zip(shape, patch))
+    assert (n_tiles == 1) == covered
+    np.testing.assert_allclose(blended[..., 0], volume, rtol=1e-6)
