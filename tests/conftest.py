@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -140,3 +141,19 @@ def placeholder(monkeypatch):
     monkeypatch.setattr(pipeline, "load_segmenter", lambda config, models_dir: segmenter)
     monkeypatch.setattr(pipeline, "_participant_reports", lambda results, config: None)
     return segmenter
+
+
+@pytest.fixture(scope="session")
+def real_pseudolabels(tmp_path_factory) -> Path:
+    """Pseudo-labels of every real stack (``tools/make_pseudolabels.py``, one thread, so
+    bit-reproducible; about 6 min on 2 cores), made once per test session."""
+    pytest.importorskip("SimpleITK", reason="tools extra (SimpleITK) for the pseudo-labels")
+    shared_file("data", "qmritools", "DemoData", "twoLegs.nii.gz")
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import make_pseudolabels
+
+    out = tmp_path_factory.mktemp("pseudolabels")
+    code = make_pseudolabels.main(["--data", str(SHARED_DATA), "--out", str(out)])
+    if code != 0:
+        pytest.fail(f"tools/make_pseudolabels.py exited {code}")
+    return out

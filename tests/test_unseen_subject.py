@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, SHARED_DATA, shared_file
+from tests.conftest import REPO_ROOT, shared_file
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 logger = logging.getLogger(__name__)
@@ -37,21 +36,13 @@ GATES = {"thigh": 0.32, "calf": 0.25}
 
 
 @pytest.fixture(scope="module")
-def unseen(tmp_path_factory):
+def unseen(tmp_path_factory, real_pseudolabels):
     """Pseudo-labels and the app's label maps of the two UCL stacks."""
-    pytest.importorskip("SimpleITK", reason="tools extra (SimpleITK) for the pseudo-labels")
     images = {name: shared_file("data", *parts) for name, (_, parts) in STACKS.items()}
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    import make_pseudolabels
-
     from legseg_tf.cli import main
 
     root = tmp_path_factory.mktemp("unseen")
-    pseudo = root / "pseudolabels"
-    code = make_pseudolabels.main(["--data", str(SHARED_DATA), "--out",
-                                   str(pseudo), "--targets",
-                                   *[target for target, _ in STACKS.values()]])
-    assert code == 0
+    pseudo = real_pseudolabels
     bids = root / "bids"
     bids.mkdir()
     (bids / "dataset_description.json").write_text(json.dumps(
