@@ -18,7 +18,10 @@ thighs Upper, the top of the QMRITools thigh Hip):
   stack's reference has muscle labels on any of those slices (QMRITools' ``out.nii.gz``, the
   manual calf labels, or the pseudo-labels of ``tools/make_pseudolabels.py`` outside their
   ignore mask; stacks without one are reported, not checked); the target is >= 0.70.
-* the app's own QC flags (sidecar ``legseg.qc``).
+* the app's own QC flags (sidecar ``legseg.qc``), and the mean Dice per side against the
+  stack's reference where it is in the app's numbering (``out.nii.gz``, pseudo-labels; not
+  the manual calf labels): a fit where the stack was training data, a new-subject figure
+  where it was not (the GE thigh has pseudo-labels but is no training data).
 
     python tools/audit_real_stacks.py [--models DIR] [--out audit.json] [--region legs]
 
@@ -68,6 +71,23 @@ PSEUDO_TARGETS = {"join2": "Join_2", "join3": "Join_3", "join4": "Join_4", "join
 def reference_muscle_slices(label: str, data: Path, pseudolabels: Path) -> np.ndarray | None:
     """(z,) bool: slices on which the stack's reference has muscle labels (ignored voxels
     excluded); None when the stack has no reference."""
+    reference = load_reference(label, data, pseudolabels)
+    if reference is None:
+        return None
+    labels, ignore = reference
+    if label == "calftwolegs":
+        muscle = labels > 0
+    else:
+        muscle = np.any(list(muscle_regions_map(labels).values()), axis=0)
+    if ignore is not None:
+        muscle &= ~ignore
+    return muscle.reshape(muscle.shape[0], -1).any(axis=1)
+
+
+def load_reference(label: str, data: Path, pseudolabels: Path):
+    """``(labels (z, y, x) int32, ignore (z, y, x) bool or None)`` of the stack's reference,
+    or None. The manual calf labels keep their own numbering (13..26); the others are in the
+    Muscles_leg numbering of the app's output."""
     from legseg_tf.training.data import load_volume
 
     q = data / "qmritools"
@@ -82,14 +102,23 @@ def reference_muscle_slices(label: str, data: Path, pseudolabels: Path) -> np.nd
         ignore, _ = load_volume(folder / "ignore.nii.gz")
     else:
         return None
-    labels = np.rint(labels).astype(np.int32)
-    if label == "calftwolegs":
-        muscle = labels > 0
-    else:
-        muscle = np.any(list(muscle_regions_map(labels).values()), axis=0)
+    return np.rint(labels).astype(np.int32), (None if ignore is None else ignore >= 0.5)
+
+
+def reference_dice(labels: np.ndarray, reference: np.ndarray,
+                   ignore: np.ndarray | None) -> dict[str, float]:
+    """Mean Dice per side ("R", "L") over the muscles present in ``reference`` (both in the
+    Muscles_leg numbering), ignored voxels left out of both maps."""
+    from legseg_tf.training.metrics import dice
+
     if ignore is not None:
-        muscle &= ignore < 0.5
-    return muscle.reshape(muscle.shape[0], -1).any(axis=1)
+        labels, reference = np.where(ignore, 0, labels), np.where(ignore, 0, reference)
+    per_side: dict[str, list[float]] = {"R": [], "L": []}
+    for value in np.unique(reference):
+        entry = BY_INDEX.get(int(value))
+        if value and entry is not None and entry.region in MUSCLE_REGIONS and entry.side:
+            per_side[entry.side].append(dice(reference == value, labels == value))
+    return {side: round(float(np.mean(v)), 3) for side, v in per_side.items() if v}
 
 
 def real_stacks(data: Path) -> dict[str, tuple[Path, list[str]]]:
@@ -212,16 +241,19 @@ def main(argv=None) -> int:
             image, spacing = load_volume(path)  # (z, y, x), slice 0 most inferior
             labels, _ = load_volume(found[0])
             positions = positions_per_slice(ranges, image.shape[0])
-            entry = audit_stack(label, image, np.rint(labels).astype(np.int32), spacing,
-                                positions, reference_muscle_slices(label, args.data,
-                                                                   args.pseudolabels))
+            labels = np.rint(labels).astype(np.int32)
+            entry = audit_stack(label, image, labels, spacing, positions,
+                                reference_muscle_slices(label, args.data, args.pseudolabels))
+            reference = load_reference(label, args.data, args.pseudolabels)
+            if reference is not None and label != "calftwolegs":
+                entry["dice_vs_reference"] = reference_dice(labels, *reference)
             sidecar = json.loads(found[0].with_name(
                 found[0].name.replace(".nii.gz", ".json")).read_text())
             qc = sidecar.get("legseg", {}).get("qc") or {}
             entry["app_flags"] = sorted({f.get("code") for f in qc.get("flags", [])})
             report["stacks"][label] = entry
     print(f"{'stack':<16} {'slices':>6} {'middle':>6} {'first3':>7} {'last3':>7} "
-          f"{'wrong-region slices':<22} app flags")
+          f"{'wrong-region slices':<22} {'Dice R/L':<11} app flags")
     for label, entry in report["stacks"].items():
         if "error" in entry:
             print(f"{label:<16} {entry['error']}")
@@ -229,8 +261,10 @@ def main(argv=None) -> int:
         ends = [f"{e['ratio']:.2f}{'' if e['checked'] else '*'}{'' if e['ok'] else '!'}"
                 for e in entry["ends"].values()]
         wrong = ",".join(str(w["slice"]) for w in entry["wrong_region_slices"]) or "-"
+        dice = entry.get("dice_vs_reference", {})
+        dice = "/".join(f"{dice[s]:.2f}" for s in ("R", "L") if s in dice) or "-"
         print(f"{label:<16} {entry['slices']:>6} {entry['middle_share']:>6.2f} {ends[0]:>7} "
-              f"{ends[1]:>7} {wrong:<22} {' '.join(entry['app_flags']) or '-'}")
+              f"{ends[1]:>7} {wrong:<22} {dice:<11} {' '.join(entry['app_flags']) or '-'}")
     print("(* end not checked: knee/hip/foot slices or no reference labels there; "
           "! below the 0.70 target)")
     if args.out:
