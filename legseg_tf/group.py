@@ -77,9 +77,25 @@ def image_table(dseg_path: Path) -> pd.DataFrame:
             label_morphometry(np.rint(data).astype(np.uint16), geometry.ras_affine),
             columns=list(MORPH_COLUMNS),
         )
+    _english_names(frame)
     for column, value in reversed(image_ids(dseg_path).items()):
         frame.insert(0, column, value)
     return frame
+
+
+def _english_names(frame: pd.DataFrame) -> None:
+    """Set ``name`` and ``muscle`` from the label value (English spelling), so tables of
+    earlier versions, written with QMRITools' spellings ("Satorius"), group with new ones."""
+    from legseg_tf.labels import BY_INDEX
+
+    if "label" not in frame or not len(frame):
+        return
+    known = frame["label"].map(lambda v: BY_INDEX.get(int(v)) if pd.notna(v) else None)
+    mask = known.notna()
+    if "name" in frame:
+        frame.loc[mask, "name"] = known[mask].map(lambda e: e.display_full_name)
+    if "muscle" in frame:
+        frame.loc[mask, "muscle"] = known[mask].map(lambda e: e.display_name)
 
 
 def image_ids(dseg_path: Path) -> dict[str, str]:

@@ -8,6 +8,16 @@ The per-network *training* tables (``N4_Hip``, ``N5_UpperLeg``, ``N6_LowerLeg``)
 structures a region network predicts as consecutive class indices 1..n (0 = background);
 :func:`rename_train_labels` maps them to the final table with a side, by normalised name,
 exactly as QMRITools does (spec section 1.8).
+
+Names: ``Label.name`` keeps QMRITools' spelling, typos included ("Satorius", "Subcutanious
+fat"), because the training tables are matched to the final table by name (spec 6.1).
+Everything a person reads -- ``dseg.tsv``, the viewer colour tables, the morphometry tables,
+the reports and QC messages -- uses ``Label.display_name`` / ``display_full_name``: the
+English name from :data:`NAME_CORRECTIONS`. Indices and abbreviations are the same in both.
+
+Colours: ``Label.rgb`` is QMRITools' colour (``dseg.tsv`` and the viewer tables keep it);
+the reports draw with :func:`report_rgb`, a palette in which both sides of a muscle share a
+hue, no label is near-white and the bones differ from one another.
 """
 from __future__ import annotations
 
@@ -26,7 +36,8 @@ class Label:
 
     Attributes:
         index: label value in the label map.
-        name: structure name without side (QMRITools spelling, e.g. "Satorius").
+        name: structure name without side, QMRITools spelling (e.g. "Satorius"): the key
+            for name matching; shown to people as :attr:`display_name`.
         abbreviation: short name with side suffix, e.g. "VL_L".
         side: "L", "R" or "" (no side).
         region: "lower_leg", "upper_leg", "hip", "bone" or "other".
@@ -42,9 +53,26 @@ class Label:
 
     @property
     def full_name(self) -> str:
-        """Name with the side word, e.g. "Vastus lateralis Left"."""
+        """QMRITools name with the side word, e.g. "Satorius Left" (the matching key's source;
+        people read :attr:`display_full_name`)."""
         side = SIDE_WORDS[self.side]
         return f"{self.name} {side}" if side else self.name
+
+    @property
+    def display_name(self) -> str:
+        """English name without side, e.g. "Sartorius" (see :data:`NAME_CORRECTIONS`)."""
+        return NAME_CORRECTIONS.get(self.name, self.name)
+
+    @property
+    def display_full_name(self) -> str:
+        """English name with the side word, e.g. "Sartorius Left"."""
+        side = SIDE_WORDS[self.side]
+        return f"{self.display_name} {side}" if side else self.display_name
+
+    @property
+    def stem(self) -> str:
+        """Abbreviation without the side suffix, e.g. "VL"."""
+        return self.abbreviation[:-2] if self.side else self.abbreviation
 
     @property
     def key(self) -> str:
@@ -58,6 +86,20 @@ class Label:
     @property
     def is_muscle(self) -> bool:
         return self.index < 100
+
+
+#: QMRITools names (``Label.name``) -> the English name shown to people. Typos of the
+#: QMRITools label files ("Satorius", "Subcutanious"; "Tensor fascia latae" in
+#: Muscles_leg.txt, "Tensor faciae latae" in Muscles_leg_all.txt) and names cut short
+#: ("Biceps femoris long", "Bones feet"); every other name is correct as it stands.
+NAME_CORRECTIONS: dict[str, str] = {
+    "Satorius": "Sartorius",
+    "Subcutanious fat": "Subcutaneous fat",
+    "Tensor fascia latae": "Tensor fasciae latae",
+    "Biceps femoris long": "Biceps femoris long head",
+    "Biceps femoris short": "Biceps femoris short head",
+    "Bones feet": "Foot bones",
+}
 
 
 def _row(index: int, name: str, abbr: str, side: str, region: str, rgb: tuple[int, int, int]) -> Label:
@@ -170,6 +212,64 @@ LABELS: tuple[Label, ...] = (
 BY_INDEX: dict[int, Label] = {label.index: label for label in LABELS}
 
 
+#: Report palette: (hue in degrees, HLS lightness, HLS saturation) of the patient's LEFT side
+#: of each structure, by abbreviation stem; the right side has the same hue and
+#: :data:`RIGHT_LIGHTER` more lightness (related colours on both sides). The muscle colours were
+#: picked greedily from a grid of saturated hues for the largest smallest CIELAB distance
+#: among all 43 muscles (both sides) and from greys, so neighbours in any region differ and
+#: none is near-white (lightness <= 0.67 at high saturation). Bones are muted, each with its
+#: own hue; subcutaneous fat is amber.
+REPORT_HLS: dict[str, tuple[int, float, float]] = {
+    # lower leg
+    "GL": (240, 0.46, 0.95), "GM": (120, 0.46, 0.95), "SOL": (0, 0.46, 0.95),
+    "PLA": (48, 0.46, 0.95), "POP": (318, 0.54, 0.95), "FDL": (210, 0.46, 0.95),
+    "FHL": (162, 0.46, 0.95), "TP": (84, 0.30, 0.50), "FIBL": (348, 0.46, 0.50),
+    "FIBB": (186, 0.46, 0.95), "TA": (30, 0.30, 0.70), "EDL": (276, 0.30, 0.50),
+    "EHL": (72, 0.46, 0.95), "FIBT": (294, 0.46, 0.95),
+    # upper leg
+    "BFL": (162, 0.30, 0.50), "BFS": (198, 0.30, 0.70), "SM": (48, 0.54, 0.50),
+    "ST": (336, 0.46, 0.95), "AM": (144, 0.30, 0.95), "AMI": (324, 0.30, 0.50),
+    "AL": (240, 0.30, 0.70), "AB": (12, 0.54, 0.50), "GR": (6, 0.30, 0.70),
+    "IL": (96, 0.54, 0.70), "PMA": (30, 0.54, 0.95), "PMI": (222, 0.30, 0.50),
+    "VL": (276, 0.46, 0.70), "VI": (174, 0.46, 0.95), "VM": (60, 0.30, 0.70),
+    "RF": (18, 0.54, 0.95), "SA": (240, 0.54, 0.50), "PEC": (300, 0.54, 0.50),
+    # hip
+    "GMAX": (198, 0.54, 0.95), "GMED": (306, 0.30, 0.95), "GMIN": (138, 0.54, 0.50),
+    "TFL": (60, 0.54, 0.95), "PIR": (330, 0.46, 0.70), "OI": (174, 0.54, 0.50),
+    "OE": (276, 0.46, 0.95), "GEI": (18, 0.38, 0.70), "GES": (30, 0.54, 0.50),
+    "QF": (78, 0.46, 0.70), "QL": (42, 0.30, 0.95),
+    # bones (muted, one hue each) and fat
+    "ILIUM": (0, 0.52, 0.35), "FEM": (215, 0.52, 0.35), "PAT": (150, 0.48, 0.35),
+    "TIB": (35, 0.52, 0.40), "FIB": (280, 0.52, 0.30), "FOOT": (60, 0.42, 0.30),
+    "SAC": (100, 0.45, 0.25), "SCF": (45, 0.45, 0.85),
+}
+#: Extra HLS lightness of the right side's colour over the left side's.
+RIGHT_LIGHTER = 0.13
+
+
+def _hls_rgb(hue: float, lightness: float, saturation: float) -> tuple[int, int, int]:
+    import colorsys
+
+    return tuple(int(round(255 * v)) for v in colorsys.hls_to_rgb(hue / 360.0, lightness,
+                                                                    saturation))
+
+
+def report_rgb(index: int) -> tuple[int, int, int]:
+    """Report colour (0-255 each) of a label value (:data:`REPORT_HLS`); magenta if unknown."""
+    label = BY_INDEX.get(int(index))
+    if label is None or label.stem not in REPORT_HLS:
+        return (255, 0, 255)
+    hue, lightness, saturation = REPORT_HLS[label.stem]
+    if label.side == "R":
+        lightness += RIGHT_LIGHTER
+    return _hls_rgb(hue, lightness, saturation)
+
+
+def report_color_hex(index: int) -> str:
+    """:func:`report_rgb` as ``#rrggbb``."""
+    return "#{:02x}{:02x}{:02x}".format(*report_rgb(index))
+
+
 def normalise_name(text: str) -> str:
     """QMRITools name normalisation: drop integer tokens, capitalise each word, join with "_".
 
@@ -183,6 +283,9 @@ def normalise_name(text: str) -> str:
 
 
 BY_KEY: dict[str, Label] = {label.key: label for label in LABELS}
+# the English spellings find the same labels (the QMRITools keys above stay as they are)
+BY_KEY.update({normalise_name(label.display_full_name): label for label in LABELS
+               if normalise_name(label.display_full_name) not in BY_KEY})
 
 #: Training-label tables of the region networks: class index -> structure name (spec 6.2-6.4).
 TRAIN_TABLES: dict[str, tuple[str, ...]] = {
@@ -260,7 +363,7 @@ def dseg_tsv_text(labels: tuple[Label, ...] = LABELS) -> str:
     for label in labels:
         side = label.side or "n/a"
         lines.append(
-            f"{label.index}\t{label.full_name}\t{label.abbreviation}\t{label.color_hex}\t"
+            f"{label.index}\t{label.display_full_name}\t{label.abbreviation}\t{label.color_hex}\t"
             f"{side}\t{label.region}"
         )
     return "\n".join(lines) + "\n"
@@ -275,7 +378,7 @@ def itksnap_text(labels: tuple[Label, ...] = LABELS) -> str:
     ]
     for label in labels:
         r, g, b = label.rgb
-        lines.append(f'{label.index:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{label.full_name}"')
+        lines.append(f'{label.index:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{label.display_full_name}"')
     return "\n".join(lines) + "\n"
 
 
@@ -290,7 +393,7 @@ def slicer_ctbl_text(labels: tuple[Label, ...] = LABELS) -> str:
     ]
     for label in labels:
         r, g, b = label.rgb
-        lines.append(f"{label.index} {label.full_name.replace(' ', '_')} {r} {g} {b} 255")
+        lines.append(f"{label.index} {label.display_full_name.replace(' ', '_')} {r} {g} {b} 255")
     return "\n".join(lines) + "\n"
 
 
@@ -302,7 +405,7 @@ def fsleyes_lut_text(labels: tuple[Label, ...] = LABELS) -> str:
     lines = []
     for label in labels:
         r, g, b = (value / 255 for value in label.rgb)
-        lines.append(f"{label.index} {r:.6f} {g:.6f} {b:.6f} {label.full_name}")
+        lines.append(f"{label.index} {r:.6f} {g:.6f} {b:.6f} {label.display_full_name}")
     return "\n".join(lines) + "\n"
 
 

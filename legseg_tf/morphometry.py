@@ -58,7 +58,8 @@ class LabelIdentity:
 
 
 def identify(value: int) -> LabelIdentity:
-    """Table names of a label value; values outside the table get "unknown_<value>"."""
+    """Table names of a label value (English spelling, ``Label.display_name``); values outside
+    the table get "unknown_<value>"."""
     entry = BY_INDEX.get(int(value))
     if entry is None:
         return LabelIdentity(
@@ -66,9 +67,9 @@ def identify(value: int) -> LabelIdentity:
         )
     return LabelIdentity(
         entry.index,
-        entry.full_name,
+        entry.display_full_name,
         entry.abbreviation,
-        entry.name,
+        entry.display_name,
         entry.side or "n/a",
         entry.region,
     )

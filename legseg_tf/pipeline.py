@@ -335,7 +335,7 @@ def _participant_reports(results: list[ImageResult], config: RunConfig) -> None:
         members = list(group)
         try:
             write_participant_outputs(members, config.bids_dir, config.output_dir,
-                                      config.ff_erosion)
+                                      config.ff_erosion, config.inference.models_dir)
         except Exception as error:  # noqa: BLE001 - reports must not lose the segmentations
             logger.debug("report failure details", exc_info=True)
             if is_output_full(error):

@@ -406,7 +406,7 @@ def lr_volume_ratio_flags(
             present, volume = ("left", vl) if vl else ("right", vr)
             flags.append(QCFlag(
                 "lr_volume_ratio", FAIL,
-                f"{entry_l.name} ({stem}) only on the {present} ({volume:.1f} mL), "
+                f"{entry_l.display_name} ({stem}) only on the {present} ({volume:.1f} mL), "
                 f"none on the other side",
                 structures, {**numbers, "ratio": None}))
             continue
@@ -417,7 +417,7 @@ def lr_volume_ratio_flags(
         larger = "left" if vl > vr else "right"
         flags.append(QCFlag(
             "lr_volume_ratio", severity,
-            f"{entry_l.name} ({stem}): left {vl:.1f} mL, right {vr:.1f} mL, the {larger} "
+            f"{entry_l.display_name} ({stem}): left {vl:.1f} mL, right {vr:.1f} mL, the {larger} "
             f"{ratio:.2f}x the other (plausible up to {config.lr_ratio_warning:g}x)",
             structures, {**numbers, "ratio": round(ratio, 3)}))
     return flags

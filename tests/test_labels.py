@@ -52,3 +52,90 @@ def test_dseg_tsv_and_itksnap_files():
 def test_normalise_name_matches_qmritools_rule():
     assert labels.normalise_name("16 Satorius") == "Satorius"
     assert labels.normalise_name("Tensor fascia latae Left") == "Tensor_Fascia_Latae_Left"
+
+
+# ------------------------------------------------------------------ English names
+
+def test_english_names_keep_the_qmritools_keys():
+    """People read "Sartorius" and "Subcutaneous fat"; the QMRITools spellings stay the keys
+    that map the training tables, and indices and abbreviations do not change."""
+    by_index = labels.BY_INDEX
+    assert by_index[63].name == "Satorius" and by_index[63].display_name == "Sartorius"
+    assert by_index[64].display_full_name == "Sartorius Right"
+    assert by_index[151].name == "Subcutanious fat"
+    assert by_index[151].display_full_name == "Subcutaneous fat"
+    assert by_index[77].display_name == "Tensor fasciae latae"
+    assert by_index[31].display_name == "Biceps femoris long head"
+    assert by_index[111].display_name == "Foot bones"
+    assert (by_index[63].abbreviation, by_index[151].abbreviation) == ("SA_L", "SCF")
+    # the QMRITools keys still find the labels, and so do the English names
+    assert labels.BY_KEY["Satorius_Left"].index == 63
+    assert labels.BY_KEY["Sartorius_Left"].index == 63
+    assert labels.BY_KEY["Subcutaneous_Fat"].index == 151
+    fat = labels.TRAIN_TABLES["N5_UpperLeg"].index("Subcutanious fat") + 1
+    assert labels.train_label_map("N5_UpperLeg", "L")[fat] == 151
+    # every correction is of a name in the table, and only these names differ
+    assert set(labels.NAME_CORRECTIONS) <= {label.name for label in labels.LABELS}
+    changed = {label.name for label in labels.LABELS if label.display_name != label.name}
+    assert changed == set(labels.NAME_CORRECTIONS)
+
+
+def test_user_facing_tables_use_the_english_names():
+    texts = {
+        "dseg.tsv": labels.dseg_tsv_text(),
+        "ITK-SNAP": labels.itksnap_text(),
+        "Slicer": labels.slicer_ctbl_text(),
+        "FSLeyes": labels.fsleyes_lut_text(),
+    }
+    for what, text in texts.items():
+        assert "Satorius" not in text and "Subcutanious" not in text, what
+        assert "Sartorius" in text and "Subcutaneous" in text, what
+    assert "63\tSartorius Left\tSA_L\t#cbc100\tL\tupper_leg" in texts["dseg.tsv"].splitlines()
+    assert "151\tSubcutaneous fat\tSCF\t#fff0aa\tn/a\tother" in texts["dseg.tsv"].splitlines()
+    assert "63 Sartorius_Left 203 193 0 255" in texts["Slicer"].splitlines()
+
+
+# ------------------------------------------------------------------ report palette
+
+def _lab(rgb):
+    """CIELAB (D65) of an sRGB colour 0-255."""
+    c = np.asarray(rgb, dtype=float) / 255.0
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                    [0.0193, 0.1192, 0.9505]]) @ c / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_report_palette():
+    import colorsys
+    import itertools
+
+    colours = {label.index: labels.report_rgb(label.index) for label in labels.LABELS}
+    # nothing near-white: every colour has a channel well below white, and is not light grey
+    for index, rgb in colours.items():
+        lightness, a, b = _lab(rgb)
+        assert min(rgb) < 180, (index, rgb)
+        assert lightness < 80 or np.hypot(a, b) > 40, (index, rgb)  # light only if vivid
+    # the same muscle has related colours on both sides: same hue, the right side lighter
+    for label in labels.LABELS:
+        if label.side == "L":
+            left, right = colours[label.index], colours[label.index + 1]
+            h_l, l_l, _ = colorsys.rgb_to_hls(*(v / 255 for v in left))
+            h_r, l_r, _ = colorsys.rgb_to_hls(*(v / 255 for v in right))
+            assert min(abs(h_l - h_r), 1 - abs(h_l - h_r)) < 0.02, label
+            assert l_r > l_l and np.linalg.norm(_lab(left) - _lab(right)) < 40, label
+    # different muscles differ (CIELAB distance), left sides and right sides alike
+    muscles = [label for label in labels.LABELS if label.is_muscle and label.side == "L"]
+    for a, b in itertools.combinations(muscles, 2):
+        for offset in (0, 1):
+            distance = np.linalg.norm(_lab(colours[a.index + offset])
+                                      - _lab(colours[b.index + offset]))
+            assert distance > 15, (a.abbreviation, b.abbreviation, distance)
+    # bones are told apart (QMRITools gives them all the same grey)
+    bones = [label for label in labels.LABELS if label.region == "bone" and label.side != "R"]
+    for a, b in itertools.combinations(bones, 2):
+        assert np.linalg.norm(_lab(colours[a.index]) - _lab(colours[b.index])) > 15, (a, b)
+    assert labels.report_rgb(999) == (255, 0, 255)
+    # the QMRITools colours stay in the label table
+    assert labels.BY_INDEX[103].rgb == (200, 200, 200)

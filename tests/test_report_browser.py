@@ -1,8 +1,11 @@
 """The report pages in a real browser: headless Chromium driven over the DevTools protocol.
 
 Each page must load without console errors or uncaught exceptions, every image must decode
-(``naturalWidth > 0``), and the legend must list exactly the labels present. A full-page PNG
-screenshot of each page is kept under the pytest temporary folder, or under
+(``naturalWidth > 0``), and the legend must list exactly the labels present. Subject pages
+must show the label outlines (image | outline pairs, opening at full resolution on a click:
+the enlarged view is screenshotted and its pixels checked for the labels' report colours
+beside the grey image) and one "what these networks can and cannot do" box per model. A
+full-page PNG screenshot of each page is kept under the pytest temporary folder, or under
 ``$LEGSEG_TEST_ARTIFACTS`` when that is set.
 
 The DevTools protocol is spoken over ``--remote-debugging-pipe`` (file descriptors 3 and 4,
@@ -54,7 +57,41 @@ INSPECT = """(() => {
     none: box.querySelectorAll('.qc-none').length};
   const headings = Object.fromEntries(Array.from(document.querySelectorAll('h2')).map(
       h => [h.textContent, h.getBoundingClientRect().top + window.scrollY]));
-  return JSON.stringify({images, legends, external, height, qc, headings});
+  const figures = Array.from(document.querySelectorAll('img[data-overlay]')).map(i => ({
+    overlay: i.dataset.overlay, view: i.dataset.view, width: i.naturalWidth,
+    shown: i.getBoundingClientRect().width, folded: i.closest('details:not([open])') !== null,
+    link: (i.closest('a.zoom-open') || {href: null}).href}));
+  const models = Array.from(document.querySelectorAll('.model-box')).map(b => ({
+    id: b.dataset.model, text: b.textContent, visible: b.offsetHeight > 0,
+    never: (b.querySelector('.never-labels') || {dataset: {}}).dataset.labels || null}));
+  const verdicts = Array.from(document.querySelectorAll('p.verdict')).map(p => p.textContent);
+  const summary = Array.from(document.querySelectorAll('table.summary th')).map(
+      th => th.textContent);
+  return JSON.stringify({images, legends, external, height, qc, headings, figures, models,
+                         verdicts, summary});
+})()"""
+
+#: Opens the first axial outline figure by clicking it; what the enlarged view looks like.
+ZOOM_OPEN = """(() => {
+  const image = document.querySelector('a.zoom-open img[data-overlay="outline"][data-view="axial"]');
+  if (image === null) return JSON.stringify(null);
+  const link = image.closest('a.zoom-open');
+  const box = document.getElementById(link.getAttribute('href').slice(1));
+  const before = image.getBoundingClientRect().width;
+  link.click();
+  const close = box.querySelector('a.zoom-close');
+  return JSON.stringify({before, after: image.getBoundingClientRect().width,
+                         natural: image.naturalWidth, position: getComputedStyle(box).position,
+                         close: getComputedStyle(close).display, target: location.hash,
+                         box: box.id});
+})()"""
+
+#: Closes the enlarged view with its "close" link.
+ZOOM_CLOSE = """(() => {
+  const box = document.querySelector('.zoom:target');
+  if (box === null) return JSON.stringify(null);
+  box.querySelector('a.zoom-close').click();
+  return JSON.stringify({position: getComputedStyle(box).position, target: location.hash});
 })()"""
 
 
@@ -177,8 +214,17 @@ def browser(tmp_path_factory):
     client.close()
 
 
-def render(client: DevToolsPipe, page: Path, screenshot: Path) -> dict:
-    """Load ``page``; return console errors, exceptions, image and legend facts; save a PNG."""
+def _evaluate(client: DevToolsPipe, session: str, expression: str):
+    return json.loads(client.send("Runtime.evaluate",
+                                  {"expression": expression, "returnByValue": True},
+                                  session)["result"]["value"])
+
+
+def render(client: DevToolsPipe, page: Path, screenshot: Path, zoom: bool = False) -> dict:
+    """Load ``page``; return console errors, exceptions, image and legend facts; save a PNG.
+
+    ``zoom``: then click the first outline figure, screenshot the enlarged view (viewport
+    only, ``<screenshot>-zoom.png``: ``facts["zoom"]``), and close it again."""
     target = client.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = client.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
         "sessionId"
@@ -193,11 +239,7 @@ def render(client: DevToolsPipe, page: Path, screenshot: Path) -> dict:
     start = len(client.events)
     client.send("Page.navigate", {"url": page.resolve().as_uri()}, session)
     client.wait_for("Page.loadEventFired", session)
-    facts = json.loads(
-        client.send("Runtime.evaluate", {"expression": INSPECT, "returnByValue": True}, session)[
-            "result"
-        ]["value"]
-    )
+    facts = _evaluate(client, session, INSPECT)
     client.send(
         "Emulation.setDeviceMetricsOverride",
         {
@@ -213,6 +255,17 @@ def render(client: DevToolsPipe, page: Path, screenshot: Path) -> dict:
     )
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     screenshot.write_bytes(base64.b64decode(shot["data"]))
+    if zoom:
+        facts["zoom"] = _evaluate(client, session, ZOOM_OPEN)
+        client.send("Emulation.setDeviceMetricsOverride",
+                    {"width": VIEW_WIDTH, "height": 900, "deviceScaleFactor": 1,
+                     "mobile": False}, session)
+        enlarged = client.send("Page.captureScreenshot", {"format": "png"}, session)
+        zoomed = screenshot.with_name(screenshot.stem + "-zoom.png")
+        zoomed.write_bytes(base64.b64decode(enlarged["data"]))
+        if facts["zoom"] is not None:
+            facts["zoom"]["screenshot"] = str(zoomed)
+            facts["zoom"]["closed"] = _evaluate(client, session, ZOOM_CLOSE)
     events = [e for e in client.events[start:] if e.get("sessionId") == session]
     facts["errors"] = [
         json.dumps(e["params"])[:300]
@@ -266,7 +319,8 @@ def test_subject_report_in_the_browser(browser, outputs, artifacts):
     out, results = outputs
     for result in results:
         subject = result.image.subject
-        facts = render(browser, out / f"sub-{subject}.html", artifacts / f"sub-{subject}.png")
+        facts = render(browser, out / f"sub-{subject}.html", artifacts / f"sub-{subject}.png",
+                       zoom=True)
         assert facts["errors"] == []
         assert facts["external"] == []
         assert len(facts["images"]) >= 4  # mosaic, coronal, positions, confidence
@@ -275,6 +329,59 @@ def test_subject_report_in_the_browser(browser, outputs, artifacts):
         assert facts["legends"] == [present]
         assert (artifacts / f"sub-{subject}.png").stat().st_size > 10_000
         assert_qc_box(facts)
+        assert_figures(facts)
+        assert_zoom(facts, present)
+        (box,) = assert_model_boxes(facts)
+        assert box["id"] == "legseg-upperleg-test"
+        assert facts["verdicts"] == [
+            "both legs, decided by classifier+geometry; classifier and geometry: agree (Both)"]
+
+
+def assert_figures(facts: dict) -> None:
+    """Image | outline pairs of the representative slices, visible and large (a 1.5 mm
+    boundary spans >= 3 pixels at natural size), each opening on a click; their filled
+    variant folded; outlined mosaic and reformats."""
+    figures = facts["figures"]
+    pairs = [f for f in figures if f["view"] == "axial" and f["overlay"] == "outline"]
+    assert len(pairs) >= 3
+    for figure in pairs:
+        assert not figure["folded"] and figure["shown"] >= 0.9 * min(figure["width"], 1200)
+        assert figure["width"] >= 1200 and figure["link"].endswith("-full")
+    filled = [f for f in figures if f["overlay"] == "filled"]
+    assert len(filled) == len(pairs) and all(f["folded"] for f in filled)
+    views = {f["view"] for f in figures if f["overlay"] == "outline"}
+    assert {"mosaic", "coronal", "sagittal"} <= views
+
+
+def assert_zoom(facts: dict, present: list[int]) -> None:
+    """A click opens the figure over the page at its natural size; the enlarged view shows
+    the grey image and the labels' outlines in their report colours; "close" closes it."""
+    import matplotlib.image as mpimg
+
+    from legseg_tf.labels import report_rgb
+
+    zoom = facts["zoom"]
+    assert zoom is not None and zoom["position"] == "fixed" and zoom["close"] != "none"
+    assert zoom["target"] == "#" + zoom["box"]
+    assert zoom["after"] == zoom["natural"] > zoom["before"]
+    assert zoom["closed"]["position"] == "static"
+    pixels = np.round(mpimg.imread(zoom["screenshot"])[..., :3] * 255).astype(int)
+    colours = {index: np.all(pixels == report_rgb(index), axis=-1).sum() for index in present}
+    outlined = [index for index, count in colours.items() if count >= 20]
+    assert len(outlined) >= min(2, len(present)), colours
+    grey = (pixels[..., 0] == pixels[..., 1]) & (pixels[..., 1] == pixels[..., 2])
+    assert (grey & (pixels[..., 0] > 60) & (pixels[..., 0] < 250)).sum() > 10_000
+
+
+def assert_model_boxes(facts: dict) -> list[dict]:
+    """At least one visible model box with its three headings."""
+    boxes = facts["models"]
+    assert boxes
+    for box in boxes:
+        assert box["visible"] and box["id"]
+        for heading in ("Training data", "Unseen-subject Dice", "Labels never segmented"):
+            assert heading in box["text"], box
+    return boxes
 
 
 def test_group_report_in_the_browser(browser, outputs, artifacts):
@@ -288,6 +395,9 @@ def test_group_report_in_the_browser(browser, outputs, artifacts):
     links = re.findall(r'href="(sub-\d+\.html)"', page)
     assert links == ["sub-01.html", "sub-02.html", "sub-03.html"]
     assert all((out / link).exists() for link in links)
+    summary = facts["summary"]
+    assert summary[:4] == ["muscle", "abbreviation", "images left", "images right"]
+    assert summary.index("volume (ml) right") == summary.index("volume (ml) left") + 1
 
 
 def test_demo_dataset_reports_in_the_browser(browser, tmp_path_factory, artifacts, monkeypatch):
@@ -309,6 +419,8 @@ def test_demo_dataset_reports_in_the_browser(browser, tmp_path_factory, artifact
         assert facts["images"] and all(i["complete"] and i["width"] > 0 for i in facts["images"])
         if name != "group":
             assert facts["legends"] == [[55, 56]]
+            assert_figures(facts)
+            assert [box["id"] for box in assert_model_boxes(facts)] == ["placeholder"]
         assert_qc_box(facts)
 
 
@@ -328,22 +440,34 @@ def assert_qc_box(facts: dict) -> dict:
 def test_planted_failure_shows_in_the_flag_boxes(browser, tmp_path_factory, artifacts,
                                                   monkeypatch):
     """A planted 10x left/right asymmetry through the command line: a red FAIL line in the
-    subject's box and in the group page's box."""
+    subject's box and in the group page's box; the subject page also shows the outlines and
+    the box of the planted model, read from its model card in the --models folder."""
     from legseg_tf import cli, demo, pipeline
+    from tests.test_model_cards import planted_models
     from tests.test_qc_flags import AsymmetricSegmenter
 
     root = tmp_path_factory.mktemp("planted")
     bids, out = root / "bids", root / "out"
+    models = planted_models(root / "models")
     demo.write_demo(bids, subjects=1)
     monkeypatch.setattr(
         pipeline, "load_segmenter", lambda config, models_dir: AsymmetricSegmenter()
     )
-    assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator"]) == 0
+    assert cli.main([str(bids), str(out), "participant", "--skip_bids_validator",
+                     "--models", str(models), "--region", "upper"]) == 0
     assert cli.main([str(bids), str(out), "group", "--include-failed-qc"]) == 0
     for name in ("sub-01", "group"):
-        facts = render(browser, out / f"{name}.html", artifacts / f"planted-{name}.png")
+        facts = render(browser, out / f"{name}.html", artifacts / f"planted-{name}.png",
+                       zoom=name != "group")
         assert facts["errors"] == [] and facts["external"] == []
         qc = assert_qc_box(facts)
         assert [(f["code"], f["css"]) for f in qc["flags"]] == [("lr_volume_ratio", "qc-fail")]
         assert qc["flags"][0]["color"] == "rgb(164, 0, 0)"
         assert qc["flags"][0]["text"].startswith("FAIL lr_volume_ratio: Vastus lateralis (VL)")
+        if name == "sub-01":
+            assert_figures(facts)
+            assert_zoom(facts, [55, 56])
+            (box,) = assert_model_boxes(facts)
+            assert box["id"] == "planted" and "Expect a mean Dice of about 0.4" in box["text"]
+            assert box["never"] == "41 42 49 50 51 52 65 66 105 106 151"
+            assert "Subcutaneous fat (SCF)" in box["text"]

@@ -482,3 +482,199 @@ def test_importing_the_figures_module_leaves_the_environment_alone(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.parent == scratch and folder.is_dir()
+
+
+# ------------------------------------------------------------------ issue 12: reports a researcher can check
+
+
+def test_outlines_mark_each_labels_rim_only():
+    labels = np.zeros((10, 10), dtype=np.uint16)
+    labels[2:8, 2:8] = 55
+    labels[4:6, 5:8] = 57  # a second label reaching the first one's right edge
+    rim = plotting.outline_mask(labels)
+    assert not rim[labels == 0].any()
+    assert rim[2, 2:8].all() and rim[7, 2:8].all() and rim[2:8, 2].all()
+    assert not rim[3, 3] and not rim[6, 3]  # the interior stays clear
+    assert rim[4, 5] and rim[4, 4]  # both labels are outlined where they touch
+    image = np.linspace(0, 1, 100).reshape(10, 10)
+    panel = plotting.render_panel(image, labels, (0.0, 1.0), (3, 2), "outline")
+    assert panel.shape == (30, 20, 3) and panel.dtype == np.uint8
+    grey = plotting.render_panel(image, None, (0.0, 1.0), (3, 2), None)
+    inside = (slice(3 * 3 + 1, 3 * 3 + 2), slice(2 * 3 + 1, 2 * 3 + 2))  # voxel (3, 3)
+    np.testing.assert_array_equal(panel[inside], grey[inside])  # image visible inside
+    assert tuple(panel[0 + 6, 2 * 2]) == labels_module_rgb(55)  # voxel (2, 2): the rim
+    filled = plotting.render_panel(image, labels, (0.0, 1.0), (3, 2), "filled")
+    assert not np.array_equal(filled[inside], grey[inside])
+
+
+def labels_module_rgb(index):
+    from legseg_tf.labels import report_rgb
+
+    return report_rgb(index)
+
+
+def test_detail_figures_are_large_enough_for_a_voxel_boundary():
+    """A 1.5 mm grid: the representative-slice pair draws each voxel as >= 3 x 3 pixels, both
+    panels side by side; reformats need enough slices."""
+    volume = np.random.default_rng(0).uniform(50, 100, (200, 150, 12)).astype(np.float32)
+    labels = np.zeros(volume.shape, dtype=np.uint16)
+    labels[20:90, 30:120, :] = 55
+    labels[110:180, 30:120, :] = 56
+    zooms = (1.5, 1.5, 6.0)
+    png = plotting.axial_pair(volume, labels, zooms, 5)
+    width, height = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
+    crop = plotting.in_plane_box(volume, labels, 0)
+    nx = len(range(200)[crop[0]])
+    assert width >= 2 * nx * 3 and height >= len(range(150)[crop[1]]) * 3
+    assert plotting.repeats_for((1.5, 1.5), plotting.DETAIL_MIN_PX_PER_MM) == (3, 3)
+    assert plotting.representative_slices(labels) == [1, 4, 7, 10]
+    assert plotting.reformat_possible(labels.shape)
+    assert not plotting.reformat_possible((200, 150, plotting.MIN_REFORMAT_SLICES - 1))
+    assert [side for side, _ in plotting.sagittal_columns(labels)] == ["R", "L"]
+    sagittal, columns = plotting.sagittal_figure(volume, labels, zooms)
+    assert sagittal.startswith(b"\x89PNG") and columns[0][1] > columns[1][1]
+    coronal, _ = plotting.coronal_figure(volume, labels, zooms, "filled")
+    assert coronal.startswith(b"\x89PNG")
+    vertical = plotting.sagittal_view(np.arange(24).reshape(2, 3, 4), 1)
+    assert vertical.shape == (4, 3) and vertical[0, 0] == 12 + 2 * 4 + 3  # top: superior, left: A
+
+
+def test_figures_outlines_filled_variant_and_reformats(done_outputs):
+    bids, out, results, written = done_outputs
+    page = (out / "sub-01.html").read_text()
+    outlines = re.findall(r'<img class="figure" alt="axial slice (\d+) [^"]*label outlines" '
+                          r'data-overlay="outline"', page)
+    assert len(outlines) == 4
+    assert page.count('data-overlay="filled"') == 4
+    filled_box = page[page.index('<details class="filled">'):]
+    assert filled_box.index('data-overlay="filled"') < filled_box.index("</details>")
+    for view in ("mosaic", "coronal", "sagittal"):
+        assert f'data-overlay="outline" data-view="{view}"' in page
+    # click to enlarge: each figure links to its own box, which "close" leaves
+    for box in re.findall(r'<a class="zoom-open" href="#([^"]+)"', page):
+        assert f'<div class="zoom" id="{box}">' in page
+    assert len(re.findall(r'class="zoom-open"', page)) == 4 + 4 + 3
+
+
+def test_short_stacks_get_no_reformat():
+    from types import SimpleNamespace
+
+    from legseg_tf.reports.participant import reformat_figures
+
+    labels = np.zeros((20, 20, 3), dtype=np.uint16)
+    labels[5:15, 5:15] = 55
+    summary = SimpleNamespace(result=SimpleNamespace(image=SimpleNamespace(relpath="x.nii.gz")),
+                              labels_ras=labels, zooms_mm=(1.0, 1.0, 6.0))
+    html_text = "".join(reformat_figures(summary, np.ones(labels.shape, np.float32), "a"))
+    assert "Not shown: the stack has 3 axial slice(s)" in html_text and "<img" not in html_text
+
+
+def test_side_verdict_device_and_links(tmp_path):
+    bids, out, results = build_outputs(tmp_path, subjects=1)
+    (out / "dseg.tsv").write_text("index\tname\n")
+    sidecar = json.loads(results[0].sidecar_path.read_text())
+    sidecar["legseg"]["device"] = {"device": "gpu", "gpus": ["/physical_device:GPU:0"],
+                                   "intra_op_threads": 4, "tensorflow": "2.99"}
+    results[0].sidecar_path.write_text(json.dumps(sidecar))
+    results[0].report["device"] = "auto"  # what was asked, not what was used
+    write_participant_outputs(results, bids, out, ff_erosion=1)
+    page = (out / "sub-01.html").read_text()
+    assert re.search(r'<p class="verdict">both legs, decided by classifier\+geometry; '
+                     r"classifier and geometry: agree \(Both\)</p>"
+                     r'<details class="side-details">', page)
+    assert "GPU, /physical_device:GPU:0, 4 intra-op thread(s), TensorFlow 2.99" in page
+    assert ">auto<" not in page and "device: auto" not in page
+    for target in ("sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.nii.gz",
+                   "sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.json",
+                   "sub-01/anat/sub-01_acq-outphase_desc-muscles_morph.tsv",
+                   "sub-01/anat/sub-01_acq-outphase_desc-muscles_morph.json", "dseg.tsv"):
+        assert f'<a href="{target}">' in page and (out / target).exists()
+    # the device is not recorded: say so rather than echo the request
+    del sidecar["legseg"]["device"]
+    results[0].sidecar_path.write_text(json.dumps(sidecar))
+    write_participant_outputs(results, bids, out, ff_erosion=1)
+    assert "not recorded (requested: auto)" in (out / "sub-01.html").read_text()
+
+
+def test_disagreement_is_the_verdict(tmp_path):
+    bids, out, results = build_outputs(tmp_path, subjects=1)
+    results[0].report["side"]["classifier"] = "Right"
+    write_participant_outputs(results, bids, out, ff_erosion=0)
+    page = (out / "sub-01.html").read_text()
+    assert re.search(r'<p class="verdict disagree">[^<]*DISAGREE: classifier Right, geometry '
+                     r"Both</p>", page)
+
+
+def test_model_box_and_no_warning_for_labels_a_model_never_produces(tmp_path):
+    from tests.test_model_cards import CARD, write_models_dir
+
+    bids, out, results = build_outputs(tmp_path, subjects=1)
+    models = write_models_dir(tmp_path / "models", [
+        {"id": "legseg-upperleg-test", "role": "upper_leg", "label_table": "N5_UpperLeg",
+         "provenance": {"card": "cards/upper.md", "never_predicted": ["GR", "Satorius"]}},
+    ], {"cards/upper.md": CARD})
+    write_participant_outputs(results, bids, out, ff_erosion=1, models_dir=models)
+    page = (out / "sub-01.html").read_text()
+    box = re.search(r'<div class="model-box" data-model="legseg-upperleg-test">(.*?)</div>',
+                    page, re.S).group(1)
+    assert "Two people, both thighs" in box
+    assert "Leave-one-subject-out" in box and "Expect a mean Dice of about 0.4" in box
+    assert 'data-labels="47 48 63 64"' in box and "Gracilis (GR), Sartorius (SA)" in box
+    assert "A small network trained on a CPU." in box
+    missing = re.search(r"missing expected muscles for region UpperLegs: ([A-Z_, ]+)", page)
+    assert set(missing.group(1).split(", ")) == {
+        f"{stem}_{side}" for stem in ("VI", "RF", "ST", "AM") for side in "LR"}
+    # the box comes after the QC box and before the images
+    assert page.index('id="qc-flags"') < page.index('id="models"') < page.index('id="ses-none"')
+
+
+def test_model_box_says_when_there_is_no_card(done_outputs):
+    bids, out, results, written = done_outputs
+    page = (out / "sub-01.html").read_text()
+    assert '<div class="model-box" data-model="legseg-upperleg-test">' in page
+    assert "no models folder known to this report" in page
+    assert "GR_L" in page  # without a card, nothing is known absent: the warning stays
+
+
+def test_english_names_in_tables_and_pages(done_outputs):
+    from legseg_tf import morphometry
+
+    bids, out, results, written = done_outputs
+    assert morphometry.identify(63).name == "Sartorius Left"
+    assert morphometry.identify(63).muscle == "Sartorius"
+    assert morphometry.identify(151).name == "Subcutaneous fat"
+    labels = results[0].labels_ras.copy()
+    labels[labels == 55] = 63
+    rows = morphometry.label_morphometry(labels, np.eye(4))
+    assert "Sartorius Left" in {row["name"] for row in rows}
+    from legseg_tf.reports import html
+
+    legend = html.legend([63, 151])
+    assert "SA_L Sartorius Left" in legend and "SCF Subcutaneous fat" in legend
+    assert "Satorius" not in legend
+
+
+def test_group_report_pairs_left_and_right(tmp_path):
+    from legseg_tf import group
+
+    bids, out, results = build_outputs(tmp_path, subjects=2)
+    write_participant_outputs(results, bids, out, ff_erosion=0)
+    # an earlier version's table with the QMRITools spelling is shown in English
+    table = out / "sub-02/anat/sub-02_acq-outphase_desc-muscles_morph.tsv"
+    text = table.read_text()
+    assert "Biceps femoris long head" in text
+    table.write_text(text.replace("Biceps femoris long head", "Biceps femoris long"))
+    assert group.run_group(out) == 0
+    gathered = read_table(out / "group_muscles.tsv")
+    assert set(gathered.loc[gathered["label"] == 31, "muscle"]) == {"Biceps femoris long head"}
+    page = (out / "group.html").read_text()
+    summary = page[page.index('<table class="summary">'):]
+    summary = summary[:summary.index("</table>")]
+    head = re.findall(r"<th[^>]*>([^<]*)</th>", summary)
+    assert head[:4] == ["muscle", "abbreviation", "images left", "images right"]
+    assert head.index("volume (ml) right") == head.index("volume (ml) left") + 1
+    assert "volume asymmetry (%)" in head
+    rows = re.findall(r'<tr><td class="text">([^<]*)</td><td class="text">([^<]*)</td>',
+                      summary)
+    assert rows == [("Biceps femoris long head", "BFL"), ("Semimembranosus", "SM"),
+                    ("Vastus lateralis", "VL"), ("Vastus medialis", "VM")]

@@ -69,7 +69,7 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
     )
 
     parts.append("<h2>Per-muscle summary</h2>")
-    parts.append(summary_table(muscles))
+    parts.append(summary_table(muscles, asymmetry))
     parts.append("<h2>Per-muscle distributions</h2>")
     parts.append(
         '<p class="note">Boxes: quartiles and median; whiskers 1.5 IQR; one point per '
@@ -193,21 +193,49 @@ def qc_summary(
     return "\n".join(parts)
 
 
-def summary_table(muscles: pd.DataFrame) -> str:
-    """Median [P25-P75] over images of volume, cross-section and fat fraction, per label."""
+def _spread(values: pd.Series) -> str | None:
+    """"median [P25-P75]" of the finite values, or None."""
+    values = values.astype(float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return f"{q50:.4g} [{q25:.4g}-{q75:.4g}]"
+
+
+#: Measures of the per-muscle summary: column -> heading.
+SUMMARY_MEASURES = {"volume_ml": "volume (ml)", "max_csa_cm2": "max CSA (cm\u00b2)",
+                    "ff_median": "median FF (%)"}
+
+
+def summary_table(muscles: pd.DataFrame, asymmetry: pd.DataFrame | None = None) -> str:
+    """Median [P25-P75] over images of volume, cross-section and fat fraction: one row per
+    muscle, its left and right side in neighbouring columns, and the median volume asymmetry
+    of the images that have both sides."""
     rows = []
-    for (label, abbreviation), group in muscles.groupby(["label", "abbreviation"], sort=True):
-        row = {"label": int(label), "abbreviation": abbreviation, "images": len(group)}
-        for measure in ("volume_ml", "max_csa_cm2", "ff_median"):
-            values = group[measure].astype(float)
-            values = values[np.isfinite(values)]
-            if values.size:
-                q25, q50, q75 = np.percentile(values, [25, 50, 75])
-                row[measure] = f"{q50:.4g} [{q25:.4g}-{q75:.4g}]"
+    order = muscles.groupby("muscle")["label"].min().sort_values()
+    for muscle in order.index:
+        group = muscles[muscles["muscle"] == muscle]
+        stem = str(group["abbreviation"].iloc[0]).rsplit("_", 1)[0] \
+            if group["side"].isin(["L", "R"]).all() else str(group["abbreviation"].iloc[0])
+        row = {"muscle": muscle, "abbreviation": stem}
+        for side, word in (("L", "left"), ("R", "right")):
+            part = group[group["side"] == side]
+            row[f"images {word}"] = len(part)
+            for measure, title in SUMMARY_MEASURES.items():
+                row[f"{title} {word}"] = _spread(part[measure]) if len(part) else None
+        if asymmetry is not None and len(asymmetry) and "muscle" in asymmetry:
+            pairs = asymmetry[asymmetry["muscle"] == muscle]
+            row["volume asymmetry (%)"] = _spread(pairs["volume_ml_asymmetry_pct"]) \
+                if len(pairs) else None
         rows.append(row)
-    return '<p class="note">Median [25th-75th percentile] over images.</p>' + html.table(
-        rows,
-        ["label", "abbreviation", "images", "volume_ml", "max_csa_cm2", "ff_median"],
-        text_columns=["abbreviation", "volume_ml", "max_csa_cm2", "ff_median"],
-        css_class="summary",
-    )
+    columns = ["muscle", "abbreviation", "images left", "images right"]
+    for title in SUMMARY_MEASURES.values():
+        columns += [f"{title} left", f"{title} right"]
+    if asymmetry is not None:
+        columns.append("volume asymmetry (%)")
+    text = [c for c in columns if not c.startswith("images")]
+    return ('<p class="note">Median [25th-75th percentile] over images, left and right side '
+            "of each muscle side by side (the patient's sides); asymmetry 100 (L - R) / "
+            "mean(L, R) over the images with both sides.</p>"
+            + html.table(rows, columns, text_columns=text, css_class="summary"))

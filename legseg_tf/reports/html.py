@@ -7,7 +7,7 @@ import math
 from html import escape
 from typing import Iterable, Sequence
 
-from legseg_tf.labels import BY_INDEX
+from legseg_tf.labels import BY_INDEX, report_color_hex
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1300px; }
@@ -28,7 +28,26 @@ nav a { margin-right: 1em; }
 .qc-box h2 { margin-top: 0.3em; } .qc-box ul { margin: 0.2em 0; }
 .qc-fail { color: #a40000; } .qc-warning { color: #8a5300; }
 .qc-severity { font-weight: bold; } .qc-image { font-weight: bold; margin: 0.5em 0 0.1em; }
+.model-box { border: 2px solid #4a6fa5; border-radius: 4px; padding: 0.3em 1em 0.6em;
+  margin: 0.8em 0; background: #f6f8fc; }
+.model-box h3 { margin-top: 0.3em; } .model-box dt { font-weight: bold; margin-top: 0.4em; }
+.model-box dd { margin-left: 1.2em; } .model-box ul { margin: 0.1em 0; padding-left: 1.2em; }
+.verdict { font-weight: bold; margin: 0.3em 0; } .verdict.disagree { color: #a40000; }
+details > summary { cursor: pointer; color: #1a4c8a; margin: 0.3em 0; }
+.figures { display: flex; flex-direction: column; gap: 0.6em; }
+a.zoom-open { display: block; cursor: zoom-in; }
+.zoom a.zoom-close { display: none; }
+.zoom:target { position: fixed; top: 0; left: 0; right: 0; bottom: 0; z-index: 10;
+  overflow: auto; background: rgba(20, 20, 20, 0.92); padding: 2.5em 1em 1em; }
+.zoom:target a.zoom-open { cursor: default; }
+.zoom:target img { max-width: none; border: 0; }
+.zoom:target a.zoom-close { display: block; position: fixed; top: 0.5em; right: 1.5em;
+  color: #fff; font-weight: bold; font-size: 1.1em; }
 """
+
+
+class Raw(str):
+    """Text that is already HTML: :func:`key_values` and :func:`table` insert it unescaped."""
 
 
 def page(title: str, body: str) -> str:
@@ -40,10 +59,39 @@ def page(title: str, body: str) -> str:
     )
 
 
-def png_img(png: bytes, alt: str, css_class: str = "figure") -> str:
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a base64 ``data:`` URI."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def png_img(png: bytes, alt: str, css_class: str = "figure", attributes: str = "") -> str:
     """An <img> element embedding PNG bytes as a base64 data URI."""
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img class="{css_class}" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+    extra = f" {attributes}" if attributes else ""
+    return f'<img class="{css_class}" alt="{escape(alt)}"{extra} src="{data_uri(png)}">'
+
+
+def zoom_figure(png: bytes, alt: str, figure_id: str, attributes: str = "") -> str:
+    """A figure shown at the page width that opens at its full resolution on a click.
+
+    No script and one copy of the image: the image links to its own box, which CSS
+    ``:target`` then shows fixed over the page with the image at its natural size
+    (scrollable); "close" targets the outer anchor, so the page stays where it was. Works
+    from a local file without any network. (Chromium refuses to open a ``data:`` URI as a
+    page, so a plain link to the image would not.)
+    """
+    anchor, box = escape(figure_id), escape(figure_id + "-full")
+    extra = f" {attributes}" if attributes else ""
+    return (
+        f'<div class="zoomable" id="{anchor}"><div class="zoom" id="{box}">'
+        f'<a class="zoom-open" href="#{box}" title="click to enlarge">'
+        f'<img class="figure" alt="{escape(alt)}"{extra} src="{data_uri(png)}"></a>'
+        f'<a class="zoom-close" href="#{anchor}">close</a></div></div>'
+    )
+
+
+def link(href: str, text: str | None = None) -> Raw:
+    """An ``<a href>`` to a relative path (escaped), as :class:`Raw` HTML."""
+    return Raw(f'<a href="{escape(href)}">{escape(text if text is not None else href)}</a>')
 
 
 def format_value(value) -> str:
@@ -55,6 +103,11 @@ def format_value(value) -> str:
             return "n/a"
         return f"{value:.4g}"
     return str(value)
+
+
+def _cell(value) -> str:
+    """Cell HTML: :class:`Raw` as it is, anything else formatted and escaped."""
+    return value if isinstance(value, Raw) else escape(format_value(value))
 
 
 def table(
@@ -69,7 +122,7 @@ def table(
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="{"text" if c in text else ""}">{escape(format_value(row.get(c)))}</td>'
+            f'<td class="{"text" if c in text else ""}">{_cell(row.get(c))}</td>'
             for c in columns
         )
         body.append(f"<tr>{cells}</tr>")
@@ -80,12 +133,13 @@ def table(
 
 
 def legend(label_values: Iterable[int]) -> str:
-    """Colour legend of label values (table colours and names), one item per label."""
+    """Colour legend of label values (report colours and English names), one item per label."""
     items = []
     for value in sorted(set(int(v) for v in label_values)):
         entry = BY_INDEX.get(value)
-        colour = entry.color_hex if entry else "#ff00ff"
-        name = f"{entry.abbreviation} {entry.full_name}" if entry else f"unknown label {value}"
+        colour = report_color_hex(value)
+        name = (f"{entry.abbreviation} {entry.display_full_name}" if entry
+                else f"unknown label {value}")
         items.append(
             f'<span class="item" data-label="{value}"><span class="swatch" '
             f'style="background:{colour}"></span>{value} {escape(name)}</span>'
@@ -103,7 +157,7 @@ def key_values(pairs: Sequence[tuple[str, object]]) -> str:
     """A two-column table of key/value pairs."""
     rows = "".join(
         f'<tr><th class="text">{escape(k)}</th>'
-        f'<td class="text">{escape(format_value(v))}</td></tr>'
+        f'<td class="text">{_cell(v)}</td></tr>'
         for k, v in pairs
     )
     return f"<table>{rows}</table>"

@@ -15,7 +15,12 @@ And one self-contained page per subject, all sessions inside, at the output root
     OUTPUT_DIR/sub-<label>.html
 
 The page covers every label map of the subject found in OUTPUT_DIR, so running one session
-at a time still leaves a complete report.
+at a time still leaves a complete report. Per label map it shows a one-line side verdict
+(details folded), the device used, links to the label map, its tables and the label table,
+a few representative axial slices as image | labels pairs (outlines; filled variant folded;
+click to enlarge to the voxel-exact full resolution), an outlined overview mosaic and, where
+the stack has enough slices, coronal and sagittal reformats. Near the top, one box per model
+says what it can and cannot do (:mod:`legseg_tf.reports.model_cards`).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from legseg_tf.fatfraction import (
 from legseg_tf.labels import REGION_LEVELS, SIDE_LEVELS
 from legseg_tf.morphometry import MORPH_COLUMNS, label_morphometry
 from legseg_tf.qc_flags import QCResult
-from legseg_tf.reports import html, plotting, qc
+from legseg_tf.reports import html, model_cards, plotting, qc
 from legseg_tf.results import ImageResult, InputImage
 
 logger = logging.getLogger(__name__)
@@ -50,7 +55,7 @@ MORPH_SUFFIX = "_morph.tsv"
 #: of a TSV data dictionary: one object per column (Description, and Units or Levels).
 COLUMN_DESCRIPTIONS = {
     "label": {"Description": "Label value in the _dseg.nii.gz (Muscles_leg numbering, see dseg.tsv)."},
-    "name": {"Description": "Structure name with side."},
+    "name": {"Description": "Structure name with side (English spelling, as in dseg.tsv)."},
     "abbreviation": {"Description": "Short name with side suffix (_L / _R)."},
     "muscle": {"Description": "Structure name without side."},
     "side": {
@@ -118,6 +123,7 @@ class ImageSummary:
     fat_source: dict = field(default_factory=dict)
     qc: QCResult | None = None
     qc_note: str = ""
+    model_facts: list = field(default_factory=list)
 
 
 def morph_path(dseg_path: Path) -> Path:
@@ -134,7 +140,8 @@ def report_path(output_dir: Path, subject: str) -> Path:
 
 
 def write_participant_outputs(
-    results: list[ImageResult], bids_dir: Path, output_dir: Path, ff_erosion: int
+    results: list[ImageResult], bids_dir: Path, output_dir: Path, ff_erosion: int,
+    models_dir: Path | None = None,
 ) -> list[Path]:
     """Write the morphometry tables of the images and the subjects' HTML reports.
 
@@ -145,6 +152,8 @@ def write_participant_outputs(
         output_dir: the derivatives folder.
         ff_erosion: in-plane erosion (voxels) for the eroded fat-fraction columns; 0 disables
             (the run's ``RunConfig.ff_erosion``).
+        models_dir: the models folder (manifest and model cards) for the boxes on what each
+            model can and cannot do; None: the boxes say that no card could be read.
 
     Returns:
         The files written.
@@ -161,7 +170,7 @@ def write_participant_outputs(
         mine += disk_results(output_dir, bids_dir, subject, skip=known)
         summaries = []
         for result in sorted(mine, key=lambda r: (r.image.session or "", r.image.relpath)):
-            summary = summarise_image(result, bids_dir, int(ff_erosion))
+            summary = summarise_image(result, bids_dir, int(ff_erosion), models_dir)
             written += write_morph_table(summary, bids_dir, output_dir)
             summaries.append(summary)
         target = report_path(output_dir, subject)
@@ -214,8 +223,13 @@ def _read_sidecar(result: ImageResult) -> dict:
         return {}
 
 
-def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> ImageSummary:
-    """Measures, fat fraction and QC warnings of one label map (re-read from disk if needed)."""
+def summarise_image(
+    result: ImageResult, bids_dir: Path, ff_erosion: int, models_dir: Path | None = None
+) -> ImageSummary:
+    """Measures, fat fraction and QC warnings of one label map (re-read from disk if needed).
+
+    Labels that the image's models are known never to produce (``models_dir``'s manifest and
+    model cards) are not warned of as missing."""
     warnings: list[str] = []
     if result.labels_ras is not None and result.affine_ras is not None:
         labels = np.asarray(result.labels_ras)
@@ -262,7 +276,11 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
         if isinstance(stored, dict):
             result.report = stored  # segmenter report kept in the sidecar by an earlier run
     report = result.report or {}
-    warnings = list(report.get("warnings", [])) + qc.morphometry_warnings(rows, report) + warnings
+    models = result.models or (sidecar.get("Models") if isinstance(sidecar, dict) else None) or []
+    facts = [model_cards.model_facts(m, models_dir) for m in models if isinstance(m, dict)]
+    warnings = (list(report.get("warnings", []))
+                + qc.morphometry_warnings(rows, report, model_cards.known_absent(facts))
+                + warnings)
     confidence = None
     if result.probseg_path is not None and Path(result.probseg_path).exists():
         try:
@@ -287,6 +305,7 @@ def summarise_image(result: ImageResult, bids_dir: Path, ff_erosion: int) -> Ima
         fat.source.describe(bids_dir) if fat is not None else {},
         qc_result,
         qc_note,
+        facts,
     )
 
 
@@ -384,6 +403,7 @@ def subject_page(
             )
         )
     parts.append(qc_box(summaries))
+    parts.append(models_box(summaries))
     parts.append(
         '<p class="note">Figures are in the radiological convention: the patient\'s '
         "right (R) is on the left of each image; R/L, A/P and S/I are marked on every "
@@ -460,19 +480,128 @@ def qc_box(summaries: list[ImageSummary]) -> str:
     return "\n".join(parts)
 
 
+def models_box(summaries: list[ImageSummary]) -> str:
+    """The "What these networks can and cannot do" section: one box per model used by the
+    subject's label maps, from its model card or manifest entry (training data, unseen-subject
+    Dice, labels it never segments, known limits), or a note saying what could not be read."""
+    parts = ['<h2 id="models">What these networks can and cannot do</h2>']
+    facts: dict[str, model_cards.ModelFacts] = {}
+    for summary in summaries:
+        for fact in summary.model_facts:
+            facts.setdefault(fact.id, fact)
+    if not facts:
+        parts.append('<p class="note">No model is recorded for these label maps.</p>')
+    for fact in facts.values():
+        parts.append(model_box(fact))
+    return "\n".join(parts)
+
+
+def _lines(lines: list[str], missing: str) -> str:
+    if not lines:
+        return f'<span class="note">{html.escape(missing)}</span>'
+    if len(lines) == 1:
+        return html.escape(lines[0])
+    return html.bullet_list(lines)
+
+
+def model_box(fact: model_cards.ModelFacts) -> str:
+    """One model's box (see :func:`models_box`)."""
+    from legseg_tf.labels import BY_INDEX
+
+    if fact.never_labels:
+        stems = {}
+        for value in sorted(fact.never_labels):
+            label = BY_INDEX[value]
+            stems.setdefault(label.display_name, label.stem)
+        names = ", ".join(f"{name} ({stem})" for name, stem in stems.items())
+        never = (f'<span class="never-labels" data-labels="'
+                 f'{" ".join(str(v) for v in sorted(fact.never_labels))}">'
+                 f"{html.escape(names)}</span>"
+                 f'<br><span class="note">this network never produces these labels (from its '
+                 f"{html.escape(fact.never_source)}); their absence is not warned of on each "
+                 "image.</span>")
+    elif fact.label_table is None and fact.role == "classifier":
+        never = '<span class="note">not a segmentation network (slice classifier)</span>'
+    elif fact.never_source:
+        never = '<span class="note">none: every label of its table can be produced</span>'
+    else:
+        never = '<span class="note">not documented</span>'
+    title = fact.validation_title or "Unseen-subject Dice"
+    source = (f"model card {fact.card}" if fact.card and not any(
+        "card" in n for n in fact.notes) else "")
+    rows = [
+        ("Training data", _lines(fact.training, "not documented")),
+        ("Unseen-subject Dice", (f'<span class="note">{html.escape(title)}</span><br>'
+                                 if fact.validation else "")
+         + _lines(fact.validation, "not documented")),
+        ("Labels never segmented", never),
+    ]
+    if fact.limits:
+        rows.append(("Known limits", _lines(fact.limits, "")))
+    notes = ([source] if source else []) + fact.notes
+    if notes:
+        rows.append(("Source", html.escape("; ".join(notes))))
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{v}</dd>" for k, v in rows)
+    table = f", training table {fact.label_table}" if fact.label_table else ""
+    return (f'<div class="model-box" data-model="{html.escape(fact.id)}">'
+            f"<h3>{html.escape(fact.id)} <span class=\"note\">({html.escape(fact.role)}"
+            f"{html.escape(table)})</span></h3><dl>{items}</dl></div>")
+
+
 def _relative(path: Path, output_dir: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(output_dir).resolve()).as_posix()
-    except ValueError:
-        return str(path)
+    """``path`` relative to ``output_dir`` (as named, else with links resolved), else as is."""
+    for resolve in (False, True):
+        try:
+            a, b = Path(path).absolute(), Path(output_dir).absolute()
+            if resolve:
+                a, b = a.resolve(), b.resolve()
+            return a.relative_to(b).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _link_or_text(path: Path | None, output_dir: Path) -> object:
+    """A link (relative to the report at the output root) to an existing file, else its
+    relative path as text, or "n/a"."""
+    if path is None:
+        return "n/a"
+    relative = _relative(path, output_dir)
+    return html.link(relative) if Path(path).exists() else relative
+
+
+def device_text(legseg_meta: dict, report: dict) -> str:
+    """The device the networks ran on, as the sidecar records it (``legseg.device``: what
+    ``configure_device`` chose), never the requested "auto"."""
+    device = legseg_meta.get("device")
+    if isinstance(device, dict) and device.get("device"):
+        parts = [str(device["device"]).upper()]
+        if device.get("gpus"):
+            parts.append(", ".join(str(g) for g in device["gpus"]))
+        if device.get("intra_op_threads"):
+            parts.append(f"{device['intra_op_threads']} intra-op thread(s)")
+        if device.get("tensorflow"):
+            parts.append(f"TensorFlow {device['tensorflow']}")
+        return ", ".join(parts)
+    value = device if isinstance(device, str) and device else (report or {}).get("device")
+    if isinstance(value, str) and value and value != "auto":
+        return value
+    return "not recorded" + (f" (requested: {value})" if value else "")
+
+
+def _figure_id(anchor: str, name: str) -> str:
+    return f"fig-{anchor}-{name}"
 
 
 def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     """Report section of one label map."""
     result, report = s.result, s.result.report or {}
     legseg_meta = s.sidecar.get("legseg", {}) if isinstance(s.sidecar.get("legseg"), dict) else {}
-    dseg_rel = _relative(result.dseg_path, output_dir)
-    morph_rel = _relative(s.morph_path, output_dir)
+    dseg = Path(result.dseg_path)
+    probseg = result.probseg_path or dseg.with_name(
+        dseg.name.replace(DSEG_SUFFIX, "_probseg.nii.gz"))
+    tables = [_link_or_text(s.morph_path, output_dir),
+              _link_or_text(s.morph_path.with_suffix(".json"), output_dir)]
     parts = [
         f'<section class="image" id="{html.escape(anchor)}">',
         f"<h3>{html.escape(result.image.relpath)}</h3>",
@@ -484,10 +613,16 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
                     if result.status == "done"
                     else "existing label map (not re-segmented)",
                 ),
-                ("label map", dseg_rel),
-                ("table", morph_rel),
+                ("label map", _link_or_text(dseg, output_dir)),
+                ("label map sidecar", _link_or_text(result.sidecar_path, output_dir)),
+                ("probability map", _link_or_text(probseg, output_dir)
+                 if Path(probseg).exists() else "not written"),
+                ("tables", html.Raw(", ".join(str(t) if isinstance(t, html.Raw)
+                                              else html.escape(str(t)) for t in tables))),
+                ("label table", _link_or_text(Path(output_dir) / "dseg.tsv", output_dir)),
                 ("grid (x, y, z)", " x ".join(str(n) for n in s.labels_ras.shape)),
                 ("voxel size (mm)", " x ".join(f"{z:.3g}" for z in s.zooms_mm)),
+                ("device", device_text(legseg_meta, report)),
             ]
         ),
     ]
@@ -500,22 +635,9 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     parts.append("<h4>Side decision</h4>" + side_section(report, result.status))
     present = [row["label"] for row in s.rows]
     volume = s.volume_ras if s.volume_ras is not None else np.zeros(s.labels_ras.shape, np.float32)
-    slices = plotting.mosaic_slices(s.labels_ras)
-    parts.append(
-        f"<h4>Axial slices {slices[0]}-{slices[-1]}"
-        f"{f', every {slices[1] - slices[0]}' if len(slices) > 1 else ''}</h4>"
-    )
-    parts.append(
-        html.png_img(
-            plotting.axial_mosaic(volume, s.labels_ras, s.zooms_mm, slices),
-            f"axial mosaic of {result.image.relpath}",
-        )
-    )
+    parts += slice_figures(s, volume, anchor)
     parts.append(html.legend(present))
-    coronal, _ = plotting.coronal_figure(volume, s.labels_ras, s.zooms_mm)
-    parts.append(
-        "<h4>Coronal view</h4>" + html.png_img(coronal, f"coronal view of {result.image.relpath}")
-    )
+    parts += reformat_figures(s, volume, anchor)
     parts.append(
         "<h4>Body position and regions</h4>"
         + positions_section(report, s.labels_ras.shape[2], result.status)
@@ -581,11 +703,83 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     return "\n".join(parts)
 
 
-def side_section(report: dict, status: str = "done") -> str:
-    """Side decision, its sources and whether the classifier and the geometry agree."""
-    side = report.get("side")
-    if not side:
-        return '<p class="note">' + _not_recorded(status) + "</p>"
+def slice_figures(s: ImageSummary, volume: np.ndarray, anchor: str) -> list[str]:
+    """Representative axial slices as image | outline pairs (filled variant folded), then the
+    outlined overview mosaic; every figure opens at full resolution on a click."""
+    relpath = s.result.image.relpath
+    picks = plotting.representative_slices(s.labels_ras)
+    scale = plotting.px_per_mm(
+        s.labels_ras.shape[0] * s.zooms_mm[0], plotting.DETAIL_TARGET_PX,
+        plotting.DETAIL_MIN_PX_PER_MM, plotting.DETAIL_MAX_PX)
+    repeats = plotting.repeats_for((s.zooms_mm[1], s.zooms_mm[0]), scale)
+    low, high = plotting.display_range(volume)
+    box = plotting.in_plane_box(volume, s.labels_ras, low + 0.1 * (high - low))
+    parts = [
+        f"<h4>Representative slices {', '.join(str(k) for k in picks)}</h4>",
+        '<p class="note">Each slice twice: the image alone and the image with the labels as '
+        "outlines (each label's edge in its colour; the palette gives both sides of a muscle "
+        f"related colours). Drawn voxel-exact, {repeats[1]} x {repeats[0]} pixels per voxel: "
+        "click a figure to see it at full resolution.</p>",
+    ]
+    figures = []
+    filled = []
+    for k in picks:
+        figures.append(html.zoom_figure(
+            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "outline", box),
+            f"axial slice {k} of {relpath}: image and label outlines",
+            _figure_id(anchor, f"z{k}"), 'data-overlay="outline" data-view="axial"'))
+        filled.append(html.zoom_figure(
+            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "filled", box),
+            f"axial slice {k} of {relpath}: image and filled labels",
+            _figure_id(anchor, f"z{k}-filled"), 'data-overlay="filled" data-view="axial"'))
+    parts.append(f'<div class="figures">{"".join(figures)}</div>')
+    parts.append(
+        '<details class="filled"><summary>Filled labels on the same slices</summary>'
+        f'<div class="figures">{"".join(filled)}</div></details>'
+    )
+    slices = plotting.mosaic_slices(s.labels_ras)
+    parts.append(
+        f"<h4>Axial overview: slices {slices[0]}-{slices[-1]}"
+        f"{f', every {slices[1] - slices[0]}' if len(slices) > 1 else ''}</h4>"
+    )
+    parts.append(html.zoom_figure(
+        plotting.axial_mosaic(volume, s.labels_ras, s.zooms_mm, slices),
+        f"axial mosaic of {relpath} (label outlines)", _figure_id(anchor, "mosaic"),
+        'data-overlay="outline" data-view="mosaic"'))
+    return parts
+
+
+def reformat_figures(s: ImageSummary, volume: np.ndarray, anchor: str) -> list[str]:
+    """Coronal (image | outlines) and sagittal (one per leg) reformats, or why there are none."""
+    relpath = s.result.image.relpath
+    nz = s.labels_ras.shape[2]
+    parts = ["<h4>Coronal and sagittal reformats</h4>"]
+    if not plotting.reformat_possible(s.labels_ras.shape):
+        parts.append(
+            f'<p class="note">Not shown: the stack has {nz} axial slice(s); a reformat needs '
+            f"at least {plotting.MIN_REFORMAT_SLICES}.</p>"
+        )
+        return parts
+    parts.append(
+        f'<p class="note">Through the labels ({nz} slices of {s.zooms_mm[2]:.3g} mm): '
+        "coronal as image | outlines, sagittal through each leg\'s labels.</p>"
+    )
+    coronal, _ = plotting.coronal_figure(volume, s.labels_ras, s.zooms_mm)
+    parts.append(html.zoom_figure(
+        coronal, f"coronal reformat of {relpath}: image and label outlines",
+        _figure_id(anchor, "coronal"), 'data-overlay="outline" data-view="coronal"'))
+    sagittal, _ = plotting.sagittal_figure(volume, s.labels_ras, s.zooms_mm)
+    if sagittal is not None:
+        parts.append(html.zoom_figure(
+            sagittal, f"sagittal reformats of {relpath} (label outlines)",
+            _figure_id(anchor, "sagittal"), 'data-overlay="outline" data-view="sagittal"'))
+    return parts
+
+
+def side_verdict(report: dict) -> tuple[str, bool]:
+    """One line on the side decision and whether the classifier and the geometry agree;
+    ``(text, disagree)``."""
+    side = report.get("side") or {}
     geometry = side.get("geometry") or {}
     classifier = side.get("classifier")
     conclusive = geometry.get("two_legs") or geometry.get("confident", True)
@@ -606,18 +800,36 @@ def side_section(report: dict, status: str = "done") -> str:
         check = f"agree ({classifier})"
     else:
         check = f"DISAGREE: classifier {classifier}, geometry {geometric}"
+    words = {"Both": "both legs", "Left": "the left leg only", "Right": "the right leg only"}
+    decision = side.get("decision")
+    text = f"{words.get(decision, decision or 'undecided')}"
+    if side.get("source"):
+        text += f", decided by {side['source']}"
+    text += f"; classifier and geometry: {check}"
+    return text, check.startswith("DISAGREE")
+
+
+def side_section(report: dict, status: str = "done") -> str:
+    """Side decision as a one-line verdict, its sources and cross-check folded below."""
+    side = report.get("side")
+    if not side:
+        return '<p class="note">' + _not_recorded(status) + "</p>"
+    geometry = side.get("geometry") or {}
+    verdict, disagree = side_verdict(report)
     pairs = [
         ("decision", side.get("decision")),
         ("decided by", side.get("source")),
-        ("classifier vote", classifier),
-        ("cross-check", check),
+        ("classifier vote", side.get("classifier")),
         ("midline", side.get("midline")),
     ]
     pairs += [(f"geometry: {k}", v) for k, v in geometry.items()]
     split = report.get("split") or {}
     if split:
         pairs.append(("cut column (QMRITools layout)", split.get("cut_column")))
-    return html.key_values(pairs)
+    css = "verdict disagree" if disagree else "verdict"
+    return (f'<p class="{css}">{html.escape(verdict)}</p>'
+            f'<details class="side-details"><summary>details of the side decision</summary>'
+            f"{html.key_values(pairs)}</details>")
 
 
 def _not_recorded(status: str) -> str:
@@ -684,7 +896,6 @@ def models_section(result: ImageResult, sidecar: dict, legseg_meta: dict) -> str
 
         software = software_versions()
     parts.append(html.key_values(sorted(software.items())))
-    device = (result.report or {}).get("device") or legseg_meta.get("device")
-    if device:
-        parts.append(f'<p class="note">device: {html.escape(str(device))}</p>')
+    parts.append(f'<p class="note">device: '
+                 f"{html.escape(device_text(legseg_meta, result.report or {}))}</p>")
     return "\n".join(parts)

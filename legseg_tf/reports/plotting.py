@@ -4,6 +4,13 @@ Orientation: every image panel is drawn in the **radiological** convention (the 
 right on the viewer's left), derived from canonical RAS arrays (axes x, y, z; larger x = the
 patient's right), never from raw file order. Each panel carries "R" and "L" letters at its
 sides, and "A"/"P" or "S"/"I" at top and bottom, so the reader need not know the convention.
+
+Labels are drawn as outlines by default (each label's inner rim in its colour, so the image
+stays visible inside), or filled; colours are the report palette of
+:func:`legseg_tf.labels.report_rgb` (both sides of a muscle share a hue; nothing near-white),
+not QMRITools' table colours. Slice figures are rendered voxel-exact (each voxel a block of
+whole pixels, :func:`render_panel`) at their natural size, so an enlarged view shows every
+voxel boundary.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from legseg_tf.labels import BY_INDEX
+from legseg_tf.labels import BY_INDEX, report_rgb
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -61,12 +68,32 @@ def pyplot():
 
 logger = logging.getLogger(__name__)
 
-#: Opacity of the label overlay.
-OVERLAY_ALPHA = 0.55
-#: Most axial panels in a mosaic.
+#: Opacity of the filled label overlay.
+OVERLAY_ALPHA = 0.45
+#: Most axial panels in the overview mosaic.
 MAX_PANELS = 16
 #: Panels per mosaic row.
 MOSAIC_COLUMNS = 4
+#: Overlay styles: label outlines (the default: the image stays visible inside each label) or
+#: filled labels (with their outlines).
+OVERLAY_MODES = ("outline", "filled")
+#: Detail figures (representative slices, reformats): at least this many pixels per mm, so a
+#: 1.5 mm voxel spans 3 pixels and a one-voxel boundary error is visible at natural size.
+DETAIL_MIN_PX_PER_MM = 2.0
+#: Detail panels are drawn about this wide (pixels), at most :data:`DETAIL_MAX_PX`.
+DETAIL_TARGET_PX = 640
+DETAIL_MAX_PX = 1600
+#: Overview mosaic panels are drawn about this wide (pixels).
+MOSAIC_TARGET_PX = 300
+#: Representative axial slices shown as image | overlay pairs.
+REPRESENTATIVE_SLICES = 4
+#: Fewest axial slices for a coronal/sagittal reformat (fewer give a stripe, not a view).
+MIN_REFORMAT_SLICES = 8
+#: Colour of unknown label values (not in the table).
+UNKNOWN_RGB = (255, 0, 255)
+#: Pixels of white margin around each panel (orientation letters, title).
+_MARGIN = {"left": 16, "right": 16, "top": 20, "bottom": 16}
+_DPI = 100
 
 
 def figure_png(figure: Figure, dpi: int = 96) -> bytes:
@@ -77,18 +104,105 @@ def figure_png(figure: Figure, dpi: int = 96) -> bytes:
     return buffer.getvalue()
 
 
-def label_rgba(labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """RGBA overlay (..., 4) float in [0, 1] of a label array with the table colours."""
+@functools.cache
+def _palette() -> np.ndarray:
+    """(top + 1, 3) uint8 report colours by label value (:func:`labels.report_rgb`)."""
+    top = max(BY_INDEX) + 1
+    lut = np.tile(np.asarray(UNKNOWN_RGB, dtype=np.uint8), (top, 1))
+    lut[0] = 0
+    for index in BY_INDEX:
+        lut[index] = report_rgb(index)
+    return lut
+
+
+def label_colours(labels: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 report colours of a label array (unknown values magenta, 0 black)."""
     labels = np.asarray(labels).astype(np.int64)
-    top = max(int(labels.max(initial=0)), max(BY_INDEX)) + 1
-    lut = np.zeros((top, 4), dtype=np.float32)
-    for index, label in BY_INDEX.items():
-        lut[index, :3] = np.asarray(label.rgb, dtype=np.float32) / 255.0
-        lut[index, 3] = alpha
-    unknown = (labels > 0) & (lut[labels, 3] == 0)
-    rgba = lut[labels]
-    rgba[unknown] = (1.0, 0.0, 1.0, alpha)
+    lut = _palette()
+    inside = np.clip(labels, 0, lut.shape[0] - 1)
+    colours = lut[inside]
+    colours[labels >= lut.shape[0]] = UNKNOWN_RGB
+    return colours
+
+
+def label_rgba(labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """RGBA overlay (..., 4) float in [0, 1] of a label array with the report colours."""
+    labels = np.asarray(labels)
+    rgba = np.zeros(labels.shape + (4,), dtype=np.float32)
+    rgba[..., :3] = label_colours(labels) / 255.0
+    rgba[..., 3] = np.where(labels > 0, alpha, 0.0)
     return rgba
+
+
+def outline_mask(labels2d: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of each label's inner rim: labelled pixels with a differently labelled pixel
+    (or background) within ``width`` pixels (8-neighbourhood). Where two labels touch, both
+    rims are drawn, each in its own colour."""
+    from scipy import ndimage
+
+    labels2d = np.asarray(labels2d)
+    size = 2 * max(1, int(width)) + 1
+    high = ndimage.maximum_filter(labels2d, size=size, mode="nearest")
+    low = ndimage.minimum_filter(labels2d, size=size, mode="nearest")
+    return (labels2d > 0) & (high != low)
+
+
+def grey_levels(image2d: np.ndarray, low: float, high: float) -> np.ndarray:
+    """uint8 grey levels of an image in the window [low, high] (non-finite values black)."""
+    values = np.nan_to_num(np.asarray(image2d, dtype=np.float64), nan=low, posinf=high,
+                           neginf=low)
+    scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+    return np.round(scaled * 255).astype(np.uint8)
+
+
+def render_panel(
+    image2d: np.ndarray,
+    labels2d: np.ndarray | None,
+    window: tuple[float, float],
+    repeats: tuple[int, int],
+    mode: str | None = "outline",
+) -> np.ndarray:
+    """One panel as an (H, W, 3) uint8 array: the grey image, each voxel drawn as a
+    ``repeats`` = (rows, columns) block of pixels, with the labels as outlines or filled.
+
+    Args:
+        image2d, labels2d: 2-D arrays of the same shape (display orientation).
+        window: grey-level window (low, high).
+        repeats: pixels per voxel along rows and columns (sets the aspect ratio).
+        mode: "outline", "filled" or None (image only).
+    """
+    if mode not in (*OVERLAY_MODES, None):
+        raise ValueError(f"mode must be one of {OVERLAY_MODES} or None, got {mode!r}")
+    rr, rc = (max(1, int(r)) for r in repeats)
+    grey = grey_levels(image2d, *window)
+    big = np.repeat(np.repeat(grey, rr, axis=0), rc, axis=1)
+    rgb = np.repeat(big[..., None], 3, axis=2)
+    if mode is None or labels2d is None:
+        return rgb
+    labels = np.repeat(np.repeat(np.asarray(labels2d), rr, axis=0), rc, axis=1)
+    colours = label_colours(labels)
+    if mode == "filled":
+        inside = labels > 0
+        blended = (1 - OVERLAY_ALPHA) * rgb[inside] + OVERLAY_ALPHA * colours[inside]
+        rgb[inside] = np.round(blended).astype(np.uint8)
+    edge = outline_mask(labels, width=2 if min(rr, rc) >= 4 else 1)
+    rgb[edge] = colours[edge]
+    return rgb
+
+
+def repeats_for(zooms_mm: tuple[float, float], px_per_mm: float) -> tuple[int, int]:
+    """Pixels per voxel (rows, columns) for a voxel of ``zooms_mm`` (row mm, column mm)."""
+    return tuple(max(1, int(round(px_per_mm * float(z)))) for z in zooms_mm)
+
+
+def px_per_mm(width_mm: float, target_px: int, minimum: float = 0.0,
+              maximum_px: int | None = None) -> float:
+    """Pixels per mm that draw ``width_mm`` about ``target_px`` wide, at least ``minimum``
+    (and at most ``maximum_px`` wide)."""
+    value = max(target_px / max(width_mm, 1e-6), minimum)
+    if maximum_px:
+        value = min(value, maximum_px / max(width_mm, 1e-6))
+    return value
 
 
 def axial_view(volume_ras: np.ndarray, k: int) -> np.ndarray:
@@ -108,6 +222,14 @@ def coronal_view(volume_ras: np.ndarray, j: int) -> np.ndarray:
     return np.asarray(volume_ras)[:, j, :].T[::-1, ::-1]
 
 
+def sagittal_view(volume_ras: np.ndarray, i: int) -> np.ndarray:
+    """Sagittal slice ``i`` (x index) of an (x, y, z) RAS array.
+
+    Rows run superior (top) to inferior, columns anterior (left) to posterior.
+    """
+    return np.asarray(volume_ras)[i, :, :].T[::-1, ::-1]
+
+
 def display_range(volume: np.ndarray) -> tuple[float, float]:
     """Grey-level window: 1st to 99.5th percentile of the non-zero voxels."""
     values = np.asarray(volume)
@@ -118,35 +240,31 @@ def display_range(volume: np.ndarray) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
-def mosaic_slices(labels_ras: np.ndarray, max_panels: int = MAX_PANELS) -> list[int]:
-    """Axial slices to show: every N-th slice of the labelled z range (whole volume if none)."""
+def _labelled_range(labels_ras: np.ndarray) -> tuple[int, int]:
     nz = labels_ras.shape[2]
     occupied = np.flatnonzero(np.asarray(labels_ras).reshape(-1, nz).any(axis=0))
-    first, last = (int(occupied[0]), int(occupied[-1])) if occupied.size else (0, nz - 1)
+    return (int(occupied[0]), int(occupied[-1])) if occupied.size else (0, nz - 1)
+
+
+def mosaic_slices(labels_ras: np.ndarray, max_panels: int = MAX_PANELS) -> list[int]:
+    """Axial slices to show: every N-th slice of the labelled z range (whole volume if none)."""
+    first, last = _labelled_range(labels_ras)
     step = max(1, math.ceil((last - first + 1) / max_panels))
     return list(range(first, last + 1, step))
 
 
-def _orientation_letters(axis, top: str, bottom: str) -> None:
-    """Patient directions just outside the panel: R left, L right, ``top``/``bottom``."""
-    style = dict(color="black", fontsize=9, fontweight="bold", transform=axis.transAxes)
-    axis.text(-0.01, 0.5, "R", ha="right", va="center", **style)
-    axis.text(1.01, 0.5, "L", ha="left", va="center", **style)
-    axis.text(0.5, 1.01, top, ha="center", va="bottom", **style)
-    axis.text(0.5, -0.01, bottom, ha="center", va="top", **style)
+def representative_slices(labels_ras: np.ndarray, count: int = REPRESENTATIVE_SLICES) -> list[int]:
+    """A few axial slices spread over the labelled z range (centres of ``count`` equal
+    parts, so neither end slice, where labels are thin, is picked unless the range is short)."""
+    first, last = _labelled_range(labels_ras)
+    span = last - first + 1
+    picks = [first + int((i + 0.5) * span / count) for i in range(count)]
+    return sorted(set(min(last, p) for p in picks))
 
 
-def _panel_title(axis, text: str) -> None:
-    axis.text(
-        0.02,
-        0.03,
-        text,
-        color="yellow",
-        fontsize=8,
-        transform=axis.transAxes,
-        ha="left",
-        va="bottom",
-    )
+def reformat_possible(shape_xyz: tuple[int, ...]) -> bool:
+    """True when the stack has enough axial slices for coronal/sagittal reformats."""
+    return int(shape_xyz[2]) >= MIN_REFORMAT_SLICES
 
 
 def in_plane_box(
@@ -169,71 +287,188 @@ def in_plane_box(
     return spans[0], spans[1], slice(None)
 
 
+class Panel:
+    """A rendered panel with its title and the patient directions at its four sides."""
+
+    def __init__(self, rgb: np.ndarray, title: str, letters: tuple[str, str, str, str]):
+        self.rgb = rgb
+        self.title = title
+        self.letters = letters  # left, right, top, bottom
+
+
+def compose(panels: list[Panel], columns: int | None = None) -> bytes:
+    """Panels on a white grid (``columns`` per row, default all in one row), each with its
+    orientation letters in the margin and its title above; PNG bytes at natural size
+    (one array pixel = one image pixel)."""
+    if not panels:
+        raise ValueError("no panel to draw")
+    columns = max(1, min(columns or len(panels), len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    m = _MARGIN
+    cell_w = max(p.rgb.shape[1] for p in panels) + m["left"] + m["right"]
+    cell_h = max(p.rgb.shape[0] for p in panels) + m["top"] + m["bottom"]
+    canvas = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
+    places = []
+    for n, panel in enumerate(panels):
+        y0 = (n // columns) * cell_h + m["top"]
+        x0 = (n % columns) * cell_w + m["left"]
+        h, w = panel.rgb.shape[:2]
+        canvas[y0:y0 + h, x0:x0 + w] = panel.rgb
+        places.append((x0, y0, w, h))
+    height, width = canvas.shape[:2]
+    plt = pyplot()
+    figure = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    axis = figure.add_axes((0, 0, 1, 1))
+    axis.imshow(canvas, interpolation="nearest", aspect="equal")
+    axis.set_xlim(-0.5, width - 0.5)
+    axis.set_ylim(height - 0.5, -0.5)
+    axis.set_axis_off()
+    style = dict(color="black", fontsize=9, fontweight="bold")
+    for panel, (x0, y0, w, h) in zip(panels, places):
+        left, right, top, bottom = panel.letters
+        axis.text(x0 - 3, y0 + h / 2, left, ha="right", va="center", **style)
+        axis.text(x0 + w + 3, y0 + h / 2, right, ha="left", va="center", **style)
+        axis.text(x0 + w / 2, y0 - 2, top, ha="center", va="bottom", **style)
+        axis.text(x0 + w / 2, y0 + h + 1, bottom, ha="center", va="top", **style)
+        axis.text(x0, y0 - 2, panel.title, ha="left", va="bottom", color="#333333",
+                  fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _check_shapes(volume_ras: np.ndarray, labels_ras: np.ndarray) -> None:
+    if volume_ras.shape[:3] != labels_ras.shape[:3]:
+        raise ValueError(f"image {volume_ras.shape} and labels {labels_ras.shape} differ in shape")
+
+
 def axial_mosaic(
     volume_ras: np.ndarray,
     labels_ras: np.ndarray,
     zooms_mm,
     slices: list[int],
     columns: int = MOSAIC_COLUMNS,
+    mode: str = "outline",
 ) -> bytes:
-    """Mosaic of axial slices with the label overlay; PNG bytes.
+    """Overview mosaic of axial slices with the label overlay; PNG bytes.
 
     Args:
         volume_ras, labels_ras: (x, y, z) canonical RAS image and labels.
         zooms_mm: voxel size (x, y, z) in mm (sets the pixel aspect ratio).
         slices: z indices to show.
+        mode: "outline" (default) or "filled".
     """
-    if volume_ras.shape[:3] != labels_ras.shape[:3]:
-        raise ValueError(f"image {volume_ras.shape} and labels {labels_ras.shape} differ in shape")
-    rows = max(1, math.ceil(len(slices) / columns))
+    _check_shapes(volume_ras, labels_ras)
     low, high = display_range(volume_ras)
     box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
     volume_ras, labels_ras = volume_ras[box], labels_ras[box]
-    aspect = float(zooms_mm[1]) / float(zooms_mm[0])
-    nx, ny = volume_ras.shape[0], volume_ras.shape[1] * aspect
-    width = 4.0
-    figure, axes = pyplot().subplots(
-        rows, columns, figsize=(columns * width, rows * width * ny / nx + 0.1), squeeze=False
-    )
-    for axis in axes.ravel():
-        axis.axis("off")
-    for axis, k in zip(axes.ravel(), slices, strict=False):
-        axis.imshow(
-            axial_view(volume_ras, k),
-            cmap="gray",
-            vmin=low,
-            vmax=high,
-            aspect=aspect,
-            interpolation="nearest",
-        )
-        axis.imshow(label_rgba(axial_view(labels_ras, k)), aspect=aspect, interpolation="nearest")
-        _orientation_letters(axis, "A", "P")
-        _panel_title(axis, f"slice {k}")
-    figure.subplots_adjust(wspace=0.12, hspace=0.3)
-    return figure_png(figure)
+    scale = px_per_mm(volume_ras.shape[0] * float(zooms_mm[0]), MOSAIC_TARGET_PX)
+    repeats = repeats_for((zooms_mm[1], zooms_mm[0]), scale)
+    panels = [
+        Panel(render_panel(axial_view(volume_ras, k), axial_view(labels_ras, k), (low, high),
+                           repeats, mode), f"slice {k}", ("R", "L", "A", "P"))
+        for k in slices
+    ]
+    return compose(panels, columns)
 
 
-def coronal_figure(volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm) -> tuple[bytes, int]:
-    """Coronal slice through the labels' centre of mass (y), with overlay; (PNG bytes, y index)."""
+def axial_pair(
+    volume_ras: np.ndarray,
+    labels_ras: np.ndarray,
+    zooms_mm,
+    k: int,
+    mode: str = "outline",
+    box: tuple[slice, slice, slice] | None = None,
+) -> bytes:
+    """Axial slice ``k`` twice, side by side: the image alone and the image with the labels
+    (``mode``), large enough to judge a one-voxel boundary (:data:`DETAIL_MIN_PX_PER_MM`);
+    PNG bytes at natural size. ``box``: in-plane crop (default: :func:`in_plane_box`)."""
+    _check_shapes(volume_ras, labels_ras)
+    low, high = display_range(volume_ras)
+    if box is None:
+        box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    volume_ras, labels_ras = volume_ras[box], labels_ras[box]
+    scale = px_per_mm(volume_ras.shape[0] * float(zooms_mm[0]), DETAIL_TARGET_PX,
+                      DETAIL_MIN_PX_PER_MM, DETAIL_MAX_PX)
+    repeats = repeats_for((zooms_mm[1], zooms_mm[0]), scale)
+    image, labels = axial_view(volume_ras, k), axial_view(labels_ras, k)
+    letters = ("R", "L", "A", "P")
+    return compose([
+        Panel(render_panel(image, None, (low, high), repeats, None), f"slice {k}: image",
+              letters),
+        Panel(render_panel(image, labels, (low, high), repeats, mode),
+              f"slice {k}: labels ({mode})", letters),
+    ])
+
+
+def coronal_figure(
+    volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, mode: str = "outline"
+) -> tuple[bytes, int]:
+    """Coronal reformat through the labels' centre of mass (y): the image and the image with
+    the labels side by side; (PNG bytes, y index)."""
+    _check_shapes(volume_ras, labels_ras)
     occupied = np.argwhere(np.asarray(labels_ras) > 0)
     j = int(round(occupied[:, 1].mean())) if occupied.size else volume_ras.shape[1] // 2
     low, high = display_range(volume_ras)
-    aspect = float(zooms_mm[2]) / float(zooms_mm[0])
-    nx, nz = volume_ras.shape[0], volume_ras.shape[2] * aspect
-    figure, axis = pyplot().subplots(figsize=(8.0, max(2.0, 8.0 * nz / nx)))
-    axis.imshow(
-        coronal_view(volume_ras, j),
-        cmap="gray",
-        vmin=low,
-        vmax=high,
-        aspect=aspect,
-        interpolation="nearest",
-    )
-    axis.imshow(label_rgba(coronal_view(labels_ras, j)), aspect=aspect, interpolation="nearest")
-    _orientation_letters(axis, "S", "I")
-    _panel_title(axis, f"coronal, y index {j}")
-    axis.axis("off")
-    return figure_png(figure), j
+    box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    volume_ras, labels_ras = volume_ras[box[0]], labels_ras[box[0]]
+    scale = px_per_mm(volume_ras.shape[0] * float(zooms_mm[0]), DETAIL_TARGET_PX,
+                      DETAIL_MIN_PX_PER_MM, DETAIL_MAX_PX)
+    repeats = repeats_for((zooms_mm[2], zooms_mm[0]), scale)
+    image, labels = coronal_view(volume_ras, j), coronal_view(labels_ras, j)
+    letters = ("R", "L", "S", "I")
+    png = compose([
+        Panel(render_panel(image, None, (low, high), repeats, None),
+              f"coronal, y index {j}: image", letters),
+        Panel(render_panel(image, labels, (low, high), repeats, mode),
+              f"coronal, y index {j}: labels ({mode})", letters),
+    ])
+    return png, j
+
+
+def sagittal_columns(labels_ras: np.ndarray) -> list[tuple[str, int]]:
+    """x indices for sagittal reformats: through the centroid of the right-side labels and
+    of the left-side labels (radiological order: right first); the labels' centroid when
+    no label has a side; none without labels."""
+    labels = np.asarray(labels_ras)
+    found = []
+    sides = {"R": [v for v, e in BY_INDEX.items() if e.side == "R"],
+             "L": [v for v, e in BY_INDEX.items() if e.side == "L"]}
+    for side in ("R", "L"):
+        xs = np.nonzero(np.isin(labels, sides[side]))[0]
+        if xs.size:
+            found.append((side, int(round(xs.mean()))))
+    if not found:
+        xs = np.nonzero(labels > 0)[0]
+        if xs.size:
+            found.append(("", int(round(xs.mean()))))
+    return found
+
+
+def sagittal_figure(
+    volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, mode: str = "outline"
+) -> tuple[bytes, list[tuple[str, int]]] | tuple[None, list]:
+    """Sagittal reformats through each leg's labels (patient's right first), with the labels
+    (``mode``); (PNG bytes, [(side, x index)]), or (None, []) without labels."""
+    _check_shapes(volume_ras, labels_ras)
+    columns = sagittal_columns(labels_ras)
+    if not columns:
+        return None, []
+    low, high = display_range(volume_ras)
+    box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    volume_ras, labels_ras = volume_ras[:, box[1]], labels_ras[:, box[1]]
+    width_mm = volume_ras.shape[1] * float(zooms_mm[1])
+    scale = px_per_mm(width_mm, DETAIL_TARGET_PX // 2, DETAIL_MIN_PX_PER_MM, DETAIL_MAX_PX)
+    repeats = repeats_for((zooms_mm[2], zooms_mm[1]), scale)
+    words = {"R": "right leg", "L": "left leg", "": "labels"}
+    panels = [
+        Panel(render_panel(sagittal_view(volume_ras, i), sagittal_view(labels_ras, i),
+                           (low, high), repeats, mode),
+              f"sagittal, {words[side]}, x index {i}", ("A", "P", "S", "I"))
+        for side, i in columns
+    ]
+    return compose(panels), columns
 
 
 def positions_figure(

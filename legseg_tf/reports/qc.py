@@ -5,7 +5,9 @@ accept or reject a segmentation:
 
 * **missing muscles**: a segmented region (from the classifier's region ranges) lacks one
   of its core muscles (:data:`CORE_MUSCLES`, muscles that span most of that region) on a
-  side that was segmented;
+  side that was segmented -- except the labels the region's model is known never to produce
+  (its model card or manifest, :mod:`legseg_tf.reports.model_cards`): the report lists those
+  once, in the model's box, instead of warning on every image;
 * **very small labels**: a muscle label below :data:`SMALL_LABEL_ML` ml or on a single slice;
 * **fragmented labels**: less than :data:`FRAGMENT_FRACTION` of a label's voxels lie in its
   largest 26-connected piece;
@@ -58,15 +60,21 @@ def expected_labels(region_ranges: dict, side_decision: str | None) -> dict[int,
     return expected
 
 
-def morphometry_warnings(rows: list[dict], report: dict) -> list[str]:
-    """Missing, very small and fragmented labels (see the module docstring)."""
+def morphometry_warnings(
+    rows: list[dict], report: dict, known_absent: dict[str, frozenset[int]] | None = None
+) -> list[str]:
+    """Missing, very small and fragmented labels (see the module docstring).
+
+    ``known_absent``: segmenter region -> labels its model never produces (not warned of).
+    """
     warnings = []
     present = {row["label"] for row in rows}
     side = (report.get("side") or {}).get("decision")
     expected = expected_labels(report.get("region_ranges") or {}, side)
+    known_absent = known_absent or {}
     by_region: dict[str, list[str]] = {}
     for index, region in sorted(expected.items()):
-        if index not in present:
+        if index not in present and index not in known_absent.get(region, ()):
             label = next(entry for entry in LABELS if entry.index == index)
             by_region.setdefault(region, []).append(label.abbreviation)
     for region, names in sorted(by_region.items()):
