@@ -2,9 +2,10 @@
 
 ``test.nii.gz`` is put into a BIDS dataset and run through the participant level with the
 models in ``models/``; the result is compared per label with QMRITools' own segmentation
-``out.nii.gz`` (Dice with the QMRITools +1 smoothing). The shipped upper-leg network saw
-the patient's right leg of this volume in training and not the left leg, so the figures are
-reported per side.
+``out.nii.gz`` (Dice with the QMRITools +1 smoothing). The shipped upper-leg network
+(legseg-upperleg-small-v3) trained on both legs of this volume among other subjects, so this
+is a fit of its training subject through the whole app (classifier, split, resampling,
+merge), not a new-subject figure (those: tests/test_unseen_subject.py, test_real_stacks.py).
 """
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def test_participant_level_on_the_qmritools_thighs(tmp_path):
     print("\nDice per label vs out.nii.gz (participant level, --region upper):")
     for name, value in sorted(report.items()):
         print(f"  {name:<40} {value:.3f}")
-    left = [v for k, v in scores.items() if BY_INDEX[k].side == "L"]
-    # The gate is on the held-out (left) leg only, a little below the figure measured for
-    # legseg-upperleg-small-v2 (mean 0.71 over 15 labels, models/cards): a left/right swap
-    # would give near-zero Dice on every label.
-    assert np.mean(left) > 0.65, report
+    sides = {side: float(np.mean([v for k, v in scores.items() if BY_INDEX[k].side == side]))
+             for side in ("R", "L")}
+    print(f"mean Dice right {sides['R']:.3f}, left {sides['L']:.3f}")
+    # A little below the figures measured for legseg-upperleg-small-v3 (right 0.70, left 0.60
+    # over 14-15 labels, models/cards): a left/right swap gives near-zero Dice on every label.
+    assert sides["R"] > 0.65 and sides["L"] > 0.55, (sides, report)
