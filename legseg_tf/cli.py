@@ -117,6 +117,20 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _installed_regions_text() -> str:
+    """Which ``--region`` values the default models folder can serve (manifest only)."""
+    from legseg_tf import model_store
+    from legseg_tf.regions import covered_regions
+
+    folder = model_store.resolve_models_dir()
+    try:
+        covered = covered_regions(model_store.load_manifest(folder))
+    except (model_store.ManifestError, OSError, ValueError):
+        return f"no usable models in {folder}"
+    return ("the installed models cover " + ", ".join(covered) if covered
+            else f"the models in {folder} cover no region")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the BIDS App (also used to check the Boutiques descriptor)."""
     parser = _Parser(
@@ -156,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg = parser.add_argument_group("segmentation")
     seg.add_argument("--region", choices=REGIONS, default=InferenceConfig.region,
-                     help="body region to segment (default: %(default)s)")
+                     help="body region to segment (default: %(default)s; "
+                          f"{_installed_regions_text()})")
     seg.add_argument("--device", choices=DEVICES, default=InferenceConfig.device,
                      help="where networks run (default: %(default)s)")
     seg.add_argument("--models", type=Path, metavar="DIR",

@@ -461,3 +461,14 @@ def test_version_is_legseg_own_never_slash_version(tmp_path, monkeypatch):
     assert legseg_tf._read_version(tmp_path / "nothing") == "unknown"
     assert not [p for p in looked_at if p == "/version"]
     assert str(site / "version") not in looked_at or str(site / "pyproject.toml") in looked_at
+
+
+def test_help_names_the_regions_the_installed_models_cover(tmp_path, monkeypatch, capsys):
+    from legseg_tf.cli import build_parser
+
+    monkeypatch.delenv("LEGSEG_MODELS_DIR", raising=False)
+    text = " ".join(build_parser().format_help().split())
+    assert "the installed models cover legs, upper, lower" in text
+    monkeypatch.setenv("LEGSEG_MODELS_DIR", str(tmp_path))
+    text = " ".join(build_parser().format_help().split())
+    assert "no usable models in" in text and "installed models cover" not in text
