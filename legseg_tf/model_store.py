@@ -118,16 +118,35 @@ def build_from_config(config: Mapping[str, Any]) -> keras.Model:
         raise ModelError(f"invalid {config['kind']!r} network config: {err}") from err
 
 
+#: Folder of the installed package that holds the models a wheel carries (setup.py copies
+#: the repository's top-level ``models/`` there at build time).
+BUNDLED_MODELS_DIRNAME = "_bundled_models"
+
+
+def bundled_models_dir() -> Path:
+    """Where a wheel install keeps its bundled models: ``legseg_tf/_bundled_models``."""
+    return Path(__file__).resolve().parent / BUNDLED_MODELS_DIRNAME
+
+
 def resolve_models_dir(option: str | os.PathLike | None = None) -> Path:
-    """The models folder: ``option`` (``--models``/``--out``) > ``$LEGSEG_MODELS_DIR`` > the
-    ``models/`` folder of the installed source tree (one rule for every command)."""
+    """The models folder (one rule for every command):
+
+    1. ``option`` (``--models``/``--out``);
+    2. ``$LEGSEG_MODELS_DIR``;
+    3. running from legseg's source tree (a checkout, or the editable install of the
+       container images): its top-level ``models/`` folder;
+    4. else (installed from a wheel or sdist): the copy bundled in the package,
+       :func:`bundled_models_dir`.
+    """
     if option is not None:
         return Path(option).expanduser().absolute()
     if os.environ.get("LEGSEG_MODELS_DIR"):
         return Path(os.environ["LEGSEG_MODELS_DIR"]).expanduser().absolute()
-    from legseg_tf import SOURCE_ROOT
+    import legseg_tf
 
-    return SOURCE_ROOT / "models"
+    if legseg_tf._is_source_tree(legseg_tf.SOURCE_ROOT, legseg_tf.DISTRIBUTION):
+        return legseg_tf.SOURCE_ROOT / "models"
+    return bundled_models_dir()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
