@@ -60,9 +60,14 @@ def validator_command(validator: str) -> list[str]:
         except ImportError:
             return [validator]
         bundle = Path(bids_validator_deno.__file__).with_name("bids-validator.js")
-        if bundle.is_file():
-            return [os.fsdecode(find_deno_bin()), "run", "--allow-read", "--allow-env",
-                    "--deny-net", "--no-prompt", str(bundle)]
+        # the Deno runtime installed beside the validator first (the deno package's own lookup
+        # goes by this Python's folder, then HOME, and misses a validator of another venv)
+        deno = Path(validator).with_name("deno")
+        if not (deno.is_file() and os.access(deno, os.X_OK)):
+            deno = Path(os.fsdecode(find_deno_bin()))
+        if bundle.is_file() and deno.is_file():
+            return [str(deno), "run", "--allow-read", "--allow-env", "--deny-net",
+                    "--no-prompt", str(bundle)]
     return [validator]
 
 
@@ -81,11 +86,16 @@ def validate_dataset(bids_dir: Path, work_dir: Path | None = None) -> None:
         logger.warning("no BIDS validator installed (pip install bids-validator-deno); skipping validation")
         return
     logger.info("validating %s with %s", bids_dir, Path(validator).name)
-    completed = subprocess.run(
-        [*validator_command(validator), str(bids_dir), "--ignoreWarnings"],
-        capture_output=True, text=True, check=False, timeout=600,
-        env=validator_environment(work_dir),
-    )
+    try:
+        completed = subprocess.run(
+            [*validator_command(validator), str(bids_dir), "--ignoreWarnings"],
+            capture_output=True, text=True, check=False, timeout=600,
+            env=validator_environment(work_dir),
+        )
+    except OSError as error:  # installed but not runnable (e.g. its runtime is missing)
+        logger.warning("the BIDS validator %s could not be started (%s); skipping validation",
+                       validator, error)
+        return
     if completed.returncode != 0:
         details = (completed.stdout + completed.stderr).strip().splitlines()
         for line in details[-40:]:

@@ -311,6 +311,32 @@ def test_validator_runs_without_network_and_keeps_caches_out_of_home(tmp_path):
     assert not list(home.iterdir())
 
 
+def test_validator_of_another_venv_runs_with_the_deno_beside_it(tmp_path, monkeypatch):
+    """A validator found on PATH in another environment (e.g. a venv that reuses this one)
+    runs with the Deno runtime installed beside it, not the deno package's HOME fallback."""
+    pytest.importorskip("bids_validator_deno")
+    pytest.importorskip("deno")
+    import deno
+
+    other = tmp_path / "other" / "bin"
+    other.mkdir(parents=True)
+    for name in ("bids-validator-deno", "deno"):
+        (other / name).write_text("#!/bin/sh\n")
+        (other / name).chmod(0o755)
+    monkeypatch.setattr(deno, "find_deno_bin", lambda: tmp_path / "home" / ".local" / "bin" / "deno")
+    command = pipeline.validator_command(str(other / "bids-validator-deno"))
+    assert command[0] == str(other / "deno") and "--deny-net" in command
+
+
+def test_validator_that_cannot_start_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
+    bids = one_image_dataset(tmp_path / "bids")
+    monkeypatch.setattr(pipeline, "find_validator", lambda: str(tmp_path / "bids-validator"))
+    monkeypatch.setattr(pipeline, "validator_command", lambda v: [str(tmp_path / "missing-deno")])
+    with caplog.at_level(logging.WARNING):
+        pipeline.validate_dataset(bids, tmp_path / "work")
+    assert "could not be started" in caplog.text
+
+
 def test_unusable_work_dir_is_named_as_such(tmp_path, capsys):
     bids = one_image_dataset(tmp_path / "bids")
     blocker = tmp_path / "file"
