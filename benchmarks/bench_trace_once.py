@@ -44,30 +44,7 @@ N_CLASSES = 22  # N5_UpperLeg: 21 structures + background
 FEATURES = {"qmritools": (32, 64, 128, 192, 320), "small": (8, 16, 32, 48, 64)}
 STRIDE = (4, 16, 16)
 
-
-def old_predict_probabilities(volume, predict, patch, *, overlap=0.5, batch_size=1,
-                              gaussian=True, stride=None):
-    """``sliding_window.predict_probabilities`` as it was: every part blended, one tile too."""
-    from legseg_tf import sliding_window as sw
-
-    volume = np.asarray(volume)
-    patch = sw.validate_patch(patch, stride) if stride is not None else tuple(patch)
-    padded = sw._pad_to(volume, patch)
-    tiles = sw._tiles(padded.shape, patch,
-                      [sw.tile_starts(s, p, overlap) for s, p in zip(padded.shape, patch)])
-    weights = sw.gaussian_importance_map(patch) if gaussian else np.ones(patch, np.float32)
-    accumulator = None
-    weight_sum = np.zeros(padded.shape, dtype=np.float32)
-    for batch in sw._batches(tiles, batch_size):
-        outputs = sw._run(predict, padded, batch, patch)
-        if accumulator is None:
-            accumulator = np.zeros((*padded.shape, outputs.shape[-1]), dtype=np.float32)
-        for tile, output in zip(batch, outputs):
-            accumulator[tile] += output * weights[..., None]
-            weight_sum[tile] += weights
-    accumulator /= weight_sum[..., None]
-    crop = tuple(slice(0, s) for s in volume.shape)
-    return accumulator[crop], len(tiles)
+from tests.reference_merge import old_predict_probabilities  # noqa: E402
 
 
 def old_apply_segmentation_network(volume, model, n_classes, config, stride, *,

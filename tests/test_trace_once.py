@@ -17,28 +17,9 @@ from legseg_tf import inference
 from legseg_tf import sliding_window as sw
 from legseg_tf.config import InferenceConfig
 from legseg_tf.normalization import uniform_normalise
+from tests.reference_merge import old_predict_probabilities
 
 N_CLASSES = 4
-
-
-def old_predict_probabilities(volume, predict, patch, *, overlap=0.5, batch_size=1):
-    """``sliding_window.predict_probabilities`` before the single-tile fast path."""
-    padded = sw._pad_to(volume, patch)
-    tiles = sw._tiles(padded.shape, patch,
-                      [sw.tile_starts(s, p, overlap) for s, p in zip(padded.shape, patch)])
-    weights = sw.gaussian_importance_map(patch)
-    accumulator = None
-    weight_sum = np.zeros(padded.shape, dtype=np.float32)
-    for batch in sw._batches(tiles, batch_size):
-        outputs = sw._run(predict, padded, batch, patch)
-        if accumulator is None:
-            accumulator = np.zeros((*padded.shape, outputs.shape[-1]), dtype=np.float32)
-        for tile, output in zip(batch, outputs):
-            accumulator[tile] += output * weights[..., None]
-            weight_sum[tile] += weights
-    accumulator /= weight_sum[..., None]
-    crop = tuple(slice(0, s) for s in volume.shape)
-    return accumulator[crop], len(tiles)
 
 
 def old_predict(model):
