@@ -7,12 +7,12 @@
 # Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 on 18.09-22.x) for the
 # RUN --mount lines. Build arguments (all optional):
 #   BASE_IMAGE             any Debian/Ubuntu image with python3.11 and its venv module
-#   VARIANT                cpu (default) or gpu; the branch is taken in docker/install.sh
+#   VARIANT                cpu (default) or gpu; the branch is taken in container/install.sh
 #   LEGSEG_VERSION         only feeds the OCI version label and GeneratedBy.Container.Tag; its
 #                          default is the content of the `version` file and the build fails when
 #                          the two differ (the `version` file is the one source of the version)
 #   QMRITOOLS_PACLET_URL   URL of a QMRITools release paclet converted into the image at build
-#                          time (also: drop *.paclet / *.wlnet files into docker/paclets/)
+#                          time (also: drop *.paclet / *.wlnet files into container/paclets/)
 # Build machines that need their own pip configuration (a private index, a TLS-inspecting
 # proxy's CA) pass it as BuildKit secrets, which never enter an image layer:
 #   docker build --secret id=ca.crt,src=/path/ca.pem --secret id=pip.conf,src=/path/pip.conf .
@@ -49,12 +49,12 @@ RUN python3 -m venv /opt/venv
 
 # 1. Pinned dependencies only (read from pyproject.toml): this layer survives source edits.
 COPY pyproject.toml /opt/legseg/
-COPY docker/install.sh /opt/legseg/docker/install.sh
+COPY container/install.sh /opt/legseg/container/install.sh
 RUN --mount=type=secret,id=pip.conf,required=false \
     --mount=type=secret,id=ca.crt,required=false \
     if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
-    bash /opt/legseg/docker/install.sh --deps-only --variant "${VARIANT}" /opt/legseg \
+    bash /opt/legseg/container/install.sh --deps-only --variant "${VARIANT}" /opt/legseg \
  && rm -rf /tmp/* /tmp/.[!.]*
 
 # 2. legseg itself, same script. The `version` file is the version of the package, of
@@ -71,22 +71,22 @@ RUN --mount=type=secret,id=pip.conf,required=false \
     fi; \
     if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi; \
     if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
-    bash /opt/legseg/docker/install.sh --variant "${VARIANT}" /opt/legseg \
+    bash /opt/legseg/container/install.sh --variant "${VARIANT}" /opt/legseg \
  && python -m compileall -q /opt/legseg/legseg_tf /opt/legseg/run.py \
  && ln -s /opt/legseg/version /version \
  && rm -rf /tmp/* /tmp/.[!.]*
 
 # 3. Models are baked in and verified (sha256 against models/manifest.json) now, so that a run
 #    never downloads anything. Optional QMRITools networks are converted into
-#    /opt/legseg/models-qmritools (docker/paclets/ is bind-mounted, so a paclet never becomes
+#    /opt/legseg/models-qmritools (container/paclets/ is bind-mounted, so a paclet never becomes
 #    a layer of its own).
 COPY models /opt/legseg/models
-COPY docker/verify_models.py docker/bake_models.sh /opt/legseg/docker/
-RUN --mount=type=bind,source=docker/paclets,target=/tmp/paclets \
+COPY container/verify_models.py container/bake_models.sh /opt/legseg/container/
+RUN --mount=type=bind,source=container/paclets,target=/tmp/paclets \
     --mount=type=secret,id=ca.crt,required=false \
     if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi; \
     QMRITOOLS_PACLET_URL="${QMRITOOLS_PACLET_URL}" \
-      bash /opt/legseg/docker/bake_models.sh /opt/legseg/models /tmp/paclets /opt/legseg/models-qmritools \
+      bash /opt/legseg/container/bake_models.sh /opt/legseg/models /tmp/paclets /opt/legseg/models-qmritools \
  && find /opt/legseg /opt/venv ! -type l \( ! -perm -a+r -o -type d ! -perm -a+x -o -perm /go+w \) \
       -exec chmod a+rX,go-w {} + \
  && find /tmp -mindepth 1 -maxdepth 1 ! -name paclets -exec rm -rf {} +

@@ -139,9 +139,9 @@ log "image tests took $(( $(date +%s) - t0 )) s"
 
 # ---- 5. the paclet build path ----------------------------------------------------------------
 # A fake QMRITools release paclet (test helper: release layout, >= 11.3.2 encodings, narrow
-# widths) dropped into docker/paclets/ is converted at build time into
+# widths) dropped into container/paclets/ is converted at build time into
 # /opt/legseg/models-qmritools; the image then segments with those networks only.
-paclet="docker/paclets/QMRITools-ci-fake.paclet"
+paclet="container/paclets/QMRITools-ci-fake.paclet"
 trap 'rm -f "$repo/$paclet"; cleanup' EXIT
 "$python" -c 'import sys; from pathlib import Path; from tests.qmritools_paclet import build_fake_paclet; build_fake_paclet(Path(sys.argv[1]), seed=3, widths="small")' "$paclet"
 log "building $tag-paclet with $paclet"

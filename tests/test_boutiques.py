@@ -1,4 +1,4 @@
-"""The Boutiques descriptor (boutiques/legseg.json) against the command line it describes.
+"""The Boutiques descriptor (integrations/boutiques/legseg.json) against the command line it describes.
 
 The sync tests read the descriptor as plain JSON and walk ``cli.build_parser()``, so adding,
 renaming or changing a CLI option without updating the descriptor fails here. The validation
@@ -21,8 +21,8 @@ from legseg_tf import __version__, cli, demo
 from tests.test_segmenter import install_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DESCRIPTOR = REPO_ROOT / "boutiques" / "legseg.json"
-EXAMPLE_INVOCATION = REPO_ROOT / "boutiques" / "example_invocation.json"
+DESCRIPTOR = REPO_ROOT / "integrations" / "boutiques" / "legseg.json"
+EXAMPLE_INVOCATION = REPO_ROOT / "integrations" / "boutiques" / "example_invocation.json"
 NOT_DESCRIBED = {"help", "version"}  # informational actions, not part of a run
 
 

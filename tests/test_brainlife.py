@@ -63,7 +63,7 @@ def test_main_is_an_executable_python_script():
     assert os.access(MAIN, os.X_OK)
     lines = MAIN.read_text().splitlines()
     assert lines[0] == "#!/usr/bin/env python3" and lines[1].startswith("#PBS ")
-    example = json.loads((REPO_ROOT / "brainlife" / "config.example.json").read_text())
+    example = json.loads((REPO_ROOT / "integrations" / "brainlife" / "config.example.json").read_text())
     assert _module().check_keys(example) == "outphase"
 
 

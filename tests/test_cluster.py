@@ -1,4 +1,4 @@
-"""cluster/legseg_slurm.sh: SLURM array submission of the participant level plus the group level.
+"""integrations/slurm/legseg_slurm.sh: SLURM array submission of the participant level plus the group level.
 
 No SLURM or Apptainer is needed: the dry run prints the commands, and fake ``sbatch`` /
 ``apptainer`` executables on PATH record what a real submission or array task would run.
@@ -16,7 +16,7 @@ import pytest
 from legseg_tf import demo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "cluster" / "legseg_slurm.sh"
+SCRIPT = REPO_ROOT / "integrations" / "slurm" / "legseg_slurm.sh"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash not available")
 

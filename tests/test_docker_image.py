@@ -118,7 +118,7 @@ def test_image_metadata(image):
 
 def test_baked_models_verify_inside_the_image(image):
     run = docker("run", "--rm", *LOCKED, "--entrypoint", "python", IMAGE,
-                 "/opt/legseg/docker/verify_models.py", "/opt/legseg/models")
+                 "/opt/legseg/container/verify_models.py", "/opt/legseg/models")
     assert run.returncode == 0, run.stderr
     assert "model(s) verified" in run.stdout
 
@@ -188,7 +188,7 @@ def test_run_with_the_baked_models(space):
 
 
 def test_paclet_baked_at_build_time_segments(space):
-    """An image built with a QMRITools release paclet in docker/paclets/ (the container stage
+    """An image built with a QMRITools release paclet in container/paclets/ (the container stage
     builds one with a fake paclet) segments with the converted networks only."""
     if os.environ.get("LEGSEG_TEST_PACLET_IMAGE") != "1":
         pytest.skip("not an image built with a paclet (LEGSEG_TEST_PACLET_IMAGE=1 marks one)")

@@ -68,7 +68,7 @@ def test_dockerfile_entrypoint_is_the_bids_app(dockerfile):
 def test_dockerfile_installs_through_the_shared_script_with_the_variant(dockerfile):
     assert dockerfile.args["VARIANT"] == "cpu"
     runs = _instructions(dockerfile, "RUN")
-    installs = [r for r in runs if "docker/install.sh" in r]
+    installs = [r for r in runs if "container/install.sh" in r]
     assert len(installs) == 2  # the cached dependency layer, then legseg itself
     assert any("--deps-only" in r for r in installs)
     for run in installs:
@@ -81,12 +81,12 @@ def test_dockerfile_installs_through_the_shared_script_with_the_variant(dockerfi
 def test_dockerfile_bakes_and_verifies_the_models(dockerfile):
     copies = _instructions(dockerfile, "COPY")
     assert f"models {APP_DIR}/models" in copies
-    assert any("docker/verify_models.py" in c and "docker/bake_models.sh" in c for c in copies)
+    assert any("container/verify_models.py" in c and "container/bake_models.sh" in c for c in copies)
     bake = [r for r in _instructions(dockerfile, "RUN") if "bake_models.sh" in r]
     assert len(bake) == 1 and f"bake_models.sh {APP_DIR}/models " in bake[0]
-    assert "verify_models.py" in (REPO / "docker/bake_models.sh").read_text()
+    assert "verify_models.py" in (REPO / "container/bake_models.sh").read_text()
     # paclets are bind-mounted for the build, never copied into a layer
-    assert "--mount=type=bind,source=docker/paclets" in bake[0]
+    assert "--mount=type=bind,source=container/paclets" in bake[0]
     assert not any("paclets" in c for c in copies)
     assert dockerfile.envs["LEGSEG_MODELS_DIR"] == f"{APP_DIR}/models"
 
@@ -138,7 +138,7 @@ def test_dockerignore_admits_exactly_what_the_image_copies(dockerfile):
             top = source.split("/")[0]
             assert top in allowed, f"COPY {source} is excluded by .dockerignore"
             assert (REPO / source).exists(), source
-    assert "docker" in allowed  # the paclets bind mount reads docker/paclets from the context
+    assert "container" in allowed  # the paclets bind mount reads container/paclets from the context
 
 
 def test_hadolint_finds_no_warnings():
@@ -184,7 +184,7 @@ def test_singularity_def_uses_the_dockerfile_base_and_install_script(dockerfile)
     header, sections = _def_sections()
     assert header["From"] == dockerfile.args["BASE_IMAGE"]
     post = sections["post"]
-    assert 'docker/install.sh --variant "{{ VARIANT }}"' in post
+    assert 'container/install.sh --variant "{{ VARIANT }}"' in post
     assert re.search(r"^\s*VARIANT=cpu\s*$", sections["arguments"], re.M)
     assert "bake_models.sh /opt/legseg/models" in post
     assert not DOWNLOADERS.search(post.replace("QMRITOOLS_PACLET_URL", ""))
@@ -197,7 +197,7 @@ def test_singularity_def_files_exist_and_cover_the_image():
     for source in sources:
         assert (REPO / source).exists(), source
     for needed in ("version", "run.py", "legseg_tf", "models", "pyproject.toml",
-                   "docker/install.sh", "docker/verify_models.py", "docker/bake_models.sh"):
+                   "container/install.sh", "container/verify_models.py", "container/bake_models.sh"):
         assert needed in sources, needed
 
 
@@ -250,14 +250,14 @@ exec {shlex.quote(sys.executable)} "$@"
 def test_install_script_variant_branches(tmp_path, variant, wanted, unwanted):
     fake, log = _fake_python(tmp_path)
     env = {**os.environ, "PYTHON": str(fake)}
-    deps = subprocess.run(["bash", "docker/install.sh", "--deps-only", "--variant", variant, "."],
+    deps = subprocess.run(["bash", "container/install.sh", "--deps-only", "--variant", variant, "."],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert deps.returncode == 0, deps.stderr
     calls = log.read_text().splitlines()
     assert calls[0].startswith("install --no-cache-dir --upgrade")
     assert wanted in calls[1] and unwanted not in calls[1] and "keras==" in calls[1]
     log.unlink()
-    full = subprocess.run(["bash", "docker/install.sh", "--variant", variant, "."],
+    full = subprocess.run(["bash", "container/install.sh", "--variant", variant, "."],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert full.returncode == 0, full.stderr
     assert log.read_text().splitlines()[1].endswith(f"[{variant},validator]")
@@ -265,13 +265,13 @@ def test_install_script_variant_branches(tmp_path, variant, wanted, unwanted):
 
 def test_install_script_rejects_an_unknown_variant(tmp_path):
     fake, log = _fake_python(tmp_path)
-    run = subprocess.run(["bash", "docker/install.sh", "--variant", "tpu", "."], cwd=REPO,
+    run = subprocess.run(["bash", "container/install.sh", "--variant", "tpu", "."], cwd=REPO,
                          env={**os.environ, "PYTHON": str(fake)}, capture_output=True, text=True)
     assert run.returncode == 64 and "cpu or gpu" in run.stderr and not log.exists()
 
 
 def _bake(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "docker/bake_models.sh"), *args], capture_output=True,
+    return subprocess.run(["bash", str(REPO / "container/bake_models.sh"), *args], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable, **(env or {})})
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install legseg and its pinned dependencies into the current Python environment.
 # Shared by the Dockerfile, Singularity.def and CI so that all three install the same way.
-#   docker/install.sh [--variant cpu|gpu] [--test] [--deps-only] [SOURCE_DIR]
+#   container/install.sh [--variant cpu|gpu] [--test] [--deps-only] [SOURCE_DIR]
 #     --variant   cpu: tensorflow-cpu; gpu: tensorflow[and-cuda] (CUDA libraries from pip wheels)
 #     --test      also install the test tools (pytest)
 #     --deps-only install only the pinned dependencies read from SOURCE_DIR/pyproject.toml, not

@@ -1,6 +1,6 @@
 """Check a models folder at image build time: manifest valid, every file present, sha256 right.
 
-``python docker/verify_models.py MODELS_DIR [--require-any]``
+``python container/verify_models.py MODELS_DIR [--require-any]``
 
 Exit status 0 when every manifest entry checks out, 1 otherwise (the message names the file).
 ``--require-any`` also fails on an empty manifest. Imports neither TensorFlow nor Keras.

@@ -2,7 +2,7 @@
 # Run legseg on a SLURM cluster with Apptainer/Singularity: one array task per participant,
 # then the group level as a dependent job. See docs/cluster.md.
 #
-#   cluster/legseg_slurm.sh submit BIDS_DIR OUTPUT_DIR --sif IMAGE [options] [-- LEGSEG_OPTIONS...]
+#   integrations/slurm/legseg_slurm.sh submit BIDS_DIR OUTPUT_DIR --sif IMAGE [options] [-- LEGSEG_OPTIONS...]
 #
 # submit options:
 #   --sif IMAGE              Apptainer/Singularity image of legseg (a .sif file; required)
@@ -34,10 +34,10 @@
 # Everything after "--" is passed to legseg at both levels (e.g. -- --region legs-hip).
 #
 # The array task and group bodies (run by sbatch; also usable by hand with --dry-run):
-#   cluster/legseg_slurm.sh task  --bids B --out O --sif S --cpus N --mem-gb G [--nv] ...
+#   integrations/slurm/legseg_slurm.sh task  --bids B --out O --sif S --cpus N --mem-gb G [--nv] ...
 #                                 --label L1 --label L2 ... [-- LEGSEG_OPTIONS...]
 #   (the participant is --label number $SLURM_ARRAY_TASK_ID, counting from 0)
-#   cluster/legseg_slurm.sh group --bids B --out O --sif S [--nv] ... [-- LEGSEG_OPTIONS...]
+#   integrations/slurm/legseg_slurm.sh group --bids B --out O --sif S [--nv] ... [-- LEGSEG_OPTIONS...]
 #
 # Exit codes: 64 usage error, 66 BIDS_DIR missing, 69 sbatch or the container runtime missing;
 # a task or group job exits with legseg's own code.

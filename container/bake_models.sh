@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Image build step: optionally convert QMRITools networks, then verify every baked models folder.
-#   docker/bake_models.sh MODELS_DIR [PACLET_DIR [QMRITOOLS_MODELS_DIR]]
+#   container/bake_models.sh MODELS_DIR [PACLET_DIR [QMRITOOLS_MODELS_DIR]]
 #
 #   MODELS_DIR            the legseg models (models/ of the source tree); always verified.
 #   PACLET_DIR            folder with optional QMRITools release paclets (*.paclet) or single
