@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from legseg_tf import derivatives, input_checks, nifti_io, resampling, split
+from legseg_tf import derivatives, input_checks, nifti_io, resampling, side
 from legseg_tf.errors import ExitCode, NoModelError, UsageError, is_output_full
 from legseg_tf.config import RunConfig
 from legseg_tf.results import ImageResult, InputImage
+from legseg_tf.segmentation_report import GridReport
 from legseg_tf.segmenter import Segmenter, load_segmenter
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
         volume_ras, geometry = nifti_io.load_canonical(image.path, config.assume_orientation)
         volume = nifti_io.ras_to_qmri(volume_ras)
         input_checks.check_input(volume, image.relpath)
-        midline = split.midline_column(geometry.ras_affine, volume_ras.shape)
+        midline = side.midline_column(geometry.ras_affine, volume_ras.shape)
         prior = {"body_part": image.body_part} if image.body_part else {}
         spacing = nifti_io.qmri_spacing(geometry)
         grid = _segmentation_grid(volume, spacing, midline, segmenter)
@@ -215,6 +216,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
         qc = _qc_flags(grid.volume, result, grid.spacing, segmenter, image.relpath)
         if grid.resampled:
             result = _to_input_grid(result, volume.shape, spacing, grid)
+        report = result.report.to_dict()
         labels_ras = nifti_io.qmri_to_ras(result.labels)
         written.append(nifti_io.save_labels(labels_ras, geometry, dseg))
         if config.inference.save_probabilities and result.probabilities is not None:
@@ -224,14 +226,14 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
             "legseg": {
                 "version": derivatives.software_versions()["legseg"],
                 "software": derivatives.software_versions(),
-                "device": dict(device) if device else result.report.get("device"),
+                "device": dict(device) if device else report.get("device"),
                 "region": config.inference.region,
                 "merge": config.inference.merge,
-                "timings_s": {**result.report.get("timings_s", {}), "total": round(elapsed, 3)},
+                "timings_s": {**report.get("timings_s", {}), "total": round(elapsed, 3)},
                 "command_line": list(config.command_line),
                 "input_orientation": "".join(geometry.axcodes),
                 "orientation_assumed": _orientation_assumed(geometry),
-                "report": {k: v for k, v in result.report.items() if k != "timings_s"},
+                "report": {k: v for k, v in report.items() if k != "timings_s"},
             }
         }
         provenance["legseg"]["qc"] = qc
@@ -241,7 +243,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
         return ImageResult(
             image, "done", dseg_path=dseg, sidecar_path=sidecar, labels_ras=labels_ras,
             volume_ras=volume_ras, affine_ras=geometry.ras_affine, zooms_mm=geometry.zooms_ras,
-            report=result.report, models=result.models,
+            report=report, models=result.models,
             probseg_path=probseg if probseg in written else None,
         )
     except Exception as error:  # noqa: BLE001 - one image's failure must not stop the others
@@ -284,13 +286,12 @@ def _to_input_grid(result, shape, spacing, grid: _Grid):
     result.labels = resampling.labels_to_shape(result.labels, shape)
     if result.probabilities is not None:
         result.probabilities = resampling.channels_to_shape(result.probabilities, shape)
-    result.report["segmentation_grid"] = {
-        "spacing_zyx_mm": [round(float(v), 4) for v in grid.spacing],
-        "shape_zyx": [int(n) for n in grid.volume.shape],
-        "input_spacing_zyx_mm": [round(float(v), 4) for v in spacing],
-        "input_shape_zyx": [int(n) for n in shape],
-        "note": "slice, row and column indices in this report refer to the segmentation grid",
-    }
+    result.report.segmentation_grid = GridReport(
+        spacing_zyx_mm=[round(float(v), 4) for v in grid.spacing],
+        shape_zyx=[int(n) for n in grid.volume.shape],
+        input_spacing_zyx_mm=[round(float(v), 4) for v in spacing],
+        input_shape_zyx=[int(n) for n in shape],
+    )
     return result
 
 
@@ -305,7 +306,7 @@ def _qc_flags(volume: np.ndarray, result, spacing_zyx, segmenter: Segmenter, nam
     try:
         config = getattr(segmenter, "mask_config", None) or masking.MaskConfig()
         body = masking.body_mask(volume, config)
-        outcome = qc_flags.evaluate(result.labels, body, spacing_zyx, result.report)
+        outcome = qc_flags.evaluate(result.labels, body, spacing_zyx, result.report.to_dict())
         extra, state = input_checks.not_anatomy_flags(result.labels, body)
         outcome = qc_flags.QCResult(
             outcome.flags + tuple(qc_flags.QCFlag.from_dict(flag) for flag in extra),

@@ -55,7 +55,9 @@ class ImageResult:
         volume_ras: (x, y, z) float32 input image in canonical RAS (None when skipped/failed).
         affine_ras: 4x4 affine of the canonical RAS arrays.
         zooms_mm: voxel size (x, y, z) in mm of the canonical RAS arrays.
-        report: segmenter report (side decision, positions, region ranges, warnings, timings).
+        report: the segmenter's report in its JSON form
+            (:meth:`legseg_tf.segmentation_report.SegmentationReport.to_dict`, with
+            ``timings_s``); a skipped image's comes from its sidecar (``legseg.report``).
         models: models used ({id, role, sha256}).
         probseg_path: 4-D probability map, when written.
         error: one-line error message when failed.

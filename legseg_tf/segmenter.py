@@ -1,4 +1,4 @@
-"""The segmenter that the participant level calls: QMRITools ``SegmentData`` (spec section 1).
+"""The segmenter that the participant level calls: QMRITools ``SegmentData``.
 
 A segmenter turns one volume in the QMRITools array layout (z, y, x; see
 ``docs/architecture.md``) into a label volume in the Muscles_leg numbering:
@@ -8,15 +8,17 @@ decision cross-checked with the image geometry -> left/right split and region cr
 region network per part -> training labels renamed with the part's side -> merge.
 
 The stages are pure functions in :mod:`legseg_tf.masking`, :mod:`legseg_tf.body_position`,
-:mod:`legseg_tf.split` and :mod:`legseg_tf.merge`; this module wires them to the installed
-models (:func:`load_segmenter`) and reports what was decided.
+:mod:`legseg_tf.anatomy`, :mod:`legseg_tf.side`, :mod:`legseg_tf.split` and
+:mod:`legseg_tf.merge`; the networks are loaded by :mod:`legseg_tf.model_adapters`. This module
+wires them together (:func:`load_segmenter`) and records what was decided in a
+:class:`legseg_tf.segmentation_report.SegmentationReport`.
 
 Where this differs from QMRITools, on purpose:
 
 * region slice ranges refer to the classified slices of the uncropped volume (QMRITools
   applies ranges found on the cropped stack to the uncropped one);
 * the side comes from the image geometry whenever it is conclusive, the classifier only
-  settles a single leg lying across the midline (:func:`legseg_tf.split.decide_side`);
+  settles a single leg lying across the midline (:func:`legseg_tf.side.decide_side`);
 * within each side part, every sided label keeps its largest component *on the part's own
   side of the cut*: the 10 % overlap reaches into the other leg, whose medial muscles
   (gracilis, sartorius) would otherwise be renamed to this part's side;
@@ -30,7 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -70,17 +72,21 @@ from legseg_tf.regions import (  # noqa: F401 - RegionPlan, required_roles: part
     check_models,
     required_roles,
 )
-from legseg_tf.split import (
-    Part,
+from legseg_tf.segmentation_report import (
+    MaskReport,
+    PartReport,
+    SegmentationReport,
+    SideReport,
+    SplitReport,
+)
+from legseg_tf.side import (
+    SideConfig,
     SideDecision,
-    SplitConfig,
     decide_side,
-    find_middle,
     geometric_side,
     resolve_midline,
-    side_columns,
-    split_parts,
 )
+from legseg_tf.split import Part, SplitConfig, find_middle, side_columns, split_parts
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +97,8 @@ class SegmentationResult:
 
     Attributes:
         labels: (z, y, x) uint16 label volume, Muscles_leg numbering, same shape as the input.
-        report: JSON-serialisable facts for the sidecar and QC report (side decision, region
-            ranges, per-slice positions, timings, warnings).
+        report: what was decided (side, region ranges, per-slice positions, parts, timings,
+            warnings); its ``to_dict()`` is the sidecar's ``legseg.report``.
         models: one dict per model used: id, role, sha256.
         probabilities: optional (z, y, x, n) float32 probabilities with ``label_map`` naming the
             label index of each channel.
@@ -100,7 +106,7 @@ class SegmentationResult:
     """
 
     labels: np.ndarray
-    report: dict = field(default_factory=dict)
+    report: SegmentationReport = field(default_factory=SegmentationReport)
     models: list[dict] = field(default_factory=list)
     probabilities: np.ndarray | None = None
     label_map: list[int] | None = None
@@ -159,7 +165,7 @@ class QMRIToolsSegmenter:
         networks: role -> :class:`RegionNetwork` for every region of ``region``.
         classifier: per-slice side/position classifier; required for "legs" and "legs-hip".
         classifier_model: {"id", "role", "sha256"} of the classifier, for the report.
-        mask_config, classifier_config, split_config: stage parameters.
+        mask_config, classifier_config, split_config, side_config: stage parameters.
         device: the device the networks run on, for the report.
         save_probabilities: also return per-label probabilities (when the networks give them).
 
@@ -176,6 +182,7 @@ class QMRIToolsSegmenter:
         mask_config: MaskConfig = MaskConfig(),
         classifier_config: ClassifierConfig | None = None,
         split_config: SplitConfig = SplitConfig(),
+        side_config: SideConfig = SideConfig(),
         device: str | None = None,
         save_probabilities: bool = False,
         segmentation_spacing: tuple[float, float, float] | None = None,
@@ -205,18 +212,11 @@ class QMRIToolsSegmenter:
         self.mask_config = mask_config
         self.classifier_config = classifier_config
         self.split_config = split_config
+        self.side_config = side_config
         self.device = device
         self.save_probabilities = save_probabilities
         #: (dz, dy, dx) mm the networks run at (the pipeline resamples to it); None = native.
         self.segmentation_spacing = segmentation_spacing
-
-    @property
-    def models(self) -> list[dict]:
-        """Models this segmenter may use: id, role, sha256."""
-        used = [self.networks[REGION_ROLES[r]].describe() for r in self.plan.regions]
-        if self.classifier is not None and self.classifier_model:
-            used.insert(0, dict(self.classifier_model))
-        return used
 
     def segment(
         self,
@@ -233,7 +233,7 @@ class QMRIToolsSegmenter:
             spacing_zyx: voxel size (dz, dy, dx) in mm (recorded; inference runs at the native
                 voxel size as QMRITools does; the anatomical cross-check measures in mm).
             midline_column: column of the body midline (world x = 0, see
-                :func:`legseg_tf.split.midline_column`); None = the image centre.
+                :func:`legseg_tf.side.midline_column`); None = the image centre.
             body_part: the image's ``BodyPartExamined`` (sidecar), a prior for the region
                 ranges (:func:`legseg_tf.anatomy.reconcile_positions`); None = none.
 
@@ -246,90 +246,92 @@ class QMRIToolsSegmenter:
         if len(spacing_zyx) != 3 or any(not s > 0 for s in spacing_zyx):
             raise ValueError(f"spacing_zyx must be three positive sizes, got {spacing_zyx}")
         timings: dict[str, float] = {}
-        warnings: list[str] = []
-        report: dict[str, Any] = {
-            "method": "qmritools-segmentdata",
-            "region": self.region,
-            "spacing_zyx_mm": [float(s) for s in spacing_zyx],
-            "device": self.device,
-        }
+        report = SegmentationReport(
+            method="qmritools-segmentdata", region=self.region,
+            spacing_zyx_mm=[float(s) for s in spacing_zyx], device=self.device)
 
         clock = time.perf_counter()
         mask = body_mask(volume, self.mask_config)
         masked = apply_mask(volume, mask)
         timings["mask"] = time.perf_counter() - clock
-        report["mask"] = {"voxels": int(mask.sum()), "fraction": float(mask.mean())}
+        report.mask = MaskReport(voxels=int(mask.sum()), fraction=float(mask.mean()))
         empty = np.zeros(volume.shape, dtype=np.uint16)
         if not mask.any():
-            warnings.append("the body mask is empty: nothing to segment")
-            return self._result(empty, report, timings, warnings, used=[])
+            report.warnings.append("the body mask is empty: nothing to segment")
+            return self._result(empty, report, timings, used=[])
 
         clock = time.perf_counter()
-        classifier_side, ranges = self._locate(masked, report, warnings, spacing_zyx, body_part)
+        location = self._locate(masked, spacing_zyx, body_part)
+        report.anatomy, report.positions = location.anatomy, location.positions
+        report.region_ranges = {name: [int(a), int(b)] for name, (a, b) in location.ranges.items()}
+        report.warnings.extend(location.warnings)
         timings["classify"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        decision, cut = self._decide_side(classifier_side, mask, masked, midline_column,
-                                          report, warnings)
-        parts = split_parts(masked, decision.side, cut, ranges, self.split_config.overlap)
+        choice = self._decide_side(location.classifier_side, mask, masked, midline_column)
+        report.side, report.split = choice.side_report, choice.split_report
+        report.warnings.extend(choice.warnings)
+        decision, cut = choice.decision, choice.cut
+        parts = split_parts(masked, decision.side, cut, location.ranges, self.split_config.overlap)
         timings["split"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         own_side_cut = cut if decision.side == "Both" else None
-        crops, probability_crops, used = self._run_networks(parts, own_side_cut, report)
+        outputs = self._run_networks(parts, own_side_cut)
+        report.parts = outputs.parts
         timings["networks"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        labels = merge_parts(crops, volume.shape) if crops else empty
+        labels = merge_parts(outputs.crops, volume.shape) if outputs.crops else empty
         label_map, probabilities = None, None
         if self.save_probabilities:
-            if probability_crops:
+            if outputs.probability_crops:
                 label_map = sorted(int(v) for v in np.unique(labels) if v)
-                probabilities = merge_probabilities(probability_crops, volume.shape, label_map)
+                probabilities = merge_probabilities(outputs.probability_crops, volume.shape,
+                                                    label_map)
             elif parts:
-                warnings.append("the networks returned no probabilities to save")
+                report.warnings.append("the networks returned no probabilities to save")
         timings["merge"] = time.perf_counter() - clock
+        used = list(outputs.models)
         if self.classifier is not None and self.classifier_model:
             used.insert(0, dict(self.classifier_model))
-        result = self._result(labels, report, timings, warnings, used)
+        result = self._result(labels, report, timings, used)
         result.probabilities, result.label_map = probabilities, label_map
         return result
 
     def _locate(
-        self, masked: np.ndarray, report: dict, warnings: list[str],
-        spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0), body_part: str | None = None,
-    ) -> tuple[str | None, dict[str, tuple[int, int]]]:
+        self, masked: np.ndarray, spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        body_part: str | None = None,
+    ) -> _Location:
         """Classifier side vote and the slice range of every region, cross-checked with the
         bones (:mod:`legseg_tf.anatomy`): where they disagree confidently the bones win."""
         nz = masked.shape[0]
         anatomy = anatomy_levels(masked, spacing_zyx, cut=find_middle(masked, self.split_config))
-        report["anatomy"] = anatomy.to_report()
-        report["anatomy"]["body_part_examined"] = body_part
-        if self.plan.needs_positions:
-            classification = classify_body(masked, self.classifier, self.plan.regions,
-                                           self.classifier_config)
-            report["positions"] = classification.to_report()
-            classifier_side, ranges = classification.side, dict(classification.ranges)
-            reconciled = reconcile_positions(
-                list(classification.fitted_positions), classification.slices, anatomy,
-                with_hip="Hip" in self.plan.regions, body_part=body_part)
-            warnings.extend(reconciled.warnings)
-            report["anatomy"].update(
-                final_positions=list(reconciled.levels),
-                overridden=[list(run) for run in reconciled.overridden],
-                excluded_slices=list(reconciled.excluded))
-            if reconciled.levels != list(classification.fitted_positions) or reconciled.excluded:
-                ranges = reconciled_ranges(reconciled.levels, classification.slices,
-                                           self.plan.regions, reconciled.excluded)
-            if not ranges:
-                warnings.append(
-                    f"the classifier found none of {list(self.plan.regions)} in this volume")
-        else:
+        anatomy_report = {**anatomy.to_report(), "body_part_examined": body_part}
+        if not self.plan.needs_positions:
             classifier_side = self._classify_side(masked) if self.classifier else None
-            ranges = {region: (0, nz - 1) for region in self.plan.regions}
-            warnings.extend(single_region_check(self.plan.regions[0], anatomy, body_part))
-        report["region_ranges"] = {name: [int(a), int(b)] for name, (a, b) in ranges.items()}
-        return classifier_side, ranges
+            return _Location(
+                classifier_side, {region: (0, nz - 1) for region in self.plan.regions},
+                anatomy_report, None,
+                tuple(single_region_check(self.plan.regions[0], anatomy, body_part)))
+        classification = classify_body(masked, self.classifier, self.plan.regions,
+                                       self.classifier_config)
+        ranges = dict(classification.ranges)
+        reconciled = reconcile_positions(
+            list(classification.fitted_positions), classification.slices, anatomy,
+            with_hip="Hip" in self.plan.regions, body_part=body_part)
+        warnings = list(reconciled.warnings)
+        anatomy_report.update(
+            final_positions=list(reconciled.levels),
+            overridden=[list(run) for run in reconciled.overridden],
+            excluded_slices=list(reconciled.excluded))
+        if reconciled.levels != list(classification.fitted_positions) or reconciled.excluded:
+            ranges = reconciled_ranges(reconciled.levels, classification.slices,
+                                       self.plan.regions, reconciled.excluded)
+        if not ranges:
+            warnings.append(f"the classifier found none of {list(self.plan.regions)} in this volume")
+        return _Location(classification.side, ranges, anatomy_report,
+                         classification.to_report(), tuple(warnings))
 
     def _decide_side(
         self,
@@ -337,9 +339,7 @@ class QMRIToolsSegmenter:
         mask: np.ndarray,
         masked: np.ndarray,
         midline_column: float | None,
-        report: dict,
-        warnings: list[str],
-    ) -> tuple[SideDecision, int]:
+    ) -> _SideChoice:
         """Cut column and the side decision (classifier vote cross-checked with geometry)."""
         nx = masked.shape[2]
         if self.plan.find_middle:
@@ -347,37 +347,33 @@ class QMRIToolsSegmenter:
         else:
             cut = max(1, min(nx - 1, int(np.rint(0.5 * nx))))
         midline, midline_warning = resolve_midline(midline_column, nx)
-        if midline_warning:
-            warnings.append(midline_warning)
-        geometry = geometric_side(mask, cut, midline, self.split_config)
+        geometry = geometric_side(mask, cut, midline, self.side_config)
         decision = decide_side(classifier_side, geometry,
                                midline_structure=not self.plan.find_middle,
-                               config=self.split_config)
-        warnings.extend(decision.warnings)
-        report["side"] = {
-            "decision": decision.side,
-            "source": decision.source,
-            "classifier": classifier_side,
-            "geometry": geometry.to_report(),
-            "midline": "world x = 0" if midline_column is not None and not midline_warning
+                               config=self.side_config)
+        side_report = SideReport(
+            decision=decision.side,
+            source=decision.source,
+            classifier=classifier_side,
+            geometry=geometry.to_report(),
+            midline="world x = 0" if midline_column is not None and not midline_warning
             else "image centre",
-        }
-        report["split"] = {
-            "cut_column": int(cut),
-            "method": "find_middle" if self.plan.find_middle else "image centre",
-            "overlap": self.split_config.overlap,
-            "part_labels": "largest component on the part's own side of the cut; "
-                           "sided labels cleared beyond the cut",
-            "parts_columns": [[code, c.start, c.stop] for code, c in
-                              side_columns(nx, decision.side, cut, self.split_config.overlap)],
-        }
-        return decision, cut
+        )
+        split_report = SplitReport(
+            cut_column=int(cut),
+            method="find_middle" if self.plan.find_middle else "image centre",
+            overlap=self.split_config.overlap,
+            part_labels="largest component on the part's own side of the cut; "
+                        "sided labels cleared beyond the cut",
+            parts_columns=[[code, c.start, c.stop] for code, c in
+                           side_columns(nx, decision.side, cut, self.split_config.overlap)],
+        )
+        warnings = ((midline_warning,) if midline_warning else ()) + decision.warnings
+        return _SideChoice(decision, cut, side_report, split_report, warnings)
 
-    def _run_networks(
-        self, parts: list[Part], own_side_cut: int | None, report: dict
-    ) -> tuple[list, list, list[dict]]:
-        """Region network on every part; final-label crops, probability crops, models used."""
-        crops, probability_crops, used, part_reports = [], [], [], []
+    def _run_networks(self, parts: list[Part], own_side_cut: int | None) -> _NetworkOutputs:
+        """Region network on every part: final-label crops, probability crops, models used."""
+        outputs = _NetworkOutputs()
         for part in parts:
             network = self.networks[REGION_ROLES[part.region]]
             output = network.predict(part.data)
@@ -397,21 +393,20 @@ class QMRIToolsSegmenter:
             else:
                 train = largest_component_per_label(train)
             final = rename_train_labels(train, network.label_table, part.side)
-            crops.append((final, part.box))
+            outputs.crops.append((final, part.box))
             probabilities = getattr(output, "probabilities", None)
             if self.save_probabilities and probabilities is not None:
-                probability_crops.append(
+                outputs.probability_crops.append(
                     own_side_probabilities(probabilities, part, network.label_table, own))
-            part_reports.append({
-                "region": part.region, "side": part.side, "model": network.model_id,
-                "box_zyx": part.box_report(),
-                "labels": sorted(int(v) for v in np.unique(final) if v),
-                "confidence": getattr(output, "confidence", None),
-            })
-            if network.describe() not in used:
-                used.append(network.describe())
-        report["parts"] = part_reports
-        return crops, probability_crops, used
+            outputs.parts.append(PartReport(
+                region=part.region, side=part.side, model=network.model_id,
+                box_zyx=part.box_report(),
+                labels=sorted(int(v) for v in np.unique(final) if v),
+                confidence=getattr(output, "confidence", None),
+            ))
+            if network.describe() not in outputs.models:
+                outputs.models.append(network.describe())
+        return outputs
 
     def _classify_side(self, masked: np.ndarray) -> str | None:
         """Classifier side vote for single-region volumes (positions are not used)."""
@@ -422,14 +417,47 @@ class QMRIToolsSegmenter:
         return majority_side([str(s) for s in sides])
 
     @staticmethod
-    def _result(labels, report, timings, warnings, used) -> SegmentationResult:
-        """Result with the report's timings and warnings filled in (warnings are logged)."""
-        for message in warnings:
+    def _result(labels, report: SegmentationReport, timings, used) -> SegmentationResult:
+        """Result with the report's timings filled in (its warnings are logged)."""
+        for message in report.warnings:
             logger.warning("%s", message)
-        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-        report["warnings"] = list(warnings)
+        report.timings_s = {k: round(v, 3) for k, v in timings.items()}
         return SegmentationResult(labels=labels.astype(np.uint16, copy=False), report=report,
                                   models=list(used))
+
+
+@dataclass(frozen=True)
+class _Location:
+    """Where the regions are: the classifier's side vote, region -> (first, last) slice, the
+    anatomy and positions report entries, and warnings."""
+
+    classifier_side: str | None
+    ranges: dict[str, tuple[int, int]]
+    anatomy: dict
+    positions: dict | None
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _SideChoice:
+    """The side decision, the cut column, their report entries and warnings."""
+
+    decision: SideDecision
+    cut: int
+    side_report: SideReport
+    split_report: SplitReport
+    warnings: tuple[str, ...]
+
+
+@dataclass
+class _NetworkOutputs:
+    """What the region networks gave: final-label crops ``(labels, box)``, probability crops
+    for :func:`merge_probabilities`, per-part reports and the models used."""
+
+    crops: list = field(default_factory=list)
+    probability_crops: list = field(default_factory=list)
+    parts: list[PartReport] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)
 
 
 def load_segmenter(config: InferenceConfig, models_dir: Path) -> Segmenter:

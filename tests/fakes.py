@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from legseg_tf.segmentation_report import SegmentationReport
 from legseg_tf.segmenter import SegmentationResult
 
 VL_LEFT, VL_RIGHT = 55, 56
@@ -30,7 +31,7 @@ class ThresholdPlaceholderSegmenter:
         labels[:, :, middle:][bright[:, :, middle:]] = VL_LEFT
         return SegmentationResult(
             labels=labels,
-            report={"device": "cpu", "timings_s": {"network": 0.0}},
+            report=SegmentationReport(device="cpu", timings_s={"network": 0.0}),
             models=[{"id": "placeholder", "role": "upper_leg", "sha256": "0" * 64}],
         )
 

@@ -218,10 +218,10 @@ def test_calf_called_thigh_by_the_classifier_goes_to_the_lower_leg_network():
         classifier=_stub_classifier(lambda n: ["Upper"] * n))
     result = segmenter.segment(volume, spacing, body_part="LOWEREXTREMITY")
     assert upper_calls == [] and len(lower_calls) == 2
-    assert result.report["region_ranges"] == {"LowerLegs": [0, 11]}
-    assert any("lower leg" in w and "classifier" in w for w in result.report["warnings"])
-    assert result.report["anatomy"]["levels"] == ["Lower"] * 12
-    assert result.report["anatomy"]["overridden"] == [[0, 11, "Upper", "Lower"]]
+    assert result.report.region_ranges == {"LowerLegs": [0, 11]}
+    assert any("lower leg" in w and "classifier" in w for w in result.report.warnings)
+    assert result.report.anatomy["levels"] == ["Lower"] * 12
+    assert result.report.anatomy["overridden"] == [[0, 11, "Upper", "Lower"]]
 
 
 def test_legs_region_sends_no_pelvis_slice_to_the_thigh_network():
@@ -234,12 +234,12 @@ def test_legs_region_sends_no_pelvis_slice_to_the_thigh_network():
         "legs", {"upper_leg": upper, "lower_leg": lower},
         classifier=_stub_classifier(lambda n: ["Upper"] * n))
     result = segmenter.segment(volume, spacing)
-    first, last = result.report["region_ranges"]["UpperLegs"]
+    first, last = result.report.region_ranges["UpperLegs"]
     assert last < 8
-    assert result.report["anatomy"]["excluded_slices"] == list(range(8, 14))
+    assert result.report.anatomy["excluded_slices"] == list(range(8, 14))
     assert not result.labels[8:].any()
     assert upper_calls and all(shape[0] <= 8 for shape in upper_calls)
-    assert any("legs-hip" in w for w in result.report["warnings"])
+    assert any("legs-hip" in w for w in result.report.warnings)
 
 
 # ----------------------------------------------------------------------------- real stacks

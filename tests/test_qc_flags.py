@@ -267,6 +267,12 @@ class AsymmetricSegmenter:
     Columns before the middle of the (z, y, x) layout are the patient's right."""
 
     def segment(self, volume, spacing_zyx, *, midline_column=None):
+        from legseg_tf.segmentation_report import (
+            PartReport,
+            SegmentationReport,
+            SideReport,
+            SplitReport,
+        )
         from legseg_tf.segmenter import SegmentationResult
 
         labels = np.zeros(volume.shape, dtype=np.uint16)
@@ -276,11 +282,15 @@ class AsymmetricSegmenter:
         right = np.zeros_like(bright)
         right[:, ::10, :middle] = bright[:, ::10, :middle]
         labels[right] = VL_R
-        report = {"side": {"decision": "Both"}, "split": {"cut_column": middle},
-                  "region_ranges": {"UpperLegs": [0, volume.shape[0] - 1]},
-                  "parts": [{"region": "UpperLegs", "side": side, "model": "planted",
-                             "confidence": {"mean_max_probability": 0.95, "voxels": 1}}
-                            for side in ("R", "L")]}
+        report = SegmentationReport(
+            side=SideReport(decision="Both", source="geometry", classifier=None, geometry={},
+                            midline="image centre"),
+            split=SplitReport(cut_column=middle, method="image centre", overlap=0.1,
+                              part_labels="planted", parts_columns=[]),
+            region_ranges={"UpperLegs": [0, volume.shape[0] - 1]},
+            parts=[PartReport(region="UpperLegs", side=side, model="planted", box_zyx=[],
+                              labels=[], confidence={"mean_max_probability": 0.95, "voxels": 1})
+                   for side in ("R", "L")])
         return SegmentationResult(labels=labels, report=report,
                                   models=[{"id": "planted", "role": "upper_leg", "sha256": None}])
 

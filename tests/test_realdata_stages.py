@@ -17,14 +17,8 @@ from legseg_tf.postprocessing import (
     largest_component_per_label,
     largest_own_side_component_per_label,
 )
-from legseg_tf.split import (
-    decide_side,
-    find_middle,
-    geometric_side,
-    midline_column,
-    resolve_midline,
-    split_parts,
-)
+from legseg_tf.side import decide_side, geometric_side, midline_column, resolve_midline
+from legseg_tf.split import find_middle, split_parts
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data" / "qmritools" / "scripts_test_data"
@@ -182,7 +176,7 @@ def test_segmenter_with_an_oracle_network_reproduces_the_reference(thighs, monke
     result = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(
         volume, nifti_io.qmri_spacing(geometry),
         midline_column=midline_column(geometry.ras_affine, shape_ras))
-    assert result.report["side"]["decision"] == "Both" and len(boxes) == 2
+    assert result.report.side.decision == "Both" and len(boxes) == 2
     assert (result.labels == labels).mean() > 0.9999
     for label in set(np.unique(labels)) - {0}:
         a, b = labels == label, result.labels == label

@@ -19,7 +19,7 @@ from legseg_tf.segmenter import (
     required_roles,
     sideless_classes,
 )
-from legseg_tf.split import SideUndeterminedError, midline_column
+from legseg_tf.side import SideUndeterminedError, midline_column
 
 VASTUS_LATERALIS = 12  # class of N5_UpperLeg
 SOLEUS = 3             # class of N6_LowerLeg
@@ -115,7 +115,7 @@ def test_right_leg_gets_right_labels_in_every_storage_orientation(tmp_path, axco
     assert set(np.unique(left_tissue)) == {0, VL_L} and (left_tissue == VL_L).mean() > 0.95
     assert not np.any((labels_ras == VL_L) & (wx > 0))
     assert not np.any((labels_ras == VL_R) & (wx < 0))
-    assert result.report["side"]["decision"] == "Both"
+    assert result.report.side.decision == "Both"
     assert len(calls) == 2
     # the bigger (right) leg has more voxels labelled Right
     assert (labels_ras == VL_R).sum() > (labels_ras == VL_L).sum()
@@ -145,9 +145,9 @@ def test_single_right_leg_is_never_named_left(tmp_path, classifier_side):
     segmenter, calls = upper_segmenter(classifier)
     labels_ras, volume_ras, _, result = run_on_file(segmenter, path)
     assert set(np.unique(labels_ras)) == {0, VL_R}
-    assert result.report["side"]["decision"] == "Right"
+    assert result.report.side.decision == "Right"
     assert len(calls) == 1
-    warned = any("Right" in w or "one" in w for w in result.report["warnings"])
+    warned = any("Right" in w or "one" in w for w in result.report.warnings)
     assert warned == (classifier_side in ("Left", "Both"))
 
 
@@ -159,7 +159,7 @@ def test_single_left_leg_off_centre_uses_world_midline(tmp_path):
     segmenter, _ = upper_segmenter(fake_classifier("Left"))
     labels_ras, *_ , result = run_on_file(segmenter, path)
     assert set(np.unique(labels_ras)) == {0, VL_L}
-    assert not result.report["warnings"]
+    assert not result.report.warnings
 
 
 def test_legs_region_uses_classifier_ranges_and_both_networks():
@@ -172,7 +172,7 @@ def test_legs_region_uses_classifier_ranges_and_both_networks():
         classifier_model={"id": "fake-classifier", "role": "classifier", "sha256": "1" * 64},
     )
     result = segmenter.segment(qmri, (5.0, 2.0, 2.0))
-    ranges = result.report["region_ranges"]
+    ranges = result.report.region_ranges
     assert ranges["LowerLegs"][0] == 0 and ranges["UpperLegs"][1] == 39
     assert ranges["UpperLegs"][0] <= ranges["LowerLegs"][1]  # knee slices go to both
     assert len(upper_calls) == 2 and len(lower_calls) == 2
@@ -187,7 +187,15 @@ def test_legs_region_uses_classifier_ranges_and_both_networks():
     assert (result.labels[:, :, :32] == sol_r).any()
     assert not (result.labels[:, :, :20] == sol_l).any()
     assert [m["role"] for m in result.models] == ["classifier", "lower_leg", "upper_leg"]
-    report = result.report
+    report = result.report.to_dict()
+    # the sidecar's legseg.report keys, in the order earlier sidecars have them
+    assert list(report) == ["method", "region", "spacing_zyx_mm", "mask", "anatomy", "positions",
+                            "region_ranges", "side", "split", "parts", "timings_s", "warnings"]
+    assert list(report["side"]) == ["decision", "source", "classifier", "geometry", "midline"]
+    assert list(report["split"]) == ["cut_column", "method", "overlap", "part_labels",
+                                     "parts_columns"]
+    assert [list(part) for part in report["parts"]] == [
+        ["region", "side", "model", "box_zyx", "labels", "confidence"]] * len(report["parts"])
     assert set(report["timings_s"]) == {"mask", "classify", "split", "networks", "merge"}
     assert len(report["positions"]["raw_positions"]) == len(report["positions"]["slices"])
     json.dumps(report)  # serialisable
@@ -197,7 +205,7 @@ def test_empty_volume_gives_empty_labels_with_warning():
     segmenter, calls = upper_segmenter()
     result = segmenter.segment(np.zeros((4, 10, 10), np.float32), (5.0, 1.0, 1.0))
     assert not result.labels.any() and result.labels.dtype == np.uint16
-    assert calls == [] and result.report["warnings"]
+    assert calls == [] and result.report.warnings
 
 
 def test_invalid_inputs_and_missing_networks():
@@ -282,8 +290,8 @@ def test_other_legs_muscle_in_the_overlap_is_never_named_for_this_side(network_k
 
     network = RegionNetwork("upper_leg", "fake", "0" * 64, "N5_UpperLeg", predict)
     result = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(volume, (5.0, 1, 1))
-    cut = result.report["split"]["cut_column"]
-    assert 61 <= cut <= 66 and result.report["side"]["decision"] == "Both"
+    cut = result.report.split.cut_column
+    assert 61 <= cut <= 66 and result.report.side.decision == "Both"
     labels = result.labels
     assert not (labels[:, :, :cut] == VL_L).any()
     assert not (labels[:, :, cut:] == VL_R).any()
@@ -306,7 +314,7 @@ def test_a_muscle_straddling_the_cut_is_clipped_to_its_own_side():
 
     network = RegionNetwork("upper_leg", "fake", "0" * 64, "N5_UpperLeg", predict)
     result = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(volume, (5.0, 1, 1))
-    cut = result.report["split"]["cut_column"]
+    cut = result.report.split.cut_column
     labels = result.labels
     assert (labels == VL_L).any() and (labels == VL_R).any()
     assert not (labels[:, :, :cut] == VL_L).any()
@@ -351,7 +359,7 @@ def test_load_segmenter_runs_installed_models_end_to_end(tmp_path):
     legs = load_segmenter(InferenceConfig(region="legs", device="cpu", save_probabilities=True),
                           tmp_path / "models")
     result = legs.segment(qmri, (5.0, 2.0, 2.0))
-    assert result.labels.shape == qmri.shape and result.report["positions"]["slices"]
+    assert result.labels.shape == qmri.shape and result.report.positions["slices"]
     # "upper": the whole volume goes to the upper-leg network, the classifier votes the side
     segmenter = QMRIToolsSegmenter("upper", {"upper_leg": legs.networks["upper_leg"]},
                                    legs.classifier, legs.classifier_model,
@@ -361,14 +369,14 @@ def test_load_segmenter_runs_installed_models_end_to_end(tmp_path):
     assert result.label_map == sorted(int(v) for v in np.unique(result.labels) if v)
     assert result.labels.shape == qmri.shape and result.labels.dtype == np.uint16
     assert [m["id"] for m in result.models] == ["tiny-classifier", "tiny-upper_leg"]
-    assert result.report["parts"] and result.report["timings_s"]["networks"] > 0
+    assert result.report.parts and result.report.timings_s["networks"] > 0
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
     digests = {m["id"]: m["sha256"] for m in manifest["models"]}
     assert all(m["sha256"] == digests[m["id"]] for m in result.models)
-    assert result.report["side"]["decision"] in ("Both", "Left", "Right")
+    assert result.report.side.decision in ("Both", "Left", "Right")
     # whatever untrained networks predict, every sided label lies mainly on its own side
-    if result.report["side"]["decision"] == "Both":
-        cut = result.report["split"]["cut_column"]
+    if result.report.side.decision == "Both":
+        cut = result.report.split.cut_column
         for label in set(np.unique(result.labels)) - {0, 121, 151}:
             columns = np.nonzero(result.labels == label)[2]
             own = columns >= cut if label % 2 else columns < cut
@@ -392,7 +400,7 @@ def test_single_leg_at_the_isocentre_takes_the_classifier_side(tmp_path):
     segmenter, _ = upper_segmenter(fake_classifier("Left"))
     labels_ras, *_, result = run_on_file(segmenter, path)
     assert set(np.unique(labels_ras)) == {0, VL_L}
-    assert result.report["side"]["source"] == "classifier"
+    assert result.report.side.source == "classifier"
     without, _ = upper_segmenter(None)
     with pytest.raises(SideUndeterminedError):
         run_on_file(without, path)
@@ -454,7 +462,7 @@ def test_probabilities_follow_the_final_labels_and_stay_on_their_side():
     result = segmenter.segment(volume, (5.0, 1.0, 1.0))
     assert result.label_map == [VL_L, VL_R]
     assert result.probabilities.shape == volume.shape + (2,)
-    cut = result.report["split"]["cut_column"]
+    cut = result.report.split.cut_column
     left_p, right_p = result.probabilities[..., 0], result.probabilities[..., 1]
     assert not left_p[:, :, :cut].any() and not right_p[:, :, cut:].any()
     assert np.allclose(right_p[result.labels == VL_R], 0.9)

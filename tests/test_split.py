@@ -1,19 +1,15 @@
 import numpy as np
 import pytest
 
-from legseg_tf.split import (
+from legseg_tf.side import (
     GeometrySide,
     SideUndeterminedError,
-    SplitConfig,
-    crop_part,
     decide_side,
-    find_middle,
     geometric_side,
     midline_column,
     resolve_midline,
-    side_columns,
-    split_parts,
 )
+from legseg_tf.split import SplitConfig, crop_part, find_middle, side_columns, split_parts
 
 
 def leg(shape, centre_x, radius, centre_y=None):
