@@ -203,7 +203,7 @@ def _worker(mode: str, volume_path: Path, threads: int | None, net: str) -> dict
         started = time.perf_counter()
         result = segmenter.segment(volume, spacing)
         wall = time.perf_counter() - started
-        stages = dict(result.report.get("timings_s", {}))
+        stages = dict(result.report.timings_s)
         # the networks stage = the parts through the merger + each part's label clean-up
         stages["merger"] = applied[0] - forward[0]
         stages["part_cleanup"] = stages.get("networks", 0.0) - applied[0]
@@ -211,7 +211,7 @@ def _worker(mode: str, volume_path: Path, threads: int | None, net: str) -> dict
         rows.append({
             "volume": "x".join(map(str, volume.shape)), "wall_s": wall, "forward_s": forward[0],
             "overhead": 1.0 - forward[0] / wall, "traces": traces(),
-            "parts": len(result.report.get("parts", [])), "stages": stages,
+            "parts": len(result.report.parts or []), "stages": stages,
             "labels_sha1": hashlib.sha1(np.ascontiguousarray(result.labels).tobytes()).hexdigest(),
         })
     return {"mode": mode, "rows": rows,
