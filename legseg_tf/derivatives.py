@@ -3,6 +3,7 @@
 Layout of OUTPUT_DIR::
 
     dataset_description.json            written once (safe with concurrent participant jobs)
+    README.md                           what the dataset holds and how it was made
     dseg.tsv                            label lookup table inherited by every *_dseg.nii.gz
     dseg.json                           its data dictionary (the side and region columns)
     legseg_labels.txt                   the same table as an ITK-SNAP label description file,
@@ -34,6 +35,15 @@ PIPELINE_NAME = "legseg"
 CODE_URL = "https://github.com/legseg/legseg"
 BIDS_VERSION = "1.10.0"
 DSEG_DESC = "muscles"
+#: ``Description`` of every label map; also at the top of dseg.json, which every
+#: ``*_dseg.nii.gz`` inherits (an equal value there is no override of the sidecars' one).
+DSEG_DESCRIPTION = "Automated segmentation of leg muscles and bones (QMRITools Muscles_leg numbering)."
+#: ``Authors`` of the derivative dataset: who made the method that produced it. BIDS asks for
+#: one entry per contributor; whoever runs legseg may add themselves.
+AUTHORS = ("legseg developers",
+           "Martijn Froeling (QMRITools: pipeline design, label table and networks)")
+#: BIDS URI name of the input dataset (``SourceDatasets``, ``DatasetLinks``, sidecar ``Sources``).
+RAW_DATASET = "raw"
 #: Colour tables for viewers, beside dseg.tsv: file name -> text (same labels and colours).
 VIEWER_TABLES = {
     "legseg_labels.txt": itksnap_text,      # ITK-SNAP label description file
@@ -177,12 +187,24 @@ def _doi_uri(doi: str) -> str:
     return doi if doi.lower().startswith("doi:") else f"doi:{doi}"
 
 
-def source_dataset(bids_dir: Path, raw: dict) -> dict:
-    """The ``SourceDatasets`` entry of BIDS_DIR: ``URL`` (its ``file://`` location, also the
-    ``raw`` of ``DatasetLinks`` that the ``bids:raw:`` URIs of the sidecars resolve with),
+def raw_location(bids_dir: Path, output_dir: Path | None = None) -> str:
+    """Where the ``raw`` of ``DatasetLinks`` lies: a relative path when OUTPUT_DIR is inside
+    BIDS_DIR (the BIDS layout ``<dataset>/derivatives/legseg`` gives ``../..``, which stays
+    right when the dataset moves), else BIDS_DIR's ``file://`` URI."""
+    bids_dir = Path(bids_dir).resolve()
+    if output_dir is not None:
+        output_dir = Path(output_dir).resolve()
+        if output_dir != bids_dir and output_dir.is_relative_to(bids_dir):
+            return Path(os.path.relpath(bids_dir, output_dir)).as_posix()
+    return bids_dir.as_uri()
+
+
+def source_dataset(raw: dict) -> dict:
+    """The ``SourceDatasets`` entry of the input dataset: ``URL`` as the BIDS URI ``bids:raw:``
+    (``DatasetLinks`` resolves ``raw``, as for the ``bids:raw:`` URIs of the sidecars),
     ``DOI`` from its ``DatasetDOI``, and ``Version`` where the DOI names one (OpenNeuro's
     ``doi:10.18112/openneuro.ds000001.v1.0.0``). No other keys: BIDS defines only these."""
-    source: dict = {"URL": Path(bids_dir).resolve().as_uri()}
+    source: dict = {"URL": f"bids:{RAW_DATASET}:"}
     doi = raw.get("DatasetDOI")
     if isinstance(doi, str) and doi.strip():
         source["DOI"] = _doi_uri(doi)
@@ -192,19 +214,14 @@ def source_dataset(bids_dir: Path, raw: dict) -> dict:
     return source
 
 
-def dataset_description(bids_dir: Path) -> dict:
-    """The derivative dataset_description.json content for a source dataset."""
+def dataset_description(bids_dir: Path, output_dir: Path | None = None) -> dict:
+    """The derivative dataset_description.json content for a source dataset (``output_dir``,
+    when given, lets the link to BIDS_DIR be relative; see :func:`raw_location`)."""
     generated_by = {"Name": PIPELINE_NAME, "Version": __version__, "CodeURL": CODE_URL}
     container = container_info()
     if container:
         generated_by["Container"] = container
-    try:
-        raw = json.loads((Path(bids_dir) / "dataset_description.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raw = {}
-    if not isinstance(raw, dict):
-        raw = {}
-    source = source_dataset(bids_dir, raw)
+    raw = read_raw_description(bids_dir)
     description = {
         "Name": "legseg leg-muscle segmentations",
         "BIDSVersion": BIDS_VERSION,
@@ -214,9 +231,10 @@ def dataset_description(bids_dir: Path) -> dict:
         # derived data stay under the raw data's licence (BIDS: License of the dataset)
         description["License"] = raw["License"].strip()
     description.update({
+        "Authors": list(AUTHORS),
         "GeneratedBy": [generated_by],
-        "SourceDatasets": [source],
-        "DatasetLinks": {"raw": source["URL"]},
+        "SourceDatasets": [source_dataset(raw)],
+        "DatasetLinks": {RAW_DATASET: raw_location(bids_dir, output_dir)},
         "HowToAcknowledge": (
             "Cite legseg and QMRITools: Froeling M. QMRTools: a Mathematica toolbox for "
             "quantitative MRI analysis. J Open Source Softw 2019;4:1204."
@@ -225,8 +243,47 @@ def dataset_description(bids_dir: Path) -> dict:
     return description
 
 
+def read_raw_description(bids_dir: Path) -> dict:
+    """BIDS_DIR's dataset_description.json as a dict ({} when missing or unreadable)."""
+    try:
+        raw = json.loads((Path(bids_dir) / "dataset_description.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def readme_text(bids_dir: Path) -> str:
+    """README.md of the derivative dataset: what it holds, how it was made, how to read it."""
+    name = read_raw_description(bids_dir).get("Name")
+    source = f"the BIDS dataset \"{name}\"" if isinstance(name, str) and name.strip() else \
+        "a BIDS dataset"
+    return f"""# legseg leg-muscle segmentations
+
+Muscle and bone label maps of axial Dixon-type leg MRI of {source}, made by legseg
+{__version__} ({CODE_URL}), a Python/Keras port of the automated full-leg segmentation of
+QMRITools (SegmentData, M. Froeling). `dataset_description.json` records the software
+(GeneratedBy) and the input dataset (SourceDatasets, DatasetLinks); each label map's JSON
+sidecar records its source image, the networks used (with their sha256) and the run settings.
+
+## Contents
+
+- `sub-<label>/[ses-<label>/]anat/*_desc-{DSEG_DESC}_dseg.nii.gz`: label maps on the grid of their
+  source image (same shape and affine); `*_desc-{DSEG_DESC}_morph.tsv`: volume, cross-section
+  and fat fraction per structure.
+- `dseg.tsv` (+ `dseg.json`): the label table shared by every label map (QMRITools
+  Muscles_leg numbering: odd = left, even = right); the same table for viewers:
+  `legseg_labels.txt` (ITK-SNAP), `legseg_labels.ctbl` (3D Slicer), `legseg_labels.lut` (FSLeyes).
+- `sub-<label>.html`: QC report of each participant; `group.html` and `group_*.tsv`: group
+  level (written by `legseg ... group`); `logs/`: one log file per run.
+
+Reports, tables outside the BIDS naming and logs are listed in `.bidsignore`.
+Check the QC reports before using the label maps: the networks can fail on images unlike
+their training data.
+"""
+
+
 def ensure_dataset_files(output_dir: Path, bids_dir: Path) -> None:
-    """Create dataset_description.json, dseg.tsv + dseg.json, the viewer colour tables and
+    """Create dataset_description.json, README.md, dseg.tsv + dseg.json, the viewer colour tables and
     .bidsignore once (entries missing from an existing .bidsignore are added).
 
     Safe when several participant jobs start at the same time: each file is first written
@@ -234,9 +291,11 @@ def ensure_dataset_files(output_dir: Path, bids_dir: Path) -> None:
     another job got there first; readers never see a half-written file.
     """
     files = {
-        "dataset_description.json": json.dumps(dataset_description(bids_dir), indent=2) + "\n",
+        "dataset_description.json": json.dumps(dataset_description(bids_dir, output_dir),
+                                               indent=2) + "\n",
+        "README.md": readme_text(bids_dir),
         "dseg.tsv": dseg_tsv_text(),
-        "dseg.json": json.dumps(dseg_json(), indent=2) + "\n",
+        "dseg.json": json.dumps({"Description": DSEG_DESCRIPTION, **dseg_json()}, indent=2) + "\n",
         **{name: text() for name, text in VIEWER_TABLES.items()},
         ".bidsignore": "\n".join(BIDSIGNORE_LINES) + "\n",
     }
@@ -318,7 +377,7 @@ def sidecar_path(nifti_path: Path) -> Path:
 
 def bids_uri(relpath: str) -> str:
     """BIDS URI of a file of the source dataset: ``bids:raw:<relpath>``."""
-    return f"bids:raw:{relpath}"
+    return f"bids:{RAW_DATASET}:{relpath}"
 
 
 def software_versions() -> dict:
@@ -345,7 +404,7 @@ def software_versions() -> dict:
 def dseg_sidecar(image: InputImage, models: list[dict], provenance: dict) -> dict:
     """Sidecar of a label map: description, sources, spatial reference and provenance."""
     return {
-        "Description": "Automated segmentation of leg muscles and bones (QMRITools Muscles_leg numbering).",
+        "Description": DSEG_DESCRIPTION,
         "Sources": [bids_uri(image.relpath)],
         "SpatialReference": bids_uri(image.relpath),
         "Manual": False,

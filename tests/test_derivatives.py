@@ -52,11 +52,13 @@ def test_dataset_description_fields(tmp_path, monkeypatch):
     generated = description["GeneratedBy"][0]
     assert generated["Name"] == "legseg" and generated["Version"] == __version__
     assert generated["Container"] == {"Type": "singularity", "URI": "/images/legseg.sif"}
-    # BIDS: SourceDatasets objects hold URL, DOI (a doi: URI) and Version, nothing else
-    assert description["SourceDatasets"] == [{"URL": source.resolve().as_uri(),
+    # BIDS: SourceDatasets objects hold URL, DOI (a doi: URI) and Version, nothing else; the URL
+    # is the BIDS URI of the raw dataset, which DatasetLinks resolves (as the sidecars' Sources)
+    assert description["SourceDatasets"] == [{"URL": "bids:raw:",
                                               "DOI": "doi:10.18112/openneuro.ds000001.v1.0.0",
                                               "Version": "1.0.0"}]
     assert description["DatasetLinks"] == {"raw": source.resolve().as_uri()}
+    assert len(description["Authors"]) >= 2  # BIDS: one entry per contributor
 
 
 def test_dataset_description_without_raw_licence_or_doi(tmp_path, monkeypatch):
@@ -65,7 +67,34 @@ def test_dataset_description_without_raw_licence_or_doi(tmp_path, monkeypatch):
     description = derivatives.dataset_description(tmp_path)
     assert "License" not in description
     assert "Container" not in description["GeneratedBy"][0]
-    assert description["SourceDatasets"] == [{"URL": tmp_path.resolve().as_uri()}]
+    assert description["SourceDatasets"] == [{"URL": "bids:raw:"}]
+
+
+@pytest.mark.parametrize("output, link", [
+    ("bids/derivatives/legseg", "../.."),  # the BIDS layout: relative, survives moving the dataset
+    ("elsewhere/out", None),               # unrelated folders: BIDS_DIR's file:// URI
+    ("bids", None),                        # (refused by the CLI; no "." link either way)
+])
+def test_raw_dataset_link_is_relative_for_nested_derivatives(tmp_path, output, link):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    description = derivatives.dataset_description(bids, tmp_path / output)
+    assert description["DatasetLinks"] == {"raw": link or bids.resolve().as_uri()}
+    if link:
+        assert ((tmp_path / output) / link).resolve() == bids.resolve()
+
+
+def test_readme_names_the_source_dataset_and_the_files(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "Thigh study", "BIDSVersion": "1.10.0"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    derivatives.ensure_dataset_files(out, bids)
+    readme = (out / "README.md").read_text()
+    assert '"Thigh study"' in readme and __version__ in readme
+    for name in ("dseg.tsv", "dseg.json", *derivatives.VIEWER_TABLES, "_desc-muscles_dseg.nii.gz"):
+        assert name in readme, name
 
 
 @pytest.mark.parametrize("environ,markers,expected", [
@@ -107,8 +136,8 @@ def test_eight_concurrent_writers_produce_one_complete_description(tmp_path):
         names = pool.map(_writer, [(str(out), str(bids))] * 8)
     assert len(set(names)) == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [".bidsignore", "dataset_description.json", "dseg.tsv", "dseg.json", "legseg_labels.txt",
-         "legseg_labels.ctbl", "legseg_labels.lut"])
+        [".bidsignore", "dataset_description.json", "README.md", "dseg.tsv", "dseg.json",
+         "legseg_labels.txt", "legseg_labels.ctbl", "legseg_labels.lut"])
 
 
 def test_existing_description_is_not_replaced(tmp_path, caplog):
@@ -329,6 +358,11 @@ def test_participant_output_validates_without_errors_or_column_warnings(tmp_path
     issues = _validator_issues(out)
     assert not [i for i in issues if i["severity"] == "error"], issues
     assert not [i for i in issues if "COLUMN" in i["code"]], issues
+    # the dataset-level hints are answered (README, Authors) and no inherited key overrides
+    # a sidecar's; the one warning left is SpatialReference recommended for dseg.tsv: an image
+    # rule applied to the lookup table (each label map's sidecar names its reference image)
+    codes = {(i["code"], i.get("subCode")) for i in issues}
+    assert not codes - {("SIDECAR_KEY_RECOMMENDED", "SpatialReference")}, issues
 
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["License"] == "CC0"  # the demo dataset's
