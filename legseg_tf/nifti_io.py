@@ -213,7 +213,7 @@ def load_canonical(path: str | Path, assume_orientation: str | None = None) -> t
         raise ImageError(f"{path} has an empty axis (shape {shape})")
     affine = _header_affine(image, path, assume_orientation)
     data = _image_array(image, path)
-    to_ras = orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
+    to_ras = _to_ras_transform(affine)
     ras = np.ascontiguousarray(orientations.apply_orientation(data, to_ras))
     ras_affine = affine @ orientations.inv_ornt_aff(to_ras, data.shape[:3])
     geometry = Geometry(
@@ -226,6 +226,18 @@ def load_canonical(path: str | Path, assume_orientation: str | None = None) -> t
     )
     logger.debug("loaded %s: shape %s, axcodes %s", path, shape, geometry.axcodes)
     return ras, geometry
+
+
+def _to_ras_transform(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform from the axes of an array on ``affine`` to RAS."""
+    return orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
+
+
+def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorient an array stored on ``affine``'s grid (file axis order; axes beyond the third,
+    e.g. label channels, kept) to the canonical RAS axes (x, y, z[, ...]) of
+    :func:`load_canonical`."""
+    return np.ascontiguousarray(orientations.apply_orientation(array, _to_ras_transform(affine)))
 
 
 def from_ras(array_ras: np.ndarray, geometry: Geometry) -> np.ndarray:

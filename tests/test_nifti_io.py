@@ -76,6 +76,18 @@ def test_world_side_survives_every_orientation(tmp_path):
         assert columns.max() < qmri.shape[2] / 2, name
 
 
+def test_to_ras_matches_load_canonical_and_keeps_channels(tmp_path):
+    """An array read straight from a file (the probability maps of the QC report) lands on
+    the same canonical RAS grid as the image :func:`load_canonical` reads, channels kept."""
+    rng = np.random.default_rng(3)
+    for name, affine in ORIENTATIONS.items():
+        data = rng.random((5, 4, 3)).astype(np.float32)
+        ras, _ = nifti_io.load_canonical(write_nifti(tmp_path / f"{name}.nii.gz", data, affine))
+        np.testing.assert_array_equal(nifti_io.to_ras(data, affine), ras, err_msg=name)
+        channels = np.stack([data, 2 * data], axis=-1)
+        np.testing.assert_array_equal(nifti_io.to_ras(channels, affine)[..., 1], 2 * ras)
+
+
 def test_four_d_input_uses_first_volume_and_writes_3d(tmp_path):
     data = np.stack([np.full((4, 5, 3), v, np.float32) for v in (1.0, 2.0)], axis=-1)
     src = write_nifti(tmp_path / "me.nii.gz", data, ORIENTATIONS["LPS"])

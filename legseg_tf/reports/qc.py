@@ -24,8 +24,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel import orientations
 
+from legseg_tf import nifti_io
+from legseg_tf.derivatives import sidecar_path
 from legseg_tf.labels import LABELS
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def label_confidence(
         raise ValueError(
             f"probability map {prob_image.shape} does not match labels {labels.shape}"
         )
-    sidecar = Path(str(probseg_path).replace(".nii.gz", ".json").replace(".nii", ".json"))
+    sidecar = sidecar_path(Path(probseg_path))
     label_map = json.loads(sidecar.read_text(encoding="utf-8")).get("LabelMap", [])
     if len(label_map) != prob_image.shape[3]:
         raise ValueError(
@@ -129,11 +130,8 @@ def label_confidence(
         if inside.any():
             confidence[inside] = probabilities[..., channel][inside]
     del probabilities
-    to_ras = orientations.ornt_transform(
-        orientations.io_orientation(dseg_image.affine), orientations.axcodes2ornt("RAS")
-    )
-    confidence = orientations.apply_orientation(confidence, to_ras)
-    labels = orientations.apply_orientation(labels, to_ras)
+    confidence = nifti_io.to_ras(confidence, dseg_image.affine)
+    labels = nifti_io.to_ras(labels, dseg_image.affine)
     per_label = {}
     for value in np.unique(labels[np.isfinite(confidence)]):
         if value:
