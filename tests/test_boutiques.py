@@ -7,6 +7,7 @@ and command-line generation tests use the ``boutiques`` package (the ``test`` ex
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -81,7 +82,8 @@ def test_versions_match_the_version_file():
     descriptor = _descriptor()
     version = (REPO_ROOT / "version").read_text(encoding="utf-8").strip()
     assert descriptor["tool-version"] == version == __version__
-    assert descriptor["container-image"] == {"type": "docker", "image": f"legseg:{version}"}
+    # the released image (.github/workflows/release.yml pushes it; tests/test_release.py)
+    assert descriptor["container-image"] == {"type": "docker", "image": f"ghcr.io/legseg/legseg:{version}"}
 
 
 def test_every_cli_option_is_described_and_nothing_else():
@@ -263,5 +265,14 @@ def test_launch_without_container_finds_the_described_outputs(tmp_path, monkeypa
         assert not result.missing_files
         found.update({f.boutiques_name: f.file_name for f in result.output_files})
     assert found["dseg"] == str(tmp_path / "out/sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.nii.gz")
-    assert {"derivatives", "dataset_description", "label_table", "morph_tables", "participant_reports",
-            "group_table", "logs"} <= set(found)
+    assert {"derivatives", "dataset_description", "label_table", "label_dictionary", "itksnap_labels",
+            "slicer_colour_table", "fsleyes_lut", "readme", "morph_tables", "participant_reports",
+            "group_table", "group_tables", "group_report", "logs"} <= set(found)
+    # every file or folder the two levels wrote at the top of OUTPUT_DIR is a declared output
+    templates = [item["path-template"].replace("[OUTPUT_DIR]", str(tmp_path / "out"))
+                 for item in _descriptor()["output-files"]]
+    written = sorted((tmp_path / "out").iterdir())
+    assert {"dseg.json", "legseg_labels.ctbl", "legseg_labels.lut"} <= {p.name for p in written}
+    undeclared = [p.name for p in written if p.name != "sub-01"
+                  and not any(fnmatch.fnmatchcase(str(p), t) for t in templates)]
+    assert not undeclared, f"outputs missing from the descriptor's output-files: {undeclared}"
