@@ -1,4 +1,5 @@
-"""The brainlife.io App entry point (``main`` at the repository root).
+"""The brainlife.io App: ``main`` at the repository root, a shim that runs
+integrations/brainlife/legseg_brainlife.py.
 
 End-to-end runs use the demo phantom and tiny untrained networks (never the shipped models);
 the config errors run ``main`` without TensorFlow and must answer in one line.
@@ -8,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from importlib.machinery import SourceFileLoader
@@ -24,25 +24,45 @@ from tests.test_segmenter import install_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / "main"
+APP = REPO_ROOT / "integrations" / "brainlife" / "legseg_brainlife.py"
 
 
 def _module():
-    loader = SourceFileLoader("legseg_brainlife_main", str(MAIN))
+    loader = SourceFileLoader("legseg_brainlife_app", str(APP))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
 
 
-def _run(workdir: Path, config: dict | None, env: dict | None = None, path_prefix: Path | None = None):
+def _path_without_container_runtimes() -> str:
+    """PATH without the folders that hold apptainer or singularity."""
+    return os.pathsep.join(folder for folder in os.environ["PATH"].split(os.pathsep)
+                           if not any(os.path.exists(os.path.join(folder, name))
+                                      for name in ("apptainer", "singularity")))
+
+
+def _run(workdir: Path, config: dict | None, env: dict | None = None, path_prefix: Path | None = None,
+         python: str = sys.executable):
+    """Run ``main`` in ``workdir``; PATH has no container runtime unless ``path_prefix`` adds one
+    (so that LEGSEG_CONTAINER unset runs this checkout's run.py, as on a machine without one)."""
     if config is not None:
         (workdir / "config.json").write_text(json.dumps(config))
     environment = {k: v for k, v in os.environ.items() if k not in ("LEGSEG_CONTAINER", "LEGSEG_MODELS_DIR")}
+    environment["PATH"] = _path_without_container_runtimes()
     environment.update(env or {})
     if path_prefix is not None:
         environment["PATH"] = f"{path_prefix}{os.pathsep}{environment['PATH']}"
-    return subprocess.run([sys.executable, str(MAIN)], cwd=workdir, capture_output=True, text=True,
+    return subprocess.run([python, str(MAIN)], cwd=workdir, capture_output=True, text=True,
                           env=environment, timeout=600)
+
+
+def _fake_runtime(folder: Path, record: Path) -> Path:
+    """An ``apptainer`` that records its arguments (one per line, then ``--``) and succeeds."""
+    folder.mkdir()
+    (folder / "apptainer").write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" '--' >> {record}\n")
+    (folder / "apptainer").chmod(0o755)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +83,7 @@ def test_main_is_an_executable_python_script():
     assert os.access(MAIN, os.X_OK)
     lines = MAIN.read_text().splitlines()
     assert lines[0] == "#!/usr/bin/env python3" and lines[1].startswith("#PBS ")
+    assert len(lines) < 20  # a shim: the App is integrations/brainlife/legseg_brainlife.py
     example = json.loads((REPO_ROOT / "integrations" / "brainlife" / "config.example.json").read_text())
     assert _module().check_keys(example) == "outphase"
 
@@ -152,13 +173,8 @@ def test_options_map_to_the_cli(tmp_path):
 
 
 def test_container_runner_binds_the_inputs(tmp_path, demo_bids):
-    if shutil.which("apptainer") or shutil.which("singularity"):
-        pytest.skip("a real container runtime is on PATH; the fake one would not be used")
-    fake = tmp_path / "bin"
-    fake.mkdir()
     record = tmp_path / "calls.txt"
-    (fake / "apptainer").write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" '--' >> {record}\n")
-    (fake / "apptainer").chmod(0o755)
+    fake = _fake_runtime(tmp_path / "bin", record)
     work = tmp_path / "work"
     work.mkdir()
     result = _run(work, {"bids": str(demo_bids), "device": "gpu"}, env={"LEGSEG_CONTAINER": "/images/legseg.sif"},
@@ -197,13 +213,59 @@ def test_config_errors_are_one_line_with_an_exit_code(tmp_path, config, code, me
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("legseg brainlife: error: ") and message in lines[0], lines
     assert not (tmp_path / "output").exists()
+    product = json.loads((tmp_path / "product.json").read_text())  # brainlife shows this message
+    assert product["brainlife"] == [{"type": "error", "msg": lines[0][len("legseg brainlife: error: "):]}]
 
 
 def test_missing_container_runtime(tmp_path):
-    if shutil.which("apptainer") or shutil.which("singularity"):
-        pytest.skip("a container runtime is installed here")
     result = _run(tmp_path, {"bids": str(tmp_path)}, env={"LEGSEG_CONTAINER": "/images/legseg.sif"})
     assert result.returncode == 69 and "neither apptainer nor singularity" in result.stderr
+
+
+@pytest.mark.parametrize("device, tag", [("cpu", __version__), ("gpu", f"{__version__}-gpu")])
+def test_without_legseg_container_a_runtime_runs_the_released_image(tmp_path, demo_bids, device, tag):
+    record = tmp_path / "calls.txt"
+    fake = _fake_runtime(tmp_path / "bin", record)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _run(work, {"bids": str(demo_bids), "device": device}, path_prefix=fake)
+    assert result.returncode == 0, result.stderr
+    calls = [c.splitlines() for c in record.read_text().split("--\n")[:-1]]
+    assert len(calls) == 2
+    image = f"docker://ghcr.io/legseg/legseg:{tag}"
+    assert all(call[call.index(image) + 1:call.index(image) + 4] == [str(demo_bids), str(work / "output"), level]
+               for call, level in zip(calls, ("participant", "group")))
+    assert ("--nv" in calls[0]) == (device == "gpu")
+
+
+def test_legseg_container_none_runs_this_checkout_even_with_a_runtime(tmp_path, demo_bids):
+    record = tmp_path / "calls.txt"
+    fake = _fake_runtime(tmp_path / "bin", record)
+    result = _run(tmp_path, {"bids": str(demo_bids), "region": "arms"}, env={"LEGSEG_CONTAINER": "none"},
+                  path_prefix=fake)
+    assert not record.exists()
+    assert result.returncode == 64 and "invalid choice: 'arms'" in result.stderr  # legseg's own answer
+
+
+def test_no_runtime_and_no_usable_legseg_fails_with_one_product_line(tmp_path, demo_bids):
+    """LEGSEG_CONTAINER unset, no apptainer/singularity on PATH, and a Python that cannot import
+    legseg's dependencies (a bare virtual environment): one error line on stderr and in
+    product.json, exit code 69, no traceback, nothing else written."""
+    bare = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=300)
+    python = str(bare / "bin" / "python")
+    assert subprocess.run([python, "-c", "import numpy"], capture_output=True).returncode != 0
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _run(work, {"bids": str(demo_bids)}, python=python)
+    assert result.returncode == 69
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("legseg brainlife: error: cannot run legseg here"), lines
+    assert "neither apptainer nor singularity" in lines[0] and "No module named" in lines[0]
+    product = json.loads((work / "product.json").read_text())
+    assert product["brainlife"] == [{"type": "error", "msg": lines[0][len("legseg brainlife: error: "):]}]
+    assert sorted(p.name for p in work.iterdir()) == ["config.json", "product.json"]
 
 
 def test_legseg_failure_is_passed_on_with_an_error_product(tmp_path, demo_bids):

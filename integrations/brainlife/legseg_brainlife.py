@@ -1,27 +1,38 @@
-#!/usr/bin/env python3
-#PBS -l nodes=1:ppn=4,vmem=16gb,walltime=02:00:00
-"""brainlife.io App entry point of legseg (run in the task's working folder).
+"""brainlife.io App of legseg: what the ``main`` shim at the repository root runs.
 
-Reads ``config.json`` from the working folder, runs the legseg BIDS App (participant, then
-group level) and writes, in the working folder:
+Run in the task's working folder. Reads ``config.json`` there, runs the legseg BIDS App
+(participant, then group level) and writes, in the working folder:
 
 * ``output/``       the BIDS-Derivatives dataset (label maps, tables, QC reports, logs);
 * ``parc/``         ``parc.nii.gz`` + ``label.json`` (brainlife ``neuro/parcellation/volume``)
                     when exactly one image was segmented;
-* ``product.json``  messages, a per-muscle volume graph and summary figures for brainlife.
+* ``product.json``  messages, a per-muscle volume graph and summary figures for brainlife;
+                    on failure one error message.
 
 Inputs (exactly one): ``outphase`` (an opposed-phase Dixon NIfTI), ``t1`` (another axial
 Dixon-type NIfTI, e.g. water or in-phase: segmented as given) or ``bids`` (a BIDS dataset
 folder). A single file is first put into a minimal BIDS dataset ``legseg_input/``
 (``sub-<label>[/ses-<label>]/anat/...``, JSON sidecar with EchoTime and
-MagneticFieldStrength when known). See integrations/brainlife/config.example.json and docs/cluster.md.
+MagneticFieldStrength when known). See integrations/brainlife/config.example.json and
+docs/cluster.md.
 
-How legseg is run: ``$LEGSEG_CONTAINER`` (an Apptainer/Singularity image: a .sif file or a
-docker:// reference) with ``apptainer``/``singularity run --cleanenv``; otherwise ``run.py``
-next to this file with this Python. Standard library only, Python >= 3.6.
+How legseg is run (:func:`runner`):
 
-Exit codes: legseg's own; 64 for a config.json problem, 66 for a missing input, 69 when the
-container runtime is missing.
+1. ``$LEGSEG_CONTAINER`` set to an image (a .sif file or a docker:// reference):
+   ``apptainer``/``singularity run --cleanenv`` of that image; ``LEGSEG_CONTAINER=none``
+   skips containers and runs the local package (step 3).
+2. Unset, with ``apptainer`` or ``singularity`` on PATH: the released image
+   ``docker://ghcr.io/legseg/legseg:<version>`` (``-gpu`` for a GPU run), <version> being
+   this checkout's ``version`` file.
+3. Otherwise ``run.py`` of this checkout with this Python, when that Python imports legseg
+   and its dependencies (else an installed ``legseg`` command); when nothing can run legseg,
+   one error line on stderr and in ``product.json``, exit code 69.
+
+Standard library only, Python >= 3.6.
+
+Exit codes: legseg's own; 64 for a config.json problem, 66 for a missing input, 69 when
+nothing can run legseg (a container runtime missing for ``LEGSEG_CONTAINER``, or neither a
+runtime nor a usable legseg package).
 """
 import csv
 import glob
@@ -33,8 +44,14 @@ import shutil
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+#: The repository root: run.py and the version file of this checkout.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROG = "legseg brainlife"
+#: The released images (.github/workflows/release.yml): <version> for CPU, <version>-gpu.
+IMAGE_REPOSITORY = "ghcr.io/legseg/legseg"
+#: LEGSEG_CONTAINER value that runs the local package instead of a container.
+NO_CONTAINER = "none"
+EXIT_UNAVAILABLE = 69
 LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 INPUT_KEYS = ("outphase", "t1", "bids")
 INPUT_DIR = "legseg_input"
@@ -263,22 +280,75 @@ def legseg_options(config, input_key, filter_file):
     return options
 
 
+def _wants_gpu(config):
+    device = str(_given(config, "device") or "auto")
+    return device == "gpu" or (device == "auto" and shutil.which("nvidia-smi") is not None)
+
+
+def default_image(gpu):
+    """The released image of this checkout's version (docker:// reference for apptainer)."""
+    try:
+        with open(os.path.join(ROOT, "version"), encoding="utf-8") as handle:
+            version = handle.read().strip() or "latest"
+    except OSError:
+        version = "latest"
+    return "docker://{}:{}{}".format(IMAGE_REPOSITORY, version, "-gpu" if gpu else "")
+
+
+#: Imports a legseg run needs before it can write its log (TensorFlow comes later, and
+#: legseg reports a missing TensorFlow itself).
+PROBE = "import sys; sys.path.insert(0, sys.argv[1]); import legseg_tf.cli, legseg_tf.pipeline"
+
+
+def local_command():
+    """(words that run the local legseg, None) or (None, why it cannot run): run.py of this
+    checkout with this Python when that Python imports legseg and its dependencies, else an
+    installed ``legseg`` command that answers ``--version``."""
+    run_py = os.path.join(ROOT, "run.py")
+    if os.path.isfile(run_py):
+        words, probe = [sys.executable, run_py], [sys.executable, "-c", PROBE, ROOT]
+    else:
+        installed = shutil.which("legseg")
+        if installed is None:
+            return None, "no run.py next to main and no legseg command on PATH"
+        words, probe = [installed], [installed, "--version"]
+    try:
+        done = subprocess.run(probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as error:
+        return None, str(error)
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        return None, lines[-1] if lines else "exit code {}".format(done.returncode)
+    return words, None
+
+
 def runner(config, binds):
     """The words that start legseg: a container run, or run.py with this Python."""
     image = os.environ.get("LEGSEG_CONTAINER", "").strip()
-    if not image:
-        run_py = os.path.join(HERE, "run.py")
-        return [sys.executable, run_py] if os.path.isfile(run_py) else ["legseg"]
     runtime = shutil.which("apptainer") or shutil.which("singularity")
+    if image.lower() == NO_CONTAINER or (not image and runtime is None):
+        words, why = local_command()
+        if words is not None:
+            return words
+        if image:
+            raise ConfigError("LEGSEG_CONTAINER=none but {} cannot run legseg ({})".format(
+                sys.executable, why), code=EXIT_UNAVAILABLE)
+        raise ConfigError(
+            "cannot run legseg here: neither apptainer nor singularity is on PATH (for the image {}) "
+            "and {} cannot run legseg ({}); install Apptainer, set LEGSEG_CONTAINER to an image, "
+            "or install legseg ('pip install legseg[cpu]')".format(
+                default_image(_wants_gpu(config)), sys.executable, why), code=EXIT_UNAVAILABLE)
     if runtime is None:
-        raise ConfigError("LEGSEG_CONTAINER is set but neither apptainer nor singularity is on PATH", code=69)
+        raise ConfigError("LEGSEG_CONTAINER is set but neither apptainer nor singularity is on PATH",
+                          code=EXIT_UNAVAILABLE)
+    gpu = _wants_gpu(config)
     words = [runtime, "run", "--cleanenv"]
     for path, mode in binds:
         words += ["--bind", "{}:{}:{}".format(path, path, mode)]
-    device = str(_given(config, "device") or "auto")
-    if device == "gpu" or (device == "auto" and shutil.which("nvidia-smi")):
+    if gpu:
         words.append("--nv")
-    return words + [image]
+    return words + [image or default_image(gpu)]
 
 
 def _write_json(path, data, compact=False):
@@ -372,6 +442,10 @@ def main():
         start = runner(config, binds)
     except ConfigError as error:
         print("{}: error: {}".format(PROG, error), file=sys.stderr)
+        try:
+            write_product(workdir, output, [], config, failure=str(error))
+        except OSError:
+            pass  # an unwritable working folder: stderr has the message
         return error.code
     for level in ("participant", "group"):
         command = start + [bids, output, level] + options
