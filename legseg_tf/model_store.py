@@ -149,6 +149,15 @@ def resolve_models_dir(option: str | os.PathLike | None = None) -> Path:
     return bundled_models_dir()
 
 
+def save_weights_atomically(model: keras.Model, path: str | os.PathLike) -> Path:
+    """``model.save_weights(path)`` through a temporary ``.weights.h5`` file beside ``path``
+    and a rename (:func:`legseg_tf.derivatives.atomic_write`), so that a killed run never
+    leaves a half-written weights file."""
+    from legseg_tf.derivatives import atomic_write
+
+    return atomic_write(Path(path), model.save_weights, suffix=".weights.h5")
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Lower-case hex SHA-256 digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()

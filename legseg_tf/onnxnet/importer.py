@@ -18,6 +18,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from legseg_tf.derivatives import atomic_write_text
+from legseg_tf.model_store import save_weights_atomically, sha256_file
 from legseg_tf.onnxnet.graph import OnnxGraph, OnnxImportError, read_onnx
 from legseg_tf.wlnet.expr import WlnetError
 
@@ -158,11 +160,11 @@ def convert_onnx(path: Path, models_dir: Path, *, role: str | None = None,
     set_weights(model, description.weights)
     qmritools = known is not None
     config_name, weights_name = f"{stem}.json", f"{stem}.weights.h5"
-    (models_dir / config_name).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-    model.save_weights(models_dir / weights_name)
+    atomic_write_text(models_dir / config_name, json.dumps(config, indent=1) + "\n")
+    save_weights_atomically(model, models_dir / weights_name)
     provenance = {
         "source": SOURCE_QMRITOOLS if qmritools else SOURCE_OTHER,
-        "file": path.name, "file_sha256": wl.sha256_of(path), "onnx_opset": graph.opset,
+        "file": path.name, "file_sha256": sha256_file(path), "onnx_opset": graph.opset,
         "onnx_ir_version": int(graph.model.ir_version),
         "producer": config["source"]["producer"] or None,
         "converter": f"legseg-import {__version__}",
@@ -175,7 +177,7 @@ def convert_onnx(path: Path, models_dir: Path, *, role: str | None = None,
         provenance["licence"] = wl.LICENCE_NOTICE
         provenance["citation"] = wl.CITATION
     entry = {"id": stem, "role": role, "config": config_name, "weights": weights_name,
-             "sha256": wl.sha256_of(models_dir / weights_name), "label_table": table,
+             "sha256": sha256_file(models_dir / weights_name), "label_table": table,
              "provenance": provenance}
     if role != "other":
         from legseg_tf.model_store import write_entry
@@ -186,8 +188,7 @@ def convert_onnx(path: Path, models_dir: Path, *, role: str | None = None,
             raise OnnxImportError(f"{path}: manifest entry rejected: {exc}") from exc
         where = "manifest.json"
     else:
-        (models_dir / f"{stem}.entry.json").write_text(json.dumps(entry, indent=1) + "\n",
-                                                       encoding="utf-8")
+        atomic_write_text(models_dir / f"{stem}.entry.json", json.dumps(entry, indent=1) + "\n")
         where = f"{stem}.entry.json"
     return summarize(graph, config, role, where)
 

@@ -20,7 +20,9 @@ import numpy as np
 from scipy import ndimage
 
 from legseg_tf.body_position import POSITION_CLASSES, SIDE_CLASSES, slice_image
+from legseg_tf.derivatives import atomic_write_text
 from legseg_tf.masking import apply_mask, body_mask, bounding_box
+from legseg_tf.model_store import save_weights_atomically
 from legseg_tf.split import find_middle
 from legseg_tf.training.augmentation import gamma_contrast, intensity_curve, rician_noise
 
@@ -269,8 +271,8 @@ def train_classifier(config: ClassifierTrainConfig, train_stacks: Sequence[Slice
     model.fit(images[order][..., None], {"side": sides[order], "position": positions[order]},
               batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
               verbose=2 if progress else 0)
-    (run_dir / "classifier.json").write_text(net_config.to_json())
-    model.save_weights(run_dir / "classifier.weights.h5")
+    atomic_write_text(run_dir / "classifier.json", net_config.to_json())
+    save_weights_atomically(model, run_dir / "classifier.weights.h5")
 
     def evaluate(stacks):
         if not stacks:
@@ -292,5 +294,5 @@ def train_classifier(config: ClassifierTrainConfig, train_stacks: Sequence[Slice
               "validation": evaluate(validation_stacks),
               "training": evaluate(train_stacks)}
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     return report

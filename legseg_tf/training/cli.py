@@ -26,7 +26,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 64
+from legseg_tf.errors import ExitCode
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
 AUGMENTATIONS = ("default", "heavy", "none")
 
 logger = logging.getLogger(__name__)
@@ -231,7 +233,9 @@ def _cmd_evaluate(args) -> int:
                          "--labels and --table")
     text = json.dumps(report, indent=1)
     if args.output:
-        args.output.write_text(text)
+        from legseg_tf.derivatives import atomic_write_text
+
+        atomic_write_text(args.output, text)
     summary = report["summary"]
     print(f"mean Dice (labels in the reference): {summary['mean_dice_reference_labels']:.4f}")
     for name, row in summary["per_label"].items():
@@ -240,6 +244,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_install(args) -> int:
+    from legseg_tf.derivatives import atomic_write
     from legseg_tf.model_store import write_entry
     from legseg_tf.training.train import BEST_WEIGHTS, CHECKPOINT_DIR, WEIGHTS_NAME
 
@@ -247,8 +252,9 @@ def _cmd_install(args) -> int:
     weights = (args.run_dir / BEST_WEIGHTS if args.best
                else args.run_dir / CHECKPOINT_DIR / WEIGHTS_NAME)
     args.models.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.run_dir / "network.json", args.models / f"{args.id}.json")
-    shutil.copyfile(weights, args.models / f"{args.id}.weights.h5")
+    for source, name in ((args.run_dir / "network.json", f"{args.id}.json"),
+                         (weights, f"{args.id}.weights.h5")):
+        atomic_write(args.models / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
     manifest = write_entry(args.models, {
         "id": args.id, "role": args.role, "config": f"{args.id}.json",
         "weights": f"{args.id}.weights.h5", "label_table": args.table,

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from legseg_tf.derivatives import atomic_write, atomic_write_text
+from legseg_tf.model_store import save_weights_atomically
 from legseg_tf.networks.config import UNetConfig, total_stride
 from legseg_tf.training.augmentation import AugmentConfig
 from legseg_tf.training.data import IGNORE_LABEL, TrainingCase
@@ -61,10 +62,11 @@ def _default_loss_weights() -> dict[str, float]:
     return dict(LOSS_WEIGHTS)
 
 
-def save_weights_atomically(model, path: Path) -> Path:
-    """``model.save_weights(path)`` through a temporary file and a rename, so that a killed
-    run never leaves half-written weights (Keras wants the ``.weights.h5`` ending)."""
-    return atomic_write(path, model.save_weights, suffix=".weights.h5")
+def _savez(path: Path, saver: Callable, **arrays: np.ndarray) -> None:
+    """``saver`` (``np.savez`` or ``np.savez_compressed``) into ``path`` through a handle:
+    given a name, numpy would append ".npz" to it (the temporary file of an atomic write)."""
+    with open(path, "wb") as handle:
+        saver(handle, **arrays)
 
 
 @dataclass(frozen=True)
@@ -232,12 +234,7 @@ class _Trainer:
         save_weights_atomically(self.model, directory / WEIGHTS_NAME)
         arrays = {f"v{i:04d}": np.asarray(v.numpy())
                   for i, v in enumerate(self.optimizer.variables)}
-
-        def write_arrays(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a name
-                np.savez(handle, **arrays)
-
-        atomic_write(directory / "optimizer.npz", write_arrays)
+        atomic_write(directory / "optimizer.npz", lambda tmp: _savez(tmp, np.savez, **arrays))
         atomic_write_text(directory / "state.json", json.dumps(asdict(state), indent=2))
 
     def load(self, directory: Path) -> TrainState:
@@ -354,8 +351,8 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
     if initial_weights is not None and not resume and not Path(initial_weights).is_file():
         raise FileNotFoundError(f"initial weights {initial_weights} not found")
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config.to_dict(), indent=2))
-    (run_dir / "network.json").write_text(config.network.to_json())
+    atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2))
+    atomic_write_text(run_dir / "network.json", config.network.to_json())
 
     validation_file = run_dir / "validation.npz"
     if validation_file.is_file():
@@ -365,12 +362,13 @@ def train(config: TrainConfig, cases: Sequence[TrainingCase],
         val_images, val_labels = fixed_patches(validation_cases, config.patch,
                                                config.validation_patches, config.seed + 1,
                                                normalise)
-        np.savez_compressed(validation_file, images=val_images, labels=val_labels)
+        atomic_write(validation_file, lambda tmp: _savez(tmp, np.savez_compressed,
+                                                         images=val_images, labels=val_labels))
 
     trainer = _Trainer(config)
     if initial_weights is not None and not resume:
         trainer.model.load_weights(str(initial_weights))
-        (run_dir / "initial_weights.txt").write_text(f"{initial_weights}\n")
+        atomic_write_text(run_dir / "initial_weights.txt", f"{initial_weights}\n")
         logger.info("starting from the weights in %s", initial_weights)
     state = trainer.load(checkpoint) if resume else TrainState()
     total = config.total_steps

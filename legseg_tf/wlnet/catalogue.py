@@ -47,13 +47,6 @@ SEGMENTATION_ROLES = ("upper_leg", "lower_leg", "hip")
 ROLE_TABLES = {k.role: k.label_table for k in KNOWN_NETS.values()}
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file (the model store's one implementation)."""
-    from legseg_tf.model_store import sha256_file
-
-    return sha256_file(path)
-
-
 def check_classes(path: Path, config: dict, table: str) -> None:
     """A segmentation net must predict background + every class of its label table."""
     from legseg_tf.labels import TRAIN_TABLES

@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legseg_tf import __version__
+from legseg_tf.errors import ExitCode
+from legseg_tf.model_store import resolve_models_dir, sha256_file
 from legseg_tf.wlnet.catalogue import (  # noqa: F401 - re-exported for callers of the CLI
     CITATION, KNOWN_NETS, LEGACY_NETS, LICENCE_NOTICE, ROLE_TABLES, SEGMENTATION_ROLES,
-    KnownNet, check_classes, sha256_of,
+    KnownNet, check_classes,
 )
 from legseg_tf.wlnet.expr import WlnetError
 from legseg_tf.wlnet.reader import (
@@ -46,7 +48,8 @@ from legseg_tf.wlnet.reader import (
 
 LOGGER = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_CANTCREATE = 0, 64, 65, 66, 73
+EXIT_OK, EXIT_USAGE, EXIT_DATA = ExitCode.OK, ExitCode.USAGE, ExitCode.DATA
+EXIT_NOINPUT, EXIT_CANTCREATE = ExitCode.NO_BIDS_DIR, ExitCode.OUTPUT_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"legseg-import: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.out is None:
-        args.out = default_models_dir()
+    args.out = resolve_models_dir(args.out)
     for path in args.paths:
         if not path.exists():
             print(f"legseg-import: {path}: no such file or directory", file=sys.stderr)
@@ -156,13 +158,6 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(summary)
     return EXIT_DATA if failures else EXIT_OK
-
-
-def default_models_dir() -> Path:
-    """``$LEGSEG_MODELS_DIR``, else ``<source tree>/models`` (the app's own rule)."""
-    from legseg_tf.model_store import resolve_models_dir
-
-    return resolve_models_dir(None)
 
 
 def main_entry() -> None:
@@ -317,6 +312,8 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None,
         WlnetError: the file cannot be read or translated.
         OSError: the outputs cannot be written.
     """
+    from legseg_tf.derivatives import atomic_write_text
+    from legseg_tf.model_store import save_weights_atomically
     from legseg_tf.wlnet.translator import translate  # imports Keras/TensorFlow
 
     wl = read_wlnet(path)
@@ -330,23 +327,23 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None,
     if role in SEGMENTATION_ROLES:
         check_classes(path, config, known.label_table)
     config_name, weights_name = f"{stem}.json", f"{stem}.weights.h5"
-    (models_dir / config_name).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-    model.save_weights(models_dir / weights_name)
+    atomic_write_text(models_dir / config_name, json.dumps(config, indent=1) + "\n")
+    save_weights_atomically(model, models_dir / weights_name)
     provenance = {
         "source": "qmritools-wlnet" if qmritools else "wlnet",
-        "file": path.name, "file_sha256": sha256_of(path), "wolfram_version": wl.version,
+        "file": path.name, "file_sha256": sha256_file(path), "wolfram_version": wl.version,
         "converter": f"legseg-import {__version__}",
     }
     if container is not None:
         provenance["paclet"] = container.name
-        provenance["paclet_sha256"] = sha256_of(container)
+        provenance["paclet_sha256"] = sha256_file(container)
     if qmritools:
         provenance["licence"] = LICENCE_NOTICE
         provenance["citation"] = CITATION
     if stem in LEGACY_NETS:
         provenance["legacy_role"] = LEGACY_NETS[stem]
     entry = {"id": stem, "role": role, "config": config_name, "weights": weights_name,
-             "sha256": sha256_of(models_dir / weights_name),
+             "sha256": sha256_file(models_dir / weights_name),
              "label_table": known.label_table if known else None, "provenance": provenance}
     if known:
         from legseg_tf.model_store import write_entry
@@ -357,8 +354,7 @@ def convert_file(path: Path, models_dir: Path, *, container: Path | None = None,
             raise WlnetError(f"{path}: manifest entry rejected: {exc}") from exc
         where = "manifest.json"
     else:
-        (models_dir / f"{stem}.entry.json").write_text(json.dumps(entry, indent=1) + "\n",
-                                                       encoding="utf-8")
+        atomic_write_text(models_dir / f"{stem}.entry.json", json.dumps(entry, indent=1) + "\n")
         where = f"{stem}.entry.json"
         if stem in LEGACY_NETS:
             LOGGER.warning("%s is a legacy QMRITools net (%s); its label file is not a legseg "
