@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from legseg_tf import demo
+from legseg_tf import __version__, demo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "integrations" / "slurm" / "legseg_slurm.sh"
@@ -114,7 +114,7 @@ def test_work_folder_defaults_to_the_node_tmpdir(demo_bids, tmp_path):
     body = _run("task", "--bids", demo_bids, "--out", tmp_path, "--sif", "/images/legseg.sif", "--label", "02",
                 "--dry-run", env={"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "7", "TMPDIR": "/local/job7"})
     assert body.returncode == 0, body.stderr
-    assert f"/local/job7/legseg-7-0:/work" in _commands(body.stdout)[0]
+    assert "/local/job7/legseg-7-0:/work" in _commands(body.stdout)[0]
 
 
 def test_sub_folders_without_participants_tsv_one_task_covers_all_sessions(tmp_path):
@@ -259,3 +259,57 @@ exit 1
     assert (tmp_path / "record.work").read_text().strip() == str(scratch / "legseg-99-1")
     assert not (scratch / "legseg-99-1").exists(), "the scratch folder is removed afterwards"
     assert "sub-02 finished with exit code 1" in result.stderr
+
+
+def _container_many(bids, out, work, labels, cpus="4", mem_gb="8", image="/images/legseg.sif"):
+    """The container command of a task that processes several participants at once."""
+    return ["apptainer", "run", "--cleanenv", "--bind", f"{bids}:/bids:ro", "--bind", f"{out}:/out",
+            "--bind", f"{work}:/work", image, "/bids", "/out", "participant", "--participant-label", *labels,
+            "--nprocs", cpus, "--mem-gb", mem_gb, "-w", "/work"]
+
+
+@pytest.mark.parametrize("count, per_task", [(5, 2), (4, 2), (3, 5), (1, 1), (7, 3)])
+def test_per_task_packs_participants_into_one_process_per_array_task(tmp_path, count, per_task):
+    labels = [f"{i:02d}" for i in range(1, count + 1)]
+    bids = _folders(tmp_path / "bids", [f"sub-{label}/anat" for label in labels])
+    out = tmp_path / "out"
+    result = _run("submit", bids, out, "--sif", "/images/legseg.sif", "--work-root", "/w",
+                  "--per-task", per_task, "--dry-run", "--no-group")
+    assert result.returncode == 0, result.stderr
+    array, *tasks = _commands(result.stdout)
+    n_tasks = -(-count // per_task)
+    assert array[array.index("--array") + 1] == f"0-{n_tasks - 1}"
+    expected = [labels[i * per_task:(i + 1) * per_task] for i in range(n_tasks)]
+    assert tasks == [_container_many(bids, out, f"/w/legseg-ARRAY_JOB_ID-{i}", chunk)
+                     for i, chunk in enumerate(expected)]
+    assert sorted(label for chunk in expected for label in chunk) == labels  # each exactly once
+    # the task body, run as sbatch would with each array index, selects the same participants
+    task_args = array[array.index("task"):]
+    for index, chunk in enumerate(expected):
+        body = _run(*task_args[:1], "--dry-run", *task_args[1:],
+                    env={"SLURM_ARRAY_TASK_ID": str(index), "SLURM_ARRAY_JOB_ID": "5"})
+        assert body.returncode == 0, body.stderr
+        assert _commands(body.stdout) == [_container_many(bids, out, f"/w/legseg-5-{index}", chunk)]
+    body = _run(*task_args[:1], "--dry-run", *task_args[1:], env={"SLURM_ARRAY_TASK_ID": str(n_tasks)})
+    assert body.returncode == 64 and f"out of range: {count} participant(s), {per_task} per task" in body.stderr
+
+
+def test_per_task_must_be_a_positive_integer(demo_bids, tmp_path):
+    for value in ("0", "two", "-1"):
+        result = _run("submit", demo_bids, tmp_path / "out", "--sif", "/images/legseg.sif", "--per-task", value,
+                      "--dry-run")
+        assert result.returncode == 64 and "--per-task must be a positive integer" in result.stderr
+
+
+@pytest.mark.parametrize("env, options, image", [
+    ({}, [], f"docker://ghcr.io/legseg/legseg:{__version__}"),
+    ({}, ["--nv"], f"docker://ghcr.io/legseg/legseg:{__version__}-gpu"),
+    ({"LEGSEG_CONTAINER": "docker://example.org/lab/legseg:dev"}, [], "docker://example.org/lab/legseg:dev"),
+], ids=["released-cpu", "released-gpu", "LEGSEG_CONTAINER"])
+def test_image_defaults_to_the_released_one(demo_bids, tmp_path, env, options, image):
+    result = _run("submit", demo_bids, tmp_path / "out", *options, "--dry-run", "--no-group", env=env)
+    assert result.returncode == 0, result.stderr
+    array, *tasks = _commands(result.stdout)
+    assert array[array.index("--sif") + 1] == image
+    assert all(image in task for task in tasks) and len(tasks) == 3
+    assert f"pull it once instead: apptainer pull legseg.sif {image}" in result.stderr

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Run legseg on a SLURM cluster with Apptainer/Singularity: one array task per participant,
-# then the group level as a dependent job. See docs/cluster.md.
+# Run legseg on a SLURM cluster with Apptainer/Singularity: one array task per participant
+# (or per --per-task participants), then the group level as a dependent job. See docs/cluster.md.
 #
-#   integrations/slurm/legseg_slurm.sh submit BIDS_DIR OUTPUT_DIR --sif IMAGE [options] [-- LEGSEG_OPTIONS...]
+#   integrations/slurm/legseg_slurm.sh submit BIDS_DIR OUTPUT_DIR [--sif IMAGE] [options] [-- LEGSEG_OPTIONS...]
 #
 # submit options:
-#   --sif IMAGE              Apptainer/Singularity image of legseg (a .sif file; required)
+#   --sif IMAGE              Apptainer/Singularity image of legseg: a .sif file (best: pull it
+#                            once) or a docker:// reference. Default: $LEGSEG_CONTAINER, else
+#                            the released image docker://ghcr.io/legseg/legseg:<version>
+#                            (<version>-gpu with --nv), <version> from this checkout
 #   --nv                     give the container the host's NVIDIA GPUs (apptainer --nv);
 #                            also request a GPU, e.g. --gres gpu:1, and pass -- --device gpu
 #   --participant-label L..  participants to process, with or without sub- (default: every
@@ -13,6 +16,10 @@
 #                            sub-* folder)
 #   --session-label L..      sessions to process, passed to every task (default: a task
 #                            processes all sessions of its participant)
+#   --per-task N             participants per array task (default 1): one legseg process
+#                            with N --participant-label values, so its start-up (TensorFlow,
+#                            networks, BIDS index) is paid once per N; the array has
+#                            ceil(participants / N) tasks. Scale --time with N.
 #   --cpus N                 CPUs per task; legseg gets --nprocs N (default 4)
 #   --mem SIZE               memory per task, SLURM syntax (default 16G); legseg gets
 #                            --mem-gb of half of it unless --mem-gb is given
@@ -35,8 +42,8 @@
 #
 # The array task and group bodies (run by sbatch; also usable by hand with --dry-run):
 #   integrations/slurm/legseg_slurm.sh task  --bids B --out O --sif S --cpus N --mem-gb G [--nv] ...
-#                                 --label L1 --label L2 ... [-- LEGSEG_OPTIONS...]
-#   (the participant is --label number $SLURM_ARRAY_TASK_ID, counting from 0)
+#                                 [--per-task K] --label L1 --label L2 ... [-- LEGSEG_OPTIONS...]
+#   (task i processes the labels number i*K .. i*K+K-1, counting from 0; K defaults to 1)
 #   integrations/slurm/legseg_slurm.sh group --bids B --out O --sif S [--nv] ... [-- LEGSEG_OPTIONS...]
 #
 # Exit codes: 64 usage error, 66 BIDS_DIR missing, 69 sbatch or the container runtime missing;
@@ -45,6 +52,8 @@ set -euo pipefail
 
 readonly PROG=legseg_slurm.sh
 readonly LABEL_RE='^[A-Za-z0-9]+$'
+#: The released images (.github/workflows/release.yml): <version> for CPU, <version>-gpu.
+readonly IMAGE_REPOSITORY=ghcr.io/legseg/legseg
 
 die() {  # die CODE MESSAGE
   echo "$PROG: error: $2" >&2
@@ -162,8 +171,15 @@ participants_from_dataset() {  # BIDS_DIR -> one label a line
 # ---------------------------------------------------------------------------------------------
 # Container commands (shared by task and group)
 
+default_image() {  # default_image NV -> the released image of this checkout's version
+  local version_file version
+  version_file="$(cd "$(dirname "$0")" && pwd)/../../version"
+  version=$(tr -d '[:space:]' <"$version_file" 2>/dev/null || true)
+  printf 'docker://%s:%s%s\n' "$IMAGE_REPOSITORY" "${version:-latest}" "$([ "$1" = 0 ] || echo -gpu)"
+}
+
 # globals set by parse_body_options
-bids="" out="" sif="" cpus="" mem_gb="" work_root="" runtime="" nv=0 dry_run=0
+bids="" out="" sif="" cpus="" mem_gb="" work_root="" runtime="" nv=0 dry_run=0 per_task=1
 declare -a binds=() labels=() sessions=() legseg_options=()
 
 parse_body_options() {
@@ -178,6 +194,7 @@ parse_body_options() {
       --runtime) runtime=$2; shift 2 ;;
       --bind) binds+=("$2"); shift 2 ;;
       --label) labels+=("$2"); shift 2 ;;
+      --per-task) per_task=$2; shift 2 ;;
       --session-label) sessions+=("$2"); shift 2 ;;
       --nv) nv=1; shift ;;
       --dry-run) dry_run=1; shift ;;
@@ -186,6 +203,7 @@ parse_body_options() {
     esac
   done
   [ -n "$bids" ] && [ -n "$out" ] && [ -n "$sif" ] || die 64 "--bids, --out and --sif are required"
+  [[ $per_task =~ ^[1-9][0-9]*$ ]] || die 64 "--per-task must be a positive integer, got '$per_task'"
 }
 
 container_runtime() {
@@ -228,13 +246,18 @@ task_main() {
   [ ${#labels[@]} -gt 0 ] || die 64 "task needs at least one --label"
   local index=${SLURM_ARRAY_TASK_ID:-}
   [[ $index =~ ^[0-9]+$ ]] || die 64 "SLURM_ARRAY_TASK_ID is '${index}'; the task body runs as a SLURM array task"
-  [ "$index" -lt ${#labels[@]} ] || die 64 "SLURM_ARRAY_TASK_ID $index is out of range: ${#labels[@]} participant(s)"
-  local label=${labels[$index]}
-  check_label participant sub- "$label" "" >/dev/null
+  local first=$((index * per_task))
+  [ "$first" -lt ${#labels[@]} ] ||
+    die 64 "SLURM_ARRAY_TASK_ID $index is out of range: ${#labels[@]} participant(s), $per_task per task"
+  local -a mine=("${labels[@]:$first:$per_task}")
+  local label
+  for label in "${mine[@]}"; do
+    check_label participant sub- "$label" "" >/dev/null
+  done
   local job=${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-$$}}
   local work="${work_root:-${TMPDIR:-/tmp}}/legseg-$job-$index"
   container_prefix "$work"
-  local -a command=("${prefix[@]}" /bids /out participant --participant-label "$label")
+  local -a command=("${prefix[@]}" /bids /out participant --participant-label "${mine[@]}")
   [ ${#sessions[@]} -eq 0 ] || command+=(--session-label "${sessions[@]}")
   [ -z "$cpus" ] || command+=(--nprocs "$cpus")
   [ -z "$mem_gb" ] || command+=(--mem-gb "$mem_gb")
@@ -243,13 +266,13 @@ task_main() {
     quote "${command[@]}"
     return 0
   fi
-  echo "$PROG: array task $index: sub-$label on $(hostname), work folder $work" >&2
+  echo "$PROG: array task $index: ${mine[*]/#/sub-} on $(hostname), work folder $work" >&2
   mkdir -p "$work"
   # shellcheck disable=SC2064  # expand now: the path is fixed
   trap "rm -rf '$work'" EXIT
   local code=0
   run_or_print "${command[@]}" || code=$?
-  echo "$PROG: sub-$label finished with exit code $code" >&2
+  echo "$PROG: ${mine[*]/#/sub-} finished with exit code $code" >&2
   exit "$code"
 }
 
@@ -265,7 +288,7 @@ group_main() {
 submit_main() {
   local bids_arg="" out_arg="" sif_arg="" cpus_opt=4 mem=16G mem_gb_opt="" time=02:00:00
   local partition="" account="" qos="" gres="" max_parallel="" work_root_opt="" log_dir=""
-  local runtime_opt="" group_after=ok group_time=00:30:00 group_mem=4G no_group=0 nv_opt=0
+  local runtime_opt="" group_after=ok group_time=00:30:00 group_mem=4G no_group=0 nv_opt=0 per_task_opt=1
   local -a positional=() labels_opt=() sessions_opt=() binds_opt=() extra=()
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -281,6 +304,7 @@ submit_main() {
         [ $# -gt 0 ] && [[ $1 != -* ]] || die 64 "--session-label needs at least one label"
         while [ $# -gt 0 ] && [[ $1 != -* ]]; do sessions_opt+=("$1"); shift; done ;;
       --cpus) cpus_opt=${2:?--cpus needs a value}; shift 2 ;;
+      --per-task) per_task_opt=${2:?--per-task needs a value}; shift 2 ;;
       --mem) mem=${2:?--mem needs a value}; shift 2 ;;
       --mem-gb) mem_gb_opt=${2:?--mem-gb needs a value}; shift 2 ;;
       --time) time=${2:?--time needs a value}; shift 2 ;;
@@ -304,8 +328,9 @@ submit_main() {
     esac
   done
   [ ${#positional[@]} -eq 2 ] || die 64 "submit needs BIDS_DIR and OUTPUT_DIR (got ${#positional[@]} positional argument(s))"
-  [ -n "$sif_arg" ] || die 64 "--sif IMAGE is required"
+  [ -n "$sif_arg" ] || sif_arg=${LEGSEG_CONTAINER:-$(default_image "$nv_opt")}
   [[ $cpus_opt =~ ^[1-9][0-9]*$ ]] || die 64 "--cpus must be a positive integer, got '$cpus_opt'"
+  [[ $per_task_opt =~ ^[1-9][0-9]*$ ]] || die 64 "--per-task must be a positive integer, got '$per_task_opt'"
   [ -z "$max_parallel" ] || [[ $max_parallel =~ ^[1-9][0-9]*$ ]] || die 64 "--max-parallel must be a positive integer"
   case "$group_after" in ok | any) ;; *) die 64 "--group-after must be ok or any, got '$group_after'" ;; esac
   check_legseg_options "${extra[@]}"
@@ -374,9 +399,11 @@ submit_main() {
   [ -z "$account" ] || sbatch_common+=(--account "$account")
   [ -z "$qos" ] || sbatch_common+=(--qos "$qos")
 
-  local array="0-$((n - 1))"
+  local tasks=$(((n + per_task_opt - 1) / per_task_opt))
+  local array="0-$((tasks - 1))"
   [ -z "$max_parallel" ] || array+="%$max_parallel"
   local -a task_args=("${common[@]}" --cpus "$cpus_opt" --mem-gb "$mem_gb_opt")
+  [ "$per_task_opt" = 1 ] || task_args+=(--per-task "$per_task_opt")
   [ -z "$work_root_opt" ] || task_args+=(--work-root "$work_root_opt")
   for value in "${session_labels[@]}"; do task_args+=(--session-label "$value"); done
   for label in "${participants[@]}"; do task_args+=(--label "$label"); done
@@ -394,8 +421,14 @@ submit_main() {
   local -a group=()
 
   echo "$PROG: $n participant(s) from $source: ${participants[*]}" >&2
+  [ "$per_task_opt" = 1 ] || echo "$PROG: $tasks array task(s) of up to $per_task_opt participant(s)" >&2
+  case "$sif_arg" in
+    *://*) [ "$tasks" -le 1 ] ||
+      warn "every array task fetches and converts $sif_arg; pull it once instead:" \
+        "apptainer pull legseg.sif $sif_arg, then --sif legseg.sif" ;;
+  esac
   if [ "$dry_run" = 1 ]; then
-    echo "# participant level: one array task per participant"
+    echo "# participant level: one array task per $([ "$per_task_opt" = 1 ] && echo participant || echo "$per_task_opt participants")"
     quote "${array_command[@]}"
     if [ "$no_group" = 0 ]; then
       echo "# group level, after the array job (ARRAY_JOB_ID = the job ID printed by the first sbatch)"
@@ -403,8 +436,9 @@ submit_main() {
       quote "${group[@]}"
     fi
     local index
-    for index in "${!participants[@]}"; do
-      echo "# array task $index: sub-${participants[$index]}"
+    for ((index = 0; index < tasks; index++)); do
+      local -a chunk=("${participants[@]:$((index * per_task_opt)):$per_task_opt}")
+      echo "# array task $index: ${chunk[*]/#/sub-}"
       SLURM_ARRAY_TASK_ID=$index SLURM_ARRAY_JOB_ID=ARRAY_JOB_ID "$self" task "${task_args[@]}" --dry-run -- "${extra[@]}"
     done
     if [ "$no_group" = 0 ]; then
