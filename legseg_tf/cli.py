@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--mem-mb", "--mem_mb", dest="mem_mb", type=_memory_text, metavar="MEMORY_MB",
                         help="the same budget in MB (a unit as for --mem is accepted)")
     resources.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
-                           help="scratch folder for temporary files (default: the system temp folder)")
+                           help="folder for caches: the BIDS validator's (Deno) and, when HOME "
+                                "cannot be written, Keras's and Matplotlib's (default: "
+                                "$TMPDIR/legseg-cache-UID); temporary files go to TMPDIR")
     resources.add_argument("--overwrite", action="store_true",
                            help="replace existing outputs instead of skipping them")
     resources.add_argument("--notrack", dest="notrack", action="store_true",
