@@ -375,6 +375,49 @@ def sidecar_path(nifti_path: Path) -> Path:
     return nifti_path.with_name(stem + ".json")
 
 
+#: Ending of every label map name: ``<source entities>`` + this.
+DSEG_ENDING = f"_desc-{DSEG_DESC}_dseg.nii.gz"
+#: Label maps of OUTPUT_DIR, relative to it (without and with a session folder).
+DSEG_GLOBS = (f"sub-*/*/*{DSEG_ENDING}", f"sub-*/ses-*/*/*{DSEG_ENDING}")
+#: Group-level outputs in OUTPUT_DIR.
+GROUP_LONG_TSV = "group_muscles.tsv"
+GROUP_WIDE_TSV = "group_muscles_wide.tsv"
+GROUP_ASYMMETRY_TSV = "group_asymmetry.tsv"
+GROUP_QC_FLAGS_TSV = "group_qc_flags.tsv"
+GROUP_HTML = "group.html"
+
+
+def label_maps(output_dir: Path, subject: str | None = None) -> list[Path]:
+    """Label maps in OUTPUT_DIR (of one participant, label without ``sub-``), sorted."""
+    if subject is not None:
+        return sorted((Path(output_dir) / f"sub-{subject}").glob(f"**/*{DSEG_ENDING}"))
+    found: set[Path] = set()
+    for pattern in DSEG_GLOBS:
+        found.update(Path(output_dir).glob(pattern))
+    return sorted(found)
+
+
+def dseg_source_stem(dseg: Path) -> str:
+    """``<source entities>`` of a label map name (the source image's name without suffix)."""
+    name = Path(dseg).name
+    if not name.endswith(DSEG_ENDING):
+        raise ValueError(f"not a label map name ending in {DSEG_ENDING}: {name}")
+    return name[: -len(DSEG_ENDING)]
+
+
+def morph_path(dseg: Path) -> Path:
+    """``..._desc-<desc>_morph.tsv``: the morphometry table next to a ``..._dseg.nii.gz``."""
+    name = Path(dseg).name
+    if not name.endswith("_dseg.nii.gz"):
+        raise ValueError(f"not a label map name ending in _dseg.nii.gz: {name}")
+    return Path(dseg).with_name(name[: -len("_dseg.nii.gz")] + "_morph.tsv")
+
+
+def report_path(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html``: a participant's QC report."""
+    return Path(output_dir) / f"sub-{subject}.html"
+
+
 def bids_uri(relpath: str) -> str:
     """BIDS URI of a file of the source dataset: ``bids:raw:<relpath>``."""
     return f"bids:{RAW_DATASET}:{relpath}"
