@@ -147,7 +147,6 @@ def placeholder(monkeypatch):
 def real_pseudolabels(tmp_path_factory) -> Path:
     """Pseudo-labels of every real stack (``tools/make_pseudolabels.py``, one thread, so
     bit-reproducible; about 6 min on 2 cores), made once per test session."""
-    pytest.importorskip("SimpleITK", reason="tools extra (SimpleITK) for the pseudo-labels")
     shared_file("data", "qmritools", "DemoData", "twoLegs.nii.gz")
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     import make_pseudolabels

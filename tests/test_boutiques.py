@@ -40,7 +40,8 @@ def _actions() -> dict[str, argparse.Action]:
 
 
 def _bosh():
-    boutiques = pytest.importorskip("boutiques", reason="boutiques not installed (pip install -e '.[test]')")
+    import boutiques
+
     return boutiques.bosh
 
 

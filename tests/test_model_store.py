@@ -12,6 +12,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf  # noqa: E402
 from legseg_tf import model_store  # noqa: E402
 from legseg_tf.labels import TRAIN_TABLES  # noqa: E402
 from legseg_tf.model_store import (  # noqa: E402
@@ -24,7 +25,6 @@ from legseg_tf.model_store import (  # noqa: E402
 )
 from legseg_tf.networks.config import ClassifierConfig, UNetConfig  # noqa: E402
 
-tf = pytest.importorskip("tensorflow")
 try:  # keep TensorFlow modest on shared CPUs; fails harmlessly once TF is initialised
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -12,6 +12,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from legseg_tf.networks import naming  # noqa: E402
 from legseg_tf.networks.config import (  # noqa: E402
     ClassifierConfig,
@@ -21,8 +23,6 @@ from legseg_tf.networks.config import (  # noqa: E402
     total_stride,
 )
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
 try:  # keep TensorFlow modest on shared CPUs; fails harmlessly once TF is initialised
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -7,12 +7,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from legseg_tf.wlnet import cli  # noqa: E402
-from tests import onnx_builder as B  # noqa: E402
-from tests.conftest import REPO_ROOT, shared_file, thigh_bids  # noqa: E402
+from legseg_tf.wlnet import cli
+from tests import onnx_builder as B
+from tests.conftest import REPO_ROOT, shared_file, thigh_bids
 
 SIDES = ["Left", "Right", "Both"]
 POSITIONS = ["Lower", "Knee", "Upper", "Hip", "Torso", "Shoulder", "Neck", "Head"]

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import helper
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from onnx import helper  # noqa: E402
-
-from legseg_tf.onnxnet.graph import OnnxImportError  # noqa: E402
-from tests import onnx_builder as B  # noqa: E402
+from legseg_tf.onnxnet.graph import OnnxImportError
+from tests import onnx_builder as B
 
 RNG = np.random.default_rng(7)
 TOL = 1e-4

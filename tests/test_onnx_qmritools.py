@@ -7,11 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from tests import onnx_builder as B  # noqa: E402
-from tests.conftest import shared_file  # noqa: E402
+from tests import onnx_builder as B
+from tests.conftest import shared_file
 
 TOL = 1e-4
 

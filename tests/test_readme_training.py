@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("tensorflow")
-
-from legseg_tf import demo, model_store  # noqa: E402
-from legseg_tf.training import cli as train_cli  # noqa: E402
+from legseg_tf import demo, model_store
+from legseg_tf.training import cli as train_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

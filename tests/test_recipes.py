@@ -32,8 +32,9 @@ DOWNLOADERS = re.compile(r"\b(curl|wget|urlopen|urllib|requests\.get|git clone|p
 
 @pytest.fixture(scope="module")
 def dockerfile():
-    parse = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse not installed (test extra)")
-    return parse.DockerfileParser(str(DOCKERFILE))
+    import dockerfile_parse
+
+    return dockerfile_parse.DockerfileParser(str(DOCKERFILE))
 
 
 def _instructions(parser, name: str) -> list[str]:

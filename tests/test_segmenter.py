@@ -6,11 +6,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from nibabel import orientations
 
 from legseg_tf import nifti_io
 from legseg_tf.config import InferenceConfig
-from legseg_tf.labels import BY_INDEX, train_label_map
+from legseg_tf.labels import BY_INDEX, TRAIN_TABLES, train_label_map
 from legseg_tf.segmenter import (
     NoModelError,
     QMRIToolsSegmenter,
@@ -20,6 +19,7 @@ from legseg_tf.segmenter import (
     sideless_classes,
 )
 from legseg_tf.side import SideUndeterminedError, midline_column
+from tests.helpers import install_tiny_models, save_as
 
 VASTUS_LATERALIS = 12  # class of N5_UpperLeg
 SOLEUS = 3             # class of N6_LowerLeg
@@ -61,16 +61,6 @@ def world_phantom(right_radius=9, left_radius=6, right=True, left=True, shape=(6
     affine = np.diag([2.0, 2.0, 5.0, 1.0])
     affine[:3, 3] = (-63.0, -39.0, -70.0)
     return volume, affine
-
-
-def save_as(volume_ras, affine_ras, axcodes, path):
-    """Store a RAS volume in another axis orientation with the matching affine."""
-    transform = orientations.ornt_transform(
-        orientations.axcodes2ornt(("R", "A", "S")), orientations.axcodes2ornt(axcodes))
-    data = orientations.apply_orientation(volume_ras, transform)
-    affine = affine_ras @ orientations.inv_ornt_aff(transform, volume_ras.shape)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return path
 
 
 def world_x(geometry, shape_ras):
@@ -321,66 +311,54 @@ def test_a_muscle_straddling_the_cut_is_clipped_to_its_own_side():
     assert not (labels[:, :, cut:] == VL_R).any()
 
 
-def install_tiny_models(models_dir, seed=0):
-    """Untrained tiny networks for every role (seeded weights), installed through the model store."""
-    import keras
-
-    from legseg_tf.labels import TRAIN_TABLES
-    from legseg_tf.model_store import write_entry
-    from legseg_tf.networks import build_classifier, build_unet
-    from legseg_tf.networks.config import ClassifierConfig as NetClassifierConfig
-    from legseg_tf.networks.config import UNetConfig
-
-    models_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    specs = [("lower_leg", "N6_LowerLeg"), ("upper_leg", "N5_UpperLeg"), ("classifier", None)]
-    for role, table in specs:
-        if table:
-            config = UNetConfig(n_classes=len(TRAIN_TABLES[table]) + 1, features=(4, 8),
-                                downsample=((2, 2, 2), (1, 1, 1)), dropout_rate=0.0)
-            model = build_unet(config)
-        else:
-            config = NetClassifierConfig(image_size=(64, 64), head="linear")
-            model = build_classifier(config)
-        (models_dir / f"{role}.json").write_text(config.to_json(), encoding="utf-8")
-        model.save_weights(models_dir / f"{role}.weights.h5")
-        write_entry(models_dir, {
-            "id": f"tiny-{role}", "role": role, "config": f"{role}.json",
-            "weights": f"{role}.weights.h5", "sha256": None, "label_table": table,
-            "provenance": {"source": "legseg-train"},
-        })
-
-
 def test_load_segmenter_runs_installed_models_end_to_end(tmp_path):
-    install_tiny_models(tmp_path / "models")
+    """Installed Keras networks whose last layers always give one class (not what random
+    weights happen to predict): every slice "Knee" and "Both", every voxel vastus lateralis
+    (upper leg) or soleus (lower leg). Knee slices go to both networks; the lower leg wins."""
+    install_tiny_models(tmp_path / "models", always={
+        "upper_leg": VASTUS_LATERALIS, "lower_leg": SOLEUS, "side": "Both", "position": "Knee"})
     volume, _ = world_phantom(shape=(64, 32, 16))
     qmri = nifti_io.ras_to_qmri(volume)
-    # "legs": the untrained classifier decides which slices go where; the run must complete
+    tissue = qmri > 50
+    sol_r = int(train_label_map("N6_LowerLeg", "R")[SOLEUS])
+    sol_l = int(train_label_map("N6_LowerLeg", "L")[SOLEUS])
     legs = load_segmenter(InferenceConfig(region="legs", device="cpu", save_probabilities=True),
                           tmp_path / "models")
     result = legs.segment(qmri, (5.0, 2.0, 2.0))
-    assert result.labels.shape == qmri.shape and result.report.positions["slices"]
+    report = result.report
+    assert set(report.positions["raw_positions"]) == {"Knee"}
+    assert report.side.decision == "Both" and report.side.classifier == "Both"
+    assert [m["id"] for m in result.models] == ["tiny-classifier", "tiny-lower_leg",
+                                                 "tiny-upper_leg"]
+    cut = report.split.cut_column
+    right, left = tissue.copy(), tissue.copy()
+    right[:, :, cut:] = False
+    left[:, :, :cut] = False
+    assert set(np.unique(result.labels)) == {0, sol_r, sol_l}
+    assert (result.labels[right] == sol_r).mean() > 0.95
+    assert (result.labels[left] == sol_l).mean() > 0.95
+    assert not (result.labels[:, :, :cut] == sol_l).any()
+    assert not (result.labels[:, :, cut:] == sol_r).any()
     # "upper": the whole volume goes to the upper-leg network, the classifier votes the side
     segmenter = QMRIToolsSegmenter("upper", {"upper_leg": legs.networks["upper_leg"]},
                                    legs.classifier, legs.classifier_model,
                                    save_probabilities=True)
     result = segmenter.segment(qmri, (5.0, 2.0, 2.0))
-    assert result.probabilities.shape == qmri.shape + (len(result.label_map),)
-    assert result.label_map == sorted(int(v) for v in np.unique(result.labels) if v)
     assert result.labels.shape == qmri.shape and result.labels.dtype == np.uint16
+    assert result.label_map == [VL_L, VL_R]
+    assert result.probabilities.shape == qmri.shape + (2,)
+    assert (result.labels[right] == VL_R).mean() > 0.95
+    assert (result.labels[left] == VL_L).mean() > 0.95
+    # softmax of a logit 10 above n - 1 zeros: e^10 / (e^10 + n - 1)
+    n = len(TRAIN_TABLES["N5_UpperLeg"]) + 1
+    expected = np.exp(10.0) / (np.exp(10.0) + n - 1)
+    np.testing.assert_allclose(result.probabilities[..., 1][result.labels == VL_R], expected,
+                               rtol=1e-4)
     assert [m["id"] for m in result.models] == ["tiny-classifier", "tiny-upper_leg"]
     assert result.report.parts and result.report.timings_s["networks"] > 0
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
     digests = {m["id"]: m["sha256"] for m in manifest["models"]}
     assert all(m["sha256"] == digests[m["id"]] for m in result.models)
-    assert result.report.side.decision in ("Both", "Left", "Right")
-    # whatever untrained networks predict, every sided label lies mainly on its own side
-    if result.report.side.decision == "Both":
-        cut = result.report.split.cut_column
-        for label in set(np.unique(result.labels)) - {0, 121, 151}:
-            columns = np.nonzero(result.labels == label)[2]
-            own = columns >= cut if label % 2 else columns < cut
-            assert own.mean() >= 0.5, f"label {label} lies mainly on the other side"
 
 
 def test_sideless_classes():
@@ -407,8 +385,8 @@ def test_single_leg_at_the_isocentre_takes_the_classifier_side(tmp_path):
 
 
 def test_network_stride_from_configs():
-    from legseg_tf.networks.config import UNetConfig
     from legseg_tf.model_adapters import network_stride as _network_stride
+    from legseg_tf.networks.config import UNetConfig
 
     unet = UNetConfig(n_classes=3, features=(4, 8, 16),
                       downsample=((1, 2, 2), (2, 2, 2), (1, 1, 1)), dropout_rate=0.0)
@@ -421,7 +399,8 @@ def test_network_stride_from_configs():
 
 
 def test_keras_slice_classifier_maps_outputs_to_class_names():
-    keras = pytest.importorskip("keras")
+    import keras
+
     from legseg_tf.model_adapters import KerasSliceClassifier
 
     inputs = keras.Input(shape=(8, 8, 1))

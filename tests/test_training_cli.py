@@ -7,11 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from legseg_tf.training.cli import main
 from tests.conftest import write_nifti
-
-pytest.importorskip("tensorflow")
-
-from legseg_tf.training.cli import main  # noqa: E402
 
 
 def _phantom(tmp_path, seed):
