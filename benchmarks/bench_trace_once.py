@@ -62,10 +62,8 @@ def old_apply_segmentation_network(volume, model, n_classes, config, stride, *,
         return inference.NetworkOutput(labels)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in nonzero)
     crop = volume[box]
-    if patch is None:
-        budget_gb = config.mem_gb if config.mem_gb is not None else inference.default_budget_gb()
-        patch = inference.choose_patch_size(
-            crop.shape, stride, inference.activation_bytes_per_voxel(model, stride), budget_gb * 1e9)
+    if patch is None:  # the default budget of then: one tile per leg part of this volume
+        patch = tuple(-(-n // t) * t for n, t in zip(crop.shape, stride))
     timer = [0.0]
 
     def predict(tiles):

@@ -201,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="CPU threads to use (default: the CPUs this process may use: affinity set, container CPU quota)")
     memory = resources.add_mutually_exclusive_group()
     memory.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=_positive_float,
-                        help="memory budget in GB for the network's patch activations (default: from the "
-                             "machine); it sizes the tiles, it does not cap the whole process: "
-                             "the TensorFlow runtime (about 0.7 GB) and the per-part "
-                             "accumulators (about 0.1 GB per million voxels) come on top")
+                        help="memory budget in GB for the whole process (TensorFlow runtime, "
+                             "models, the image, merge buffers and the network's activations): "
+                             "the network's tiles are sized so that the peak stays within it "
+                             "(default: the memory in use plus 3/4 of the memory still "
+                             "available, at most 2.5 GB; larger budgets allow larger tiles)")
     memory.add_argument("--mem", dest="mem", type=_memory_text, metavar="MEMORY_MB",
                         help="the same budget in fMRIPrep's spelling: MB, or with a unit "
                              "(16000, 16000M, 16G); one of --mem, --mem-mb, --mem-gb")

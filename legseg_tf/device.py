@@ -1,4 +1,5 @@
-"""Choose where TensorFlow runs and how many threads it uses."""
+"""What the machine lets this process use (CPUs, memory), where TensorFlow runs and how many
+threads it uses."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,10 @@ from legseg_tf.errors import NoModelError
 logger = logging.getLogger(__name__)
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+#: Default whole-process memory budget when none is given: the memory in use plus this share
+#: of the memory still available, at most DEFAULT_BUDGET_GB.
+AVAILABLE_FRACTION = 0.75
+DEFAULT_BUDGET_GB = 2.5
 #: How to install TensorFlow: the ``cpu``/``gpu`` extras of pyproject.toml.
 TENSORFLOW_INSTALL = 'pip install "legseg[cpu]" (or "legseg[gpu]" for NVIDIA GPUs)'
 
@@ -59,6 +64,98 @@ def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):
         pass
     return max(1, count)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _levels(base: Path, own: str) -> list[Path]:
+    """``base/own`` and each of its parents up to ``base``."""
+    group = base.joinpath(*[p for p in own.split("/") if p not in ("", ".", "..")])
+    levels = [group]
+    while levels[-1] != base:
+        levels.append(levels[-1].parent)
+    return levels
+
+
+def cgroup_memory_left(root: Path = Path("/sys/fs/cgroup"),
+                       proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes left under the tightest cgroup memory limit of this process, or None (no limit).
+
+    Every level from the process's own group (``/proc/self/cgroup``: a SLURM job step, or
+    ``/`` inside a container's namespace) up to the hierarchy's root counts: cgroup v2
+    ``memory.max`` - ``memory.current``; cgroup v1 ``memory.limit_in_bytes`` -
+    ``memory.usage_in_bytes`` under ``root/memory``.
+    """
+    own_v2, own_v1 = "/", "/"
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+            if number == "0" and controllers == "":
+                own_v2 = path
+            elif "memory" in controllers.split(","):
+                own_v1 = path
+    except OSError:
+        pass
+    left: list[int] = []
+    for base, own, limit_name, used_name in (
+        (root, own_v2, "memory.max", "memory.current"),
+        (root / "memory", own_v1, "memory.limit_in_bytes", "memory.usage_in_bytes"),
+    ):
+        for level in _levels(base, own):
+            limit, used = _read_int(level / limit_name), _read_int(level / used_name)
+            if limit is not None and used is not None and limit < 2**60:
+                left.append(limit - used)
+    return max(0, min(left)) if left else None
+
+
+def available_memory_gb(meminfo: Path = Path("/proc/meminfo"),
+                        cgroup: Path = Path("/sys/fs/cgroup"),
+                        proc_cgroup: Path = Path("/proc/self/cgroup")) -> float:
+    """Memory this process may still use, in GB: MemAvailable of ``meminfo``, capped by the
+    tightest cgroup limit (:func:`cgroup_memory_left`: a SLURM job, ``docker run --memory``);
+    8 GB assumed where nothing can be read."""
+    available = None
+    try:
+        with open(meminfo, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) / 1024**2
+                    break
+    except (OSError, ValueError):
+        pass
+    left = cgroup_memory_left(cgroup, proc_cgroup)
+    if left is not None:
+        available = left / 1024**3 if available is None else min(available, left / 1024**3)
+    return 8.0 if available is None else available
+
+
+def process_memory_gb(status: Path = Path("/proc/self/status")) -> tuple[float, float]:
+    """``(resident, peak resident)`` memory of this process in GB (VmRSS and VmHWM of
+    ``/proc/self/status``); ``(0.0, 0.0)`` where they cannot be read."""
+    values = {}
+    try:
+        with open(status, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":", 1)
+                    values[key] = int(value.split()[0]) / 1024**2
+    except (OSError, ValueError):
+        pass
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def default_budget_gb() -> float:
+    """Whole-process memory budget when ``--mem-gb`` is not given: what this process holds
+    now plus AVAILABLE_FRACTION of the memory still available (:func:`available_memory_gb`),
+    at most DEFAULT_BUDGET_GB."""
+    resident, _ = process_memory_gb()
+    return min(resident + AVAILABLE_FRACTION * available_memory_gb(), DEFAULT_BUDGET_GB)
 
 
 class DeviceError(RuntimeError):

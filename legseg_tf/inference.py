@@ -1,8 +1,8 @@
 """Run one region network over one part volume (QMRITools ``ApplySegmentationNetwork``).
 
 Steps for a (z, y, x) part: crop to the non-zero bounding box -> choose the patch size from the
-network's total stride and a memory budget (one patch per part when it fits, as QMRITools
-does) -> tiles -> "Uniform" histogram normalisation of every tile -> network -> Gaussian
+network's total stride and the whole process's memory budget (one patch per part when it
+fits, as QMRITools does; :func:`choose_patch_size`) -> tiles -> "Uniform" histogram normalisation of every tile -> network -> Gaussian
 blending of softmax outputs (or the original hard-label union) -> arg-max -> optionally the
 largest 6-connected component per label -> un-crop.
 """
@@ -13,9 +13,9 @@ import math
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -25,11 +25,8 @@ from legseg_tf.normalization import uniform_normalise
 
 logger = logging.getLogger(__name__)
 
-#: Fraction of the memory budget a patch may use (QMRITools uses 0.9 of its limit).
+#: Fraction of the memory budget the process may fill (QMRITools uses 0.9 of its limit).
 BUDGET_FRACTION = 0.9
-#: Default budget when none is given: this share of the available memory, at most 32 GB.
-AVAILABLE_FRACTION = 0.5
-MAX_DEFAULT_BUDGET_GB = 32.0
 
 
 @dataclass
@@ -54,78 +51,11 @@ class NetworkOutput:
     confidence: dict | None = None
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _levels(base: Path, own: str) -> list[Path]:
-    """``base/own`` and each of its parents up to ``base``."""
-    group = base.joinpath(*[p for p in own.split("/") if p not in ("", ".", "..")])
-    levels = [group]
-    while levels[-1] != base:
-        levels.append(levels[-1].parent)
-    return levels
-
-
-def cgroup_memory_left(root: Path = Path("/sys/fs/cgroup"),
-                       proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
-    """Bytes left under the tightest cgroup memory limit of this process, or None (no limit).
-
-    Every level from the process's own group (``/proc/self/cgroup``: a SLURM job step, or
-    ``/`` inside a container's namespace) up to the hierarchy's root counts: cgroup v2
-    ``memory.max`` - ``memory.current``; cgroup v1 ``memory.limit_in_bytes`` -
-    ``memory.usage_in_bytes`` under ``root/memory``.
-    """
-    own_v2, own_v1 = "/", "/"
-    try:
-        for line in proc_cgroup.read_text().splitlines():
-            number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-            if number == "0" and controllers == "":
-                own_v2 = path
-            elif "memory" in controllers.split(","):
-                own_v1 = path
-    except OSError:
-        pass
-    left: list[int] = []
-    for base, own, limit_name, used_name in (
-        (root, own_v2, "memory.max", "memory.current"),
-        (root / "memory", own_v1, "memory.limit_in_bytes", "memory.usage_in_bytes"),
-    ):
-        for level in _levels(base, own):
-            limit, used = _read_int(level / limit_name), _read_int(level / used_name)
-            if limit is not None and used is not None and limit < 2**60:
-                left.append(limit - used)
-    return max(0, min(left)) if left else None
-
-
-def available_memory_gb(meminfo: Path = Path("/proc/meminfo"),
-                        cgroup: Path = Path("/sys/fs/cgroup"),
-                        proc_cgroup: Path = Path("/proc/self/cgroup")) -> float:
-    """Memory this process may still use, in GB: MemAvailable of ``meminfo``, capped by the
-    tightest cgroup limit (:func:`cgroup_memory_left`: a SLURM job, ``docker run --memory``);
-    8 GB assumed where nothing can be read."""
-    available = None
-    try:
-        with open(meminfo, encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) / 1024**2
-                    break
-    except (OSError, ValueError):
-        pass
-    left = cgroup_memory_left(cgroup, proc_cgroup)
-    if left is not None:
-        available = left / 1024**3 if available is None else min(available, left / 1024**3)
-    return 8.0 if available is None else available
-
-
-def default_budget_gb() -> float:
-    """Memory budget for one patch when ``--mem-gb`` is not given."""
-    return min(AVAILABLE_FRACTION * available_memory_gb(), MAX_DEFAULT_BUDGET_GB)
+#: Multiplier on the live-activation estimate (:func:`activation_bytes_per_voxel`) for what
+#: TensorFlow and oneDNN allocate beside the tensors (scratch buffers, weight re-orders). A
+#: 32x160x160 tile of the QMRITools-sized net raised the peak RSS by 730 B per voxel on a
+#: 2-core Xeon, against 665 B per voxel of live tensors.
+ACTIVATION_MARGIN = 1.5
 
 
 def _probe_shape(stride: tuple[int, ...]) -> tuple[int, ...]:
@@ -133,13 +63,33 @@ def _probe_shape(stride: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def activation_bytes_per_voxel(model, stride: tuple[int, ...]) -> float:
-    """QMRITools' network memory model per input voxel: 4 bytes x all layer outputs.
+    """Peak activation memory of one forward pass per input voxel, in bytes.
 
     Every layer's output size is inferred symbolically for a small probe input (no forward
-    pass) and divided by the probe's voxel count. This over-estimates TensorFlow's real peak,
-    which frees intermediate tensors, so it is a safe bound.
+    pass); walking the layers in order, a tensor lives from the layer that makes it to its
+    last consumer (the skip connections of a U-Net live across the whole decoder). The
+    largest sum of live float32 tensors, divided by the probe's voxel count and multiplied by
+    ACTIVATION_MARGIN, is the estimate. Where the graph cannot be walked, every layer output
+    counts at once (QMRITools' memory model, several times TensorFlow's real peak).
     """
     return _bytes_per_voxel(model, tuple(int(s) for s in stride))
+
+
+def _live_peak(model, layers, sizes: dict) -> int:
+    """Largest sum of live tensor sizes while ``layers`` run in order."""
+    last_use: dict[int, int] = {}
+    for index, layer in enumerate(layers):
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        for tensor in inputs:
+            last_use[id(tensor)] = index
+    keep = {id(t) for t in model.outputs}
+    live = {id(t) for t in model.inputs}
+    peak = 0
+    for index, layer in enumerate(layers):
+        live.add(id(layer.output))
+        peak = max(peak, sum(sizes.get(t, 0) for t in live))
+        live = {t for t in live if t in keep or last_use.get(t, -1) > index}
+    return peak
 
 
 @lru_cache(maxsize=16)
@@ -147,18 +97,53 @@ def _bytes_per_voxel(model, stride: tuple[int, ...]) -> float:
     import keras
 
     probe = _probe_shape(stride)
+    voxels = math.prod(probe)
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     try:
         symbolic = keras.Model(model.inputs, [layer.output for layer in layers])
         specs = symbolic.compute_output_spec(keras.KerasTensor((1, *probe, 1)))
-        total = sum(math.prod(int(d) for d in spec.shape[1:]) for spec in specs)
+        sizes = {id(layer.output): 4 * math.prod(int(d) for d in spec.shape[1:])
+                 for layer, spec in zip(layers, specs)}
+        sizes.update({id(t): 4 * voxels * int(t.shape[-1] or 1) for t in model.inputs})
+        return ACTIVATION_MARGIN * _live_peak(model, layers, sizes) / voxels
     except (ValueError, TypeError, AttributeError, NotImplementedError) as error:
-        logger.debug("symbolic memory estimate failed (%s); assuming full resolution", error)
-        total = 0
-        for layer in layers:
-            channels = layer.output.shape[-1] if hasattr(layer, "output") else None
-            total += int(channels or 1) * math.prod(probe)
-    return 4.0 * total / math.prod(probe)
+        logger.debug("live memory estimate failed (%s); counting every layer output", error)
+    total = 0
+    for layer in layers:
+        channels = layer.output.shape[-1] if hasattr(layer, "output") else None
+        total += int(channels or 1) * voxels
+    return 4.0 * total / voxels
+
+
+def merge_buffer_bytes(part_shape: tuple[int, ...], patch: tuple[int, ...], n_classes: int,
+                       config: InferenceConfig) -> float:
+    """Bytes the merger holds for one (z, y, x) part beside the network's activations.
+
+    Gaussian merge: the zero-padded copy, the batch of normalised tiles and its outputs, the
+    labels and the winner's probability of the part; for several tiles the float32
+    accumulator and weight sum, one tile deep along the first tiled axis
+    (:func:`legseg_tf.sliding_window.blend_tiles`); for one tile its weighted copy; with
+    probabilities saved, two part-sized copies of them. QMRITools merge: one boolean mask per
+    class and the labels.
+    """
+    part = math.prod(part_shape)
+    padded_shape = [max(s, p) for s, p in zip(part_shape, patch)]
+    padded = math.prod(padded_shape)
+    tile = math.prod(patch) * config.batch_size
+    total = 4.0 * padded if padded != part else 0.0
+    total += 8.0 * tile + 4.0 * n_classes * (tile + math.prod(patch))
+    if config.merge == "qmritools":
+        return total + (n_classes + 2.0) * padded
+    total += 8.0 * part  # int16 labels (part and crop) + float32 winner's probability
+    tiled = [a for a, (n, p) in enumerate(zip(padded_shape, patch)) if n > p]
+    if tiled:
+        window = padded // padded_shape[tiled[0]] * patch[tiled[0]]
+        total += 4.0 * (n_classes + 1) * window
+    else:
+        total += 4.0 * n_classes * part
+    if config.save_probabilities:
+        total += 2 * 4.0 * n_classes * part
+    return total
 
 
 def choose_patch_size(
@@ -166,24 +151,68 @@ def choose_patch_size(
     stride: tuple[int, ...],
     bytes_per_voxel: float,
     budget_bytes: float,
+    *,
+    buffer_bytes: Callable[[tuple[int, ...]], float] | None = None,
 ) -> tuple[int, ...]:
     """Largest stride-multiple patch, not bigger than the (rounded-up) part, within budget.
 
     Starts from the part size rounded up to the stride (one patch per part, as QMRITools) and
     shrinks the axis whose patch is largest in voxels relative to its stride until
-    ``bytes_per_voxel x patch voxels <= BUDGET_FRACTION x budget``; no axis goes below one stride.
+    ``bytes_per_voxel x patch voxels + buffer_bytes(patch) <= budget_bytes``; no axis goes
+    below one stride.
     """
     patch = [max(math.ceil(s / t), 1) * t for s, t in zip(shape, stride)]
-    limit = BUDGET_FRACTION * budget_bytes
-    while bytes_per_voxel * math.prod(patch) > limit:
+
+    def needed() -> float:
+        extra = buffer_bytes(tuple(patch)) if buffer_bytes is not None else 0.0
+        return bytes_per_voxel * math.prod(patch) + extra
+
+    while needed() > budget_bytes:
         shrinkable = [i for i, (p, t) in enumerate(zip(patch, stride)) if p > t]
         if not shrinkable:
-            logger.warning("even the smallest patch %s exceeds the memory budget of %.2f GB",
-                           tuple(patch), budget_bytes / 1e9)
+            logger.warning("even the smallest patch %s needs %.2f GB, more than the %.2f GB "
+                           "the memory budget leaves for it", tuple(patch), needed() / 1e9,
+                           max(budget_bytes, 0.0) / 1e9)
             break
         axis = max(shrinkable, key=lambda i: patch[i] / stride[i])
         patch[axis] -= stride[axis]
     return tuple(patch)
+
+
+class _RetainedMemory:
+    """Memory the forward passes keep for the next ones, in GB (process-wide).
+
+    TensorFlow's CPU allocator keeps the activation buffers of a forward pass after it
+    returns (about 0.5 GB after a 32x160x160 tile of a QMRITools-sized net; ``malloc_trim``
+    frees none of it) and reuses them for the next tile. The resident-set growth of each
+    forward pass, less its output, is added here, so that this memory is counted once, with
+    the activations, and not again as memory in use (:func:`fixed_memory_gb`).
+    """
+
+    def __init__(self) -> None:
+        self.gb = 0.0
+
+    def measure(self, call, batch):
+        from legseg_tf.device import process_memory_gb
+
+        before, _ = process_memory_gb()
+        output = call(batch)
+        after, _ = process_memory_gb()
+        self.gb += max(0.0, after - before - getattr(output, "nbytes", 0) / 1024**3)
+        return output
+
+
+_RETAINED = _RetainedMemory()
+
+
+def fixed_memory_gb() -> float:
+    """Memory this process holds that the next tile cannot reuse, in GB: the resident set
+    (TensorFlow runtime, loaded models, the image and its intermediate arrays) less what
+    earlier forward passes keep for reuse."""
+    from legseg_tf.device import process_memory_gb
+
+    resident, _ = process_memory_gb()
+    return max(0.0, resident - _RETAINED.gb)
 
 
 #: model -> its traced forward function (see :func:`forward_function`); weak keys, so a model
@@ -239,7 +268,7 @@ def forward_function(model):
                          jit_compile=bool(getattr(model, "jit_compile", False)))
 
     def forward(batch: np.ndarray) -> np.ndarray:
-        return traced(np.asarray(batch, dtype=np.float32)).numpy()
+        return _RETAINED.measure(lambda b: traced(b).numpy(), np.asarray(batch, np.float32))
 
     forward.traced = traced  # type: ignore[attr-defined]
     _FORWARD[model] = forward
@@ -274,6 +303,27 @@ def make_predict(model, timer: list[float] | None = None):
         return output
 
     return predict
+
+
+def _patch_within_budget(shape, model, n_classes: int, config: InferenceConfig,
+                         stride_zyx) -> tuple[int, int, int]:
+    """The patch for a (z, y, x) crop that keeps the whole process within the memory budget:
+    memory in use (:func:`fixed_memory_gb`) + merge buffers + activations <= BUDGET_FRACTION x
+    ``config.mem_gb`` (default :func:`legseg_tf.device.default_budget_gb`)."""
+    from legseg_tf.device import default_budget_gb
+
+    budget_gb = config.mem_gb if config.mem_gb is not None else default_budget_gb()
+    fixed_gb = fixed_memory_gb()
+    per_voxel = activation_bytes_per_voxel(model, stride_zyx) * config.batch_size
+    left = BUDGET_FRACTION * budget_gb * 1e9 - fixed_gb * 1024**3
+    patch = choose_patch_size(
+        shape, stride_zyx, per_voxel, left,
+        buffer_bytes=lambda p: merge_buffer_bytes(shape, p, n_classes, config))
+    logger.debug("part %s: budget %.2f GB, %.2f GB in use, patch %s (activations about "
+                 "%.2f GB, merge buffers %.2f GB)", shape, budget_gb, fixed_gb, patch,
+                 per_voxel * math.prod(patch) / 1e9,
+                 merge_buffer_bytes(shape, patch, n_classes, config) / 1e9)
+    return patch  # type: ignore[return-value]
 
 
 def apply_segmentation_network(
@@ -315,35 +365,33 @@ def apply_segmentation_network(
     box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in nonzero)
     crop = volume[box]
     if patch is None:
-        budget_gb = config.mem_gb if config.mem_gb is not None else default_budget_gb()
-        patch = choose_patch_size(crop.shape, stride_zyx,
-                                  activation_bytes_per_voxel(model, stride_zyx), budget_gb * 1e9)
+        patch = _patch_within_budget(crop.shape, model, n_classes, config, stride_zyx)
     timer = [0.0]
     predict = make_predict(model, timer)
+    crop_probabilities, confidence = None, None
     if config.merge == "qmritools":
         mask_filter = postprocessing.largest_component if largest_component else None
         crop_labels, n_tiles = sliding_window.predict_hard_labels(
             crop, predict, patch, batch_size=config.batch_size, stride=stride_zyx,
             mask_filter=mask_filter)
-        crop_probabilities = None
     else:
-        crop_probabilities, n_tiles = sliding_window.predict_probabilities(
+        # only the labels, the winner's probability and (when saved) the probabilities
+        # leave the merger: no part-sized accumulator of every class
+        blended = sliding_window.blend_tiles(
             crop, predict, patch, overlap=config.overlap, batch_size=config.batch_size,
-            stride=stride_zyx)
-        if crop_probabilities.shape[-1] != n_classes:
+            stride=stride_zyx, keep_probabilities=config.save_probabilities)
+        if blended.n_classes != n_classes:
             raise ValueError(
-                f"network returned {crop_probabilities.shape[-1]} classes, expected {n_classes}"
+                f"network returned {blended.n_classes} classes, expected {n_classes}"
             )
-        winners = np.argmax(crop_probabilities, axis=-1)
-        crop_labels = winners.astype(np.int16)
+        n_tiles, crop_probabilities = blended.n_tiles, blended.probabilities
+        crop_labels = blended.labels
         if largest_component:
             crop_labels = postprocessing.largest_component_per_label(crop_labels)
-    confidence = None
-    if crop_probabilities is not None and (crop_labels > 0).any():
-        # the winning class's probability is the maximum: gathered, not reduced over classes
-        top = np.take_along_axis(crop_probabilities, winners[..., None], axis=-1)[..., 0]
-        top = top[crop_labels > 0]
-        confidence = {"mean_max_probability": round(float(top.mean()), 4), "voxels": int(top.size)}
+        if (crop_labels > 0).any():
+            top = blended.top[crop_labels > 0]
+            confidence = {"mean_max_probability": round(float(top.mean()), 4),
+                          "voxels": int(top.size)}
     labels[box] = crop_labels
     if config.save_probabilities and crop_probabilities is not None:
         probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)

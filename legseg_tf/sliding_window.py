@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -127,6 +128,164 @@ def _run(predict: Predict, volume: np.ndarray, batch: list, patch: tuple[int, ..
     return outputs
 
 
+@dataclass
+class Blended:
+    """Result of :func:`blend_tiles` on a (z, y, x) volume.
+
+    Attributes:
+        labels: (z, y, x) int16 arg-max of the blended outputs.
+        top: (z, y, x) float32 blended output of the winning class.
+        n_classes: output channels of the network.
+        n_tiles: tiles run.
+        probabilities: (z, y, x, C) float32 blended outputs, when asked for.
+    """
+
+    labels: np.ndarray
+    top: np.ndarray
+    n_classes: int
+    n_tiles: int
+    probabilities: np.ndarray | None = None
+
+
+def blend_tiles(
+    volume: np.ndarray,
+    predict: Predict,
+    patch: tuple[int, ...],
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    gaussian: bool = True,
+    stride: tuple[int, ...] | None = None,
+    keep_probabilities: bool = False,
+) -> Blended:
+    """Blend tile predictions over a whole volume; labels, the winner's output, and optionally
+    every class's blended output.
+
+    Tiles run in row-major order of their corners, so along the first axis that has several
+    tile starts they arrive sorted. Once every tile starting before position ``s`` on that
+    axis has run, the slab before ``s`` is final: it is divided by its weights, arg-maxed and
+    dropped. The accumulator therefore spans one tile along that axis (plus the other axes'
+    full extent), not the volume. Every voxel still adds the same tiles in the same order in
+    float32, so labels and probabilities are bit-identical to a full-size accumulator.
+
+    Args:
+        volume, predict, patch, overlap, batch_size, gaussian, stride: as in
+            :func:`predict_probabilities`.
+        keep_probabilities: also return the (z, y, x, C) blended outputs.
+    """
+    volume = np.asarray(volume)
+    patch = validate_patch(patch, stride) if stride is not None else tuple(int(p) for p in patch)
+    if volume.ndim != len(patch):
+        raise ValueError(f"volume of shape {volume.shape} does not match patch {patch}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    padded = _pad_to(volume, patch)
+    starts = [tile_starts(s, p, overlap) for s, p in zip(padded.shape, patch)]
+    tiles = _tiles(padded.shape, patch, starts)
+    crop = tuple(slice(0, s) for s in volume.shape)
+    if len(tiles) == 1:
+        # One tile covers the whole volume: no accumulator, no weight sum, nothing outside the
+        # crop. Weighting and dividing by the same weights changes the softmax only by float
+        # rounding (<= 1 ulp); it is kept so that labels (arg-max ties) and probabilities stay
+        # bit-identical to blending the one tile.
+        output = _run(predict, padded, tiles, patch)[0][crop]
+        if gaussian:
+            weights = gaussian_importance_map(patch)[crop][..., None]
+            output = output * weights
+            output /= weights
+        labels, top = _winners(output)
+        return Blended(labels, top, output.shape[-1], 1, output if keep_probabilities else None)
+    return _StreamingBlend(volume.shape, padded.shape, patch, starts, gaussian,
+                           keep_probabilities).run(predict, padded, tiles, batch_size)
+
+
+def _winners(blended: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 arg-max, float32 value of the arg-max) over the last axis."""
+    winners = np.argmax(blended, axis=-1)
+    # gathered through flat indices: take_along_axis builds a full-size index per axis
+    flat = np.ascontiguousarray(blended).reshape(-1, blended.shape[-1])
+    top = flat[np.arange(winners.size), winners.ravel()].reshape(winners.shape)
+    return winners.astype(np.int16), top.astype(np.float32, copy=False)
+
+
+class _StreamingBlend:
+    """Gaussian blending with an accumulator one tile deep along the streaming axis."""
+
+    def __init__(self, shape, padded_shape, patch, starts, gaussian, keep_probabilities):
+        self.shape, self.padded_shape, self.patch = tuple(shape), tuple(padded_shape), patch
+        # the first axis with several starts: tiles arrive sorted along it
+        self.axis = next(a for a, s in enumerate(starts) if len(s) > 1)
+        self.weights = (gaussian_importance_map(patch) if gaussian
+                        else np.ones(patch, dtype=np.float32))
+        self.keep = keep_probabilities
+        self.labels = np.zeros(self.shape, dtype=np.int16)
+        self.top = np.zeros(self.shape, dtype=np.float32)
+        self.probabilities = None
+        self.window_start = 0          # global position of the accumulator's first slab
+        self.accumulator = None        # created with the first outputs (C known then)
+        window = list(self.padded_shape)
+        window[self.axis] = patch[self.axis]
+        self.window_shape = tuple(window)
+        self.weight_sum = np.zeros(self.window_shape, dtype=np.float32)
+
+    def run(self, predict, padded, tiles, batch_size) -> Blended:
+        for batch in _batches(tiles, batch_size):
+            outputs = _run(predict, padded, batch, self.patch)
+            if self.accumulator is None:
+                n_classes = outputs.shape[-1]
+                self.accumulator = np.zeros((*self.window_shape, n_classes), dtype=np.float32)
+                if self.keep:
+                    self.probabilities = np.zeros((*self.shape, n_classes), dtype=np.float32)
+            for tile, output in zip(batch, outputs):
+                self._move_to(tile[self.axis].start)
+                local = list(tile)
+                local[self.axis] = slice(tile[self.axis].start - self.window_start,
+                                         tile[self.axis].stop - self.window_start)
+                local = tuple(local)
+                self.accumulator[local] += output * self.weights[..., None]
+                self.weight_sum[local] += self.weights
+        self._finish(self.window_start + self.patch[self.axis])
+        return Blended(self.labels, self.top, self.accumulator.shape[-1], len(tiles),
+                       self.probabilities)
+
+    def _move_to(self, start: int) -> None:
+        """Finish the slabs before ``start`` and shift the window to begin there."""
+        shift = start - self.window_start
+        if shift <= 0:
+            return
+        self._finish(start)
+        depth = self.patch[self.axis]
+        kept = depth - shift
+        for array in (self.accumulator, self.weight_sum):
+            moved = np.moveaxis(array, self.axis, 0)
+            if kept > 0:
+                moved[:kept] = moved[shift:shift + kept].copy()
+            moved[max(kept, 0):] = 0
+        self.window_start = start
+
+    def _finish(self, stop: int) -> None:
+        """Divide, arg-max and store the slabs from the window's start up to ``stop``
+        (global position along the streaming axis), inside the un-padded volume."""
+        stop = min(stop, self.shape[self.axis])
+        if stop <= self.window_start:
+            return
+        local = [slice(None)] * len(self.shape)
+        target = [slice(0, n) for n in self.shape]
+        local[self.axis] = slice(0, stop - self.window_start)
+        target[self.axis] = slice(self.window_start, stop)
+        # the volume's extent on the other axes (the window covers the padded extent)
+        for a, n in enumerate(self.shape):
+            if a != self.axis:
+                local[a] = slice(0, n)
+        blended = self.accumulator[tuple(local)]
+        blended /= self.weight_sum[tuple(local)][..., None]
+        labels, top = _winners(blended)
+        self.labels[tuple(target)] = labels
+        self.top[tuple(target)] = top
+        if self.probabilities is not None:
+            self.probabilities[tuple(target)] = blended
+
+
 def predict_probabilities(
     volume: np.ndarray,
     predict: Predict,
@@ -151,39 +310,9 @@ def predict_probabilities(
     Returns:
         ``(blended, n_tiles)``: (z, y, x, C) float32 outputs and the number of tiles run.
     """
-    volume = np.asarray(volume)
-    patch = validate_patch(patch, stride) if stride is not None else tuple(int(p) for p in patch)
-    if volume.ndim != len(patch):
-        raise ValueError(f"volume of shape {volume.shape} does not match patch {patch}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    padded = _pad_to(volume, patch)
-    tiles = _tiles(padded.shape, patch, [tile_starts(s, p, overlap) for s, p in zip(padded.shape, patch)])
-    crop = tuple(slice(0, s) for s in volume.shape)
-    if len(tiles) == 1:
-        # One tile covers the whole volume: no accumulator, no weight sum, nothing outside the
-        # crop. Weighting and dividing by the same weights changes the softmax only by float
-        # rounding (<= 1 ulp); it is kept so that labels (arg-max ties) and probabilities stay
-        # bit-identical to blending the one tile.
-        output = _run(predict, padded, tiles, patch)[0][crop]
-        if not gaussian:
-            return output, 1
-        weights = gaussian_importance_map(patch)[crop][..., None]
-        blended = output * weights
-        blended /= weights
-        return blended, 1
-    weights = gaussian_importance_map(patch) if gaussian else np.ones(patch, dtype=np.float32)
-    accumulator: np.ndarray | None = None
-    weight_sum = np.zeros(padded.shape, dtype=np.float32)
-    for batch in _batches(tiles, batch_size):
-        outputs = _run(predict, padded, batch, patch)
-        if accumulator is None:
-            accumulator = np.zeros((*padded.shape, outputs.shape[-1]), dtype=np.float32)
-        for tile, output in zip(batch, outputs):
-            accumulator[tile] += output * weights[..., None]
-            weight_sum[tile] += weights
-    accumulator /= weight_sum[..., None]
-    return accumulator[crop], len(tiles)
+    blended = blend_tiles(volume, predict, patch, overlap=overlap, batch_size=batch_size,
+                          gaussian=gaussian, stride=stride, keep_probabilities=True)
+    return blended.probabilities, blended.n_tiles
 
 
 def predict_hard_labels(

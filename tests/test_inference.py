@@ -53,7 +53,7 @@ def test_choose_patch_size_prefers_one_patch_and_respects_the_budget():
     assert inference.choose_patch_size((31, 118, 125), stride, 100.0, 1e12) == (32, 128, 128)
     patch = inference.choose_patch_size((120, 512, 512), stride, 1000.0, 2e9)
     assert all(p % s == 0 for p, s in zip(patch, stride))
-    assert 1000.0 * np.prod(patch) <= 0.9 * 2e9
+    assert 1000.0 * np.prod(patch) <= 2e9
     assert patch[0] <= 120 and patch[1] <= 512
     assert inference.choose_patch_size((3, 5, 7), stride, 1.0, 1e9) == stride
 
@@ -105,11 +105,13 @@ def test_memory_estimate_from_a_keras_unet():
     per_voxel_small = inference.activation_bytes_per_voxel(build_unet(small), total_stride(small))
     per_voxel_large = inference.activation_bytes_per_voxel(build_unet(large), total_stride(large))
     assert 0 < per_voxel_small < per_voxel_large < 4 * per_voxel_small
-    assert inference.default_budget_gb() > 0
+    from legseg_tf.device import default_budget_gb
+
+    assert 0 < default_budget_gb() <= 2.5
 
 
 def test_available_memory_is_capped_by_the_cgroup_limit(tmp_path):
-    from legseg_tf.inference import available_memory_gb
+    from legseg_tf.device import available_memory_gb
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 33554432 kB\nMemAvailable: 16777216 kB\n")   # 16 GiB
@@ -128,7 +130,7 @@ def test_available_memory_is_capped_by_the_cgroup_limit(tmp_path):
 
 
 def test_cgroup_memory_left_walks_up_from_the_own_group_and_reads_v1(tmp_path):
-    from legseg_tf.inference import cgroup_memory_left
+    from legseg_tf.device import cgroup_memory_left
 
     root = tmp_path / "cgroup"
     step = root / "system.slice" / "slurmstepd.scope" / "job_7" / "step_0"

@@ -118,21 +118,35 @@ def test_a_single_tile_part_needs_no_accumulator_and_blends_bit_identically():
         calls.append(batch.shape)
         return raw[None]
 
-    peaks = {}
-    for name, merger in (("old", old_predict_probabilities), ("new", sw.predict_probabilities)):
+    def labels_only(volume, predict, patch):
+        blended = sw.blend_tiles(volume, predict, patch)
+        return blended, blended.n_tiles
+
+    def old_labels(volume, predict, patch):
+        """The merger and label extraction as ``apply_segmentation_network`` had them."""
+        probabilities, n_tiles = old_predict_probabilities(volume, predict, patch)
+        winners = np.argmax(probabilities, axis=-1)
+        np.take_along_axis(probabilities, winners[..., None], axis=-1)
+        return probabilities, n_tiles
+
+    peaks, results = {}, {}
+    for name, merger in (("old", old_labels), ("new", sw.predict_probabilities),
+                         ("labels", labels_only)):
         sw.gaussian_importance_map((8, 32, 32))  # cached: not counted
         tracemalloc.start()
-        result, n_tiles = merger(volume, softmax, (8, 32, 32))
+        results[name], n_tiles = merger(volume, softmax, (8, 32, 32))
         peaks[name] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert n_tiles == 1
-        if name == "old":
-            expected = result
-    assert calls == [(1, 8, 32, 32, 1)] * 2
-    np.testing.assert_array_equal(result, expected)   # labels and probabilities: bit-identical
-    assert result.shape == (7, 30, 29, 5)
-    # before: accumulator + weighted tile + weight sum; now: the cropped result only
-    assert peaks["new"] < 0.5 * peaks["old"], peaks
+    assert calls == [(1, 8, 32, 32, 1)] * 3
+    expected = results["old"]
+    np.testing.assert_array_equal(results["new"], expected)   # bit-identical probabilities
+    assert results["new"].shape == (7, 30, 29, 5)
+    np.testing.assert_array_equal(results["labels"].labels, np.argmax(expected, axis=-1))
+    assert results["labels"].probabilities is None
+    # before: accumulator + weighted tile + weight sum, then a full-size index per axis;
+    # now: the cropped result and the winners only
+    assert peaks["labels"] < 0.7 * peaks["old"], peaks
 
 
 @pytest.mark.parametrize("shape,patch", list(itertools.product(
@@ -143,3 +157,91 @@ def test_one_tile_whenever_the_patch_covers_the_volume(shape, patch):
     covered = all(s <= p for s, p in zip(shape, patch))
     assert (n_tiles == 1) == covered
     np.testing.assert_allclose(blended[..., 0], volume, rtol=1e-6)
+
+
+def _random_softmax(seed, n_classes=6):
+    """A position-dependent stand-in network: each tile's softmax depends on its inputs, so
+    overlapping tiles disagree and the blend has to add them in the right order."""
+    def predict(batch):
+        rng = np.random.default_rng(seed + int(abs(batch).sum() * 1000) % 100_000)
+        logits = rng.normal(size=(*batch.shape[:-1], n_classes)).astype(np.float32)
+        logits[..., 1] += batch[..., 0]
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return predict
+
+
+# (volume shape, patch, overlap, batch size): tiled along z (the streaming axis), along y only
+# (z fits one tile), along x only, on every axis, and with batches that cross tile rows.
+MULTI_TILE = [((21, 40, 36), (8, 16, 16), 0.5, 1), ((6, 70, 30), (8, 32, 32), 0.5, 3),
+              ((4, 16, 90), (4, 16, 32), 0.25, 2), ((13, 47, 51), (4, 16, 16), 0.9, 5),
+              ((9, 33, 17), (8, 16, 16), 0.0, 4)]
+
+
+@pytest.mark.parametrize("shape,patch,overlap,batch", MULTI_TILE)
+@pytest.mark.parametrize("gaussian", [True, False])
+def test_multi_tile_blend_is_bit_identical_to_the_full_accumulator(shape, patch, overlap, batch,
+                                                                    gaussian):
+    volume = _volume(shape, sum(shape))
+    reference, n_ref = old_predict_probabilities(volume, _random_softmax(1), patch,
+                                                 overlap=overlap, batch_size=batch,
+                                                 gaussian=gaussian)
+    blended = sw.blend_tiles(volume, _random_softmax(1), patch, overlap=overlap,
+                             batch_size=batch, gaussian=gaussian, keep_probabilities=True)
+    assert blended.n_tiles == n_ref > 1
+    np.testing.assert_array_equal(blended.probabilities, reference)
+    np.testing.assert_array_equal(blended.labels, np.argmax(reference, axis=-1))
+    np.testing.assert_array_equal(blended.top, reference.max(axis=-1))
+    assert blended.labels.dtype == np.int16 and blended.n_classes == reference.shape[-1]
+    lean = sw.blend_tiles(volume, _random_softmax(1), patch, overlap=overlap, batch_size=batch,
+                          gaussian=gaussian)
+    assert lean.probabilities is None
+    np.testing.assert_array_equal(lean.labels, blended.labels)
+    np.testing.assert_array_equal(lean.top, blended.top)
+
+
+def test_a_part_tiled_along_z_accumulates_one_tile_deep():
+    import hashlib
+    import tracemalloc
+
+    volume = _volume((128, 48, 48), 5)
+    patch = (8, 48, 48)
+    n_classes = 8
+    network, outputs = _random_softmax(2, n_classes), {}
+
+    def recorded(batch):   # the outputs made beforehand: only the merger's memory is traced
+        key = hashlib.sha1(batch.tobytes()).hexdigest()
+        if key not in outputs:
+            outputs[key] = network(batch)
+        return outputs[key]
+
+    sw.blend_tiles(volume, recorded, patch)
+    peaks = {}
+    for name in ("old", "new"):
+        tracemalloc.start()
+        if name == "old":
+            probabilities, _ = old_predict_probabilities(volume, recorded, patch)
+            np.argmax(probabilities, axis=-1)
+        else:
+            sw.blend_tiles(volume, recorded, patch)
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    full_accumulator = volume.size * n_classes * 4
+    assert peaks["old"] > full_accumulator
+    # an 8-slice window of the 128 slices, a tile, labels and the winner's probability
+    assert peaks["new"] < 0.4 * full_accumulator, peaks
+
+
+def test_multi_tile_parts_through_the_network_give_the_old_labels(tiny_unet):
+    model, stride = tiny_unet
+    volume = _volume((20, 48, 40), 21)
+    config = InferenceConfig(batch_size=2)
+    new = inference.apply_segmentation_network(volume, model, N_CLASSES, config, stride,
+                                               patch=(8, 32, 16), largest_component=False)
+    old, n_tiles = old_predict_probabilities(volume, old_predict(model), (8, 32, 16),
+                                             overlap=config.overlap, batch_size=2)
+    assert new.n_tiles == n_tiles > 1 and new.probabilities is None
+    np.testing.assert_array_equal(new.labels, np.argmax(old, axis=-1).astype(np.int16))
+    top = old.max(axis=-1)[new.labels > 0]
+    assert new.confidence == {"mean_max_probability": round(float(top.mean()), 4),
+                              "voxels": int(top.size)}

@@ -1,0 +1,104 @@
+"""The memory budget covers the whole process: memory in use, merge buffers, activations."""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from legseg_tf import device, inference
+from legseg_tf.config import InferenceConfig
+
+STRIDE = (4, 16, 16)
+
+
+def test_process_memory_is_read_from_proc_status(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t 2097152 kB\nVmRSS:\t 1048576 kB\nThreads:\t3\n")
+    assert device.process_memory_gb(status) == (1.0, 2.0)
+    assert device.process_memory_gb(tmp_path / "missing") == (0.0, 0.0)
+    resident, peak = device.process_memory_gb()
+    assert 0 < resident <= peak
+
+
+def test_the_default_budget_is_capped_and_covers_the_memory_in_use():
+    resident, _ = device.process_memory_gb()
+    budget = device.default_budget_gb()
+    assert budget <= device.DEFAULT_BUDGET_GB
+    assert budget == pytest.approx(min(
+        device.DEFAULT_BUDGET_GB,
+        resident + device.AVAILABLE_FRACTION * device.available_memory_gb()), abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    from legseg_tf.networks.config import UNetConfig
+    from legseg_tf.networks.unet import build_unet
+
+    return build_unet(UNetConfig(n_classes=5, features=(4, 8, 8, 8, 8)))
+
+
+def test_the_activation_estimate_counts_live_tensors_only(unet):
+    import keras
+
+    per_voxel = inference.activation_bytes_per_voxel(unet, STRIDE)
+    probe = tuple(2 * s for s in STRIDE)
+    layers = [la for la in unet.layers if not isinstance(la, keras.layers.InputLayer)]
+    symbolic = keras.Model(unet.inputs, [la.output for la in layers])
+    sizes = [4 * math.prod(spec.shape[1:]) / math.prod(probe)
+             for spec in symbolic.compute_output_spec(keras.KerasTensor((1, *probe, 1)))]
+    # more than the largest layer output, less than every output at once (QMRITools' model)
+    assert max(sizes) < per_voxel < sum(sizes)
+
+
+def test_merge_buffers_shrink_with_a_tiled_part_and_grow_with_probabilities():
+    config = InferenceConfig()
+    part = (120, 224, 224)
+    whole = inference.merge_buffer_bytes(part, (120, 224, 224), 22, config)
+    tiled = inference.merge_buffer_bytes(part, (16, 224, 224), 22, config)
+    assert whole > 22 * 4 * math.prod(part)          # the single tile's weighted copy
+    assert tiled < 0.3 * whole                       # accumulator one 16-slice tile deep
+    saved = inference.merge_buffer_bytes(part, (16, 224, 224), 22,
+                                         InferenceConfig(save_probabilities=True))
+    assert saved - tiled == pytest.approx(2 * 22 * 4 * math.prod(part))
+    hard = inference.merge_buffer_bytes(part, (16, 224, 224), 22,
+                                        InferenceConfig(merge="qmritools"))
+    assert hard < whole
+
+
+def test_the_patch_leaves_room_for_the_memory_in_use(unet, caplog):
+    shape = (40, 200, 200)
+    fixed = inference.fixed_memory_gb()
+    assert fixed > 0.05                              # this process already holds memory
+    per_voxel = inference.activation_bytes_per_voxel(unet, STRIDE)
+
+    def patch_for(mem_gb):
+        config = InferenceConfig(mem_gb=mem_gb)
+        return inference._patch_within_budget(shape, unet, 5, config, STRIDE)
+
+    roomy = patch_for(fixed + 50.0)
+    assert roomy == (40, 208, 208)                   # one patch for the part
+    room_gb = 0.4 * per_voxel * math.prod(roomy) / 1e9
+    tight = patch_for((fixed + room_gb) / inference.BUDGET_FRACTION)
+    assert math.prod(tight) < math.prod(roomy)
+    needed = (per_voxel * math.prod(tight)
+              + inference.merge_buffer_bytes(shape, tight, 5, InferenceConfig()))
+    assert fixed * 1024**3 + needed <= (fixed * 1024**3 + room_gb * 1e9) * 1.01
+    with caplog.at_level(logging.WARNING, logger="legseg_tf.inference"):
+        smallest = patch_for(0.5 * fixed)            # less than the process already holds
+    assert smallest == STRIDE
+    assert any("smallest patch" in r.getMessage() for r in caplog.records)
+
+
+def test_memory_kept_by_forward_passes_is_not_counted_twice():
+    retained = inference._RetainedMemory()
+    kept = []
+
+    def forward(batch):
+        kept.append(np.ones(64 * 1024**2 // 8))     # 64 MiB the "runtime" keeps for reuse
+        return batch
+
+    output = retained.measure(forward, np.zeros((1, 4, 16, 16, 1), np.float32))
+    assert output.shape == (1, 4, 16, 16, 1)
+    assert 0.04 < retained.gb < 0.09
