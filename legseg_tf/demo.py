@@ -23,6 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from legseg_tf.derivatives import sidecar_path
+
 logger = logging.getLogger(__name__)
 
 SHAPE_XYZ = (160, 112, 20)
@@ -170,7 +172,7 @@ def _write_image(path: Path, data: np.ndarray, sidecar: dict) -> None:
     image.header.set_xyzt_units("mm", "sec")
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
-    path.with_name(path.name.replace(".nii.gz", ".json")).write_text(json.dumps(sidecar, indent=2) + "\n")
+    sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
 def write_demo(root: Path, subjects: int = 2, seed: int = 0) -> list[Path]:

@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from legseg_tf import derivatives
+from legseg_tf.derivatives import morph_path
 from legseg_tf.fatfraction import FF_COLUMNS, parse_entities
 from legseg_tf.morphometry import MORPH_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-DSEG_GLOBS = ("sub-*/*/*_desc-muscles_dseg.nii.gz", "sub-*/ses-*/*/*_desc-muscles_dseg.nii.gz")
 ID_COLUMNS = ("participant", "session", "source")
 QC_FLAG_COLUMNS = ID_COLUMNS + ("code", "severity", "message", "structures")
 QC_COUNT_COLUMNS = ("qc_flags", "qc_fail")
@@ -50,18 +51,8 @@ MIN_IMAGES_FOR_Z = 3
 MAD_SCALE = 0.6745
 
 
-def find_label_maps(output_dir: Path) -> list[Path]:
-    """Label maps written by the participant level, sorted."""
-    found = set()
-    for pattern in DSEG_GLOBS:
-        found.update(Path(output_dir).glob(pattern))
-    return sorted(found)
-
-
 def image_table(dseg_path: Path) -> pd.DataFrame:
     """The morphometry rows of one label map with participant/session/source columns."""
-    from legseg_tf.reports.participant import morph_path
-
     table_path = morph_path(dseg_path)
     if table_path.exists():
         frame = pd.read_csv(table_path, sep="\t", na_values=["n/a"], keep_default_na=False)
@@ -104,7 +95,7 @@ def image_ids(dseg_path: Path) -> dict[str, str]:
     return {
         "participant": f"sub-{entities.get('sub', '')}",
         "session": f"ses-{entities['ses']}" if "ses" in entities else "n/a",
-        "source": dseg_path.name[: -len("_desc-muscles_dseg.nii.gz")],
+        "source": derivatives.dseg_source_stem(dseg_path),
     }
 
 
@@ -118,7 +109,7 @@ def image_qc(dseg_path: Path) -> tuple[dict, list[dict]]:
     import json
 
     ids = image_ids(dseg_path)
-    sidecar = dseg_path.with_name(dseg_path.name[: -len(".nii.gz")] + ".json")
+    sidecar = derivatives.sidecar_path(dseg_path)
     try:
         qc = json.loads(sidecar.read_text(encoding="utf-8")).get("legseg", {}).get("qc")
     except (OSError, ValueError, AttributeError) as error:
@@ -208,12 +199,10 @@ def asymmetry_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_tsv(frame: pd.DataFrame, path: Path) -> Path:
     """Write a TSV atomically with n/a for missing values."""
-    from legseg_tf.derivatives import atomic_write_text
-
     text = frame.to_csv(
         sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n"
     )
-    return atomic_write_text(path, text)
+    return derivatives.atomic_write_text(path, text)
 
 
 def run_group(output_dir: Path, include_failed_qc: bool = False) -> int:
@@ -225,12 +214,11 @@ def run_group(output_dir: Path, include_failed_qc: bool = False) -> int:
     page and in the log, and the exit code is 1 (the others are still gathered).
     """
     output_dir = Path(output_dir)
-    maps = find_label_maps(output_dir) if output_dir.is_dir() else []
+    maps = derivatives.label_maps(output_dir) if output_dir.is_dir() else []
     if not maps:
         logger.warning(
-            "no participant outputs (*_desc-muscles_dseg.nii.gz) in %s: nothing to do "
-            "(run the participant level first)",
-            output_dir,
+            "no participant outputs (*%s) in %s: nothing to do (run the participant level first)",
+            derivatives.DSEG_ENDING, output_dir,
         )
         return 0
     frames, qc_counts, qc_rows, unreadable, left_out = [], [], [], [], []
@@ -258,14 +246,13 @@ def run_group(output_dir: Path, include_failed_qc: bool = False) -> int:
         logger.warning("the participant outputs in %s hold no usable labels: no group tables",
                        output_dir)
         if unreadable or left_out:  # still say which images were left out, and why
-            from legseg_tf.derivatives import atomic_write_text
             from legseg_tf.reports.html import page
 
             write_tsv(pd.DataFrame(qc_rows, columns=list(QC_FLAG_COLUMNS)),
-                      output_dir / "group_qc_flags.tsv")
+                      output_dir / derivatives.GROUP_QC_FLAGS_TSV)
             body = ("<h1>legseg group report</h1><p>No image is in the group statistics: the "
                     "tables are not written.</p>")
-            atomic_write_text(output_dir / "group.html", _with_exclusions(
+            derivatives.atomic_write_text(output_dir / derivatives.GROUP_HTML, _with_exclusions(
                 page("legseg group report", body), unreadable, left_out))
         return status
     table = long_table(frames)
@@ -278,16 +265,15 @@ def run_group(output_dir: Path, include_failed_qc: bool = False) -> int:
     flags = pd.DataFrame(qc_rows, columns=list(QC_FLAG_COLUMNS))
     asymmetry = asymmetry_table(table)
     written = [
-        write_tsv(table, output_dir / "group_muscles.tsv"),
-        write_tsv(wide, output_dir / "group_muscles_wide.tsv"),
-        write_tsv(asymmetry, output_dir / "group_asymmetry.tsv"),
-        write_tsv(flags, output_dir / "group_qc_flags.tsv"),
+        write_tsv(table, output_dir / derivatives.GROUP_LONG_TSV),
+        write_tsv(wide, output_dir / derivatives.GROUP_WIDE_TSV),
+        write_tsv(asymmetry, output_dir / derivatives.GROUP_ASYMMETRY_TSV),
+        write_tsv(flags, output_dir / derivatives.GROUP_QC_FLAGS_TSV),
     ]
-    from legseg_tf.derivatives import atomic_write_text
     from legseg_tf.reports.group_report import group_page
 
     page = group_page(table, asymmetry, output_dir, ROBUST_Z_LIMIT, counts, flags)
-    written.append(atomic_write_text(output_dir / "group.html",
+    written.append(derivatives.atomic_write_text(output_dir / derivatives.GROUP_HTML,
                                      _with_exclusions(page, unreadable, left_out)))
     n_images = len(wide)
     n_outliers = int(table["outlier"].sum())

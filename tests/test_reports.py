@@ -18,7 +18,8 @@ from legseg_tf import demo, nifti_io
 from legseg_tf.fatfraction import FF_COLUMNS
 from legseg_tf.morphometry import MORPH_COLUMNS
 from legseg_tf.reports import plotting, qc
-from legseg_tf.reports.participant import morph_path, write_participant_outputs
+from legseg_tf.derivatives import morph_path
+from legseg_tf.reports.participant import write_participant_outputs
 from legseg_tf.results import ImageResult, InputImage
 
 # Muscles_leg values used by the phantom label map.

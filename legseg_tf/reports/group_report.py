@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from legseg_tf import derivatives
 from legseg_tf.reports import html, plotting
 
 MEASURE_TITLES = {
@@ -15,6 +16,11 @@ MEASURE_TITLES = {
     "ff_median": "Median fat fraction (%)",
     "ff_eroded_median": "Median fat fraction, eroded label (%)",
 }
+
+
+def _report(output_dir: Path, participant: str) -> Path:
+    """The participant report of ``sub-<label>`` (:func:`legseg_tf.derivatives.report_path`)."""
+    return derivatives.report_path(Path(output_dir), participant.removeprefix("sub-"))
 
 
 def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
@@ -37,11 +43,10 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
         "<h1>legseg group report</h1>",
         f"<p>{images['participant'].nunique()} participant(s), {len(images)} image(s), "
         f"{muscles['label'].nunique()} muscle label(s). Tables: "
-        '<a href="group_muscles.tsv">group_muscles.tsv</a>, '
-        '<a href="group_muscles_wide.tsv">group_muscles_wide.tsv</a>, '
-        '<a href="group_asymmetry.tsv">group_asymmetry.tsv</a>'
-        + (', <a href="group_qc_flags.tsv">group_qc_flags.tsv</a>' if qc_flags is not None
-           else "")
+        + ", ".join(f'<a href="{name}">{name}</a>' for name in (
+            derivatives.GROUP_LONG_TSV, derivatives.GROUP_WIDE_TSV,
+            derivatives.GROUP_ASYMMETRY_TSV)
+            + ((derivatives.GROUP_QC_FLAGS_TSV,) if qc_flags is not None else ()))
         + ".</p>",
     ]
     if qc_flags is not None:
@@ -49,7 +54,7 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
     parts.append("<h2>Participants</h2>")
     rows = []
     for participant, group in images.groupby("participant", sort=True):
-        report = Path(output_dir) / f"{participant}.html"
+        report = _report(output_dir, participant)
         link = (
             f'<a href="{html.escape(report.name)}">{html.escape(participant)}</a>'
             if report.exists()
@@ -176,7 +181,7 @@ def qc_summary(
                                 text_columns=["code", "severity"], css_class="qc-counts"))
         for (participant, session, source), group in qc_flags.groupby(
                 ["participant", "session", "source"], sort=True):
-            report = Path(output_dir) / f"{participant}.html"
+            report = _report(output_dir, participant)
             name = html.escape(source)
             link = f'<a href="{html.escape(report.name)}#qc-flags">{name}</a>' \
                 if report.exists() else name

@@ -34,6 +34,16 @@ import numpy as np
 import pandas as pd
 
 from legseg_tf import nifti_io
+from legseg_tf.derivatives import (
+    atomic_write_text,
+    label_maps,
+    morph_path,
+    probseg_path,
+    report_path,
+    sidecar_path,
+    software_versions,
+    write_json,
+)
 from legseg_tf.fatfraction import (
     FF_COLUMNS,
     FatFractionResult,
@@ -47,9 +57,6 @@ from legseg_tf.reports import html, model_cards, plotting, qc
 from legseg_tf.results import ImageResult, InputImage
 
 logger = logging.getLogger(__name__)
-
-DSEG_SUFFIX = "_dseg.nii.gz"
-MORPH_SUFFIX = "_morph.tsv"
 
 #: Column descriptions written to the JSON sidecar of every morphometry table, as BIDS asks
 #: of a TSV data dictionary: one object per column (Description, and Units or Levels).
@@ -126,19 +133,6 @@ class ImageSummary:
     model_facts: list = field(default_factory=list)
 
 
-def morph_path(dseg_path: Path) -> Path:
-    """The morphometry table next to a ``..._dseg.nii.gz``."""
-    name = Path(dseg_path).name
-    if not name.endswith(DSEG_SUFFIX):
-        raise ValueError(f"not a label map name ending in {DSEG_SUFFIX}: {name}")
-    return Path(dseg_path).with_name(name[: -len(DSEG_SUFFIX)] + MORPH_SUFFIX)
-
-
-def report_path(output_dir: Path, subject: str) -> Path:
-    """``OUTPUT_DIR/sub-<label>.html``."""
-    return Path(output_dir) / f"sub-{subject}.html"
-
-
 def write_participant_outputs(
     results: list[ImageResult], bids_dir: Path, output_dir: Path, ff_erosion: int,
     models_dir: Path | None = None,
@@ -174,8 +168,6 @@ def write_participant_outputs(
             written += write_morph_table(summary, bids_dir, output_dir)
             summaries.append(summary)
         target = report_path(output_dir, subject)
-        from legseg_tf.derivatives import atomic_write_text
-
         errors = [r for r in failed if r.image.subject == subject]
         atomic_write_text(target, subject_page(subject, summaries, output_dir, errors))
         written.append(target)
@@ -188,12 +180,10 @@ def disk_results(
 ) -> list[ImageResult]:
     """Label maps of a subject already in OUTPUT_DIR as "skipped" results (source: the sidecar)."""
     found = []
-    for dseg in sorted(
-        (Path(output_dir) / f"sub-{subject}").glob(f"**/*_desc-muscles{DSEG_SUFFIX}")
-    ):
+    for dseg in label_maps(output_dir, subject):
         if dseg.resolve() in skip:
             continue
-        sidecar = dseg.with_name(dseg.name[: -len(".nii.gz")] + ".json")
+        sidecar = sidecar_path(dseg)
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
             source = meta["Sources"][0]
@@ -362,8 +352,6 @@ def morph_frame(rows: list[dict], with_fat_fraction: bool) -> pd.DataFrame:
 
 def write_morph_table(summary: ImageSummary, bids_dir: Path, output_dir: Path) -> list[Path]:
     """Write the TSV and its JSON sidecar; return both paths."""
-    from legseg_tf.derivatives import atomic_write_text, write_json
-
     frame = morph_frame(summary.rows, summary.fat_fraction is not None)
     text = frame.to_csv(
         sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n"
@@ -378,7 +366,7 @@ def write_morph_table(summary: ImageSummary, bids_dir: Path, output_dir: Path) -
             "Erosion": "per label, in-plane (4-neighbourhood within each axial slice)",
             "ResampledToLabelGrid": summary.fat_fraction.resampled,
         }
-    sidecar = write_json(path.with_name(path.name[: -len(".tsv")] + ".json"), meta)
+    sidecar = write_json(sidecar_path(path), meta)
     logger.info("wrote %s (%d labels)", path, len(frame))
     return [path, sidecar]
 
@@ -598,10 +586,9 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     result, report = s.result, s.result.report or {}
     legseg_meta = s.sidecar.get("legseg", {}) if isinstance(s.sidecar.get("legseg"), dict) else {}
     dseg = Path(result.dseg_path)
-    probseg = result.probseg_path or dseg.with_name(
-        dseg.name.replace(DSEG_SUFFIX, "_probseg.nii.gz"))
+    probseg = result.probseg_path or probseg_path(output_dir, result.image)
     tables = [_link_or_text(s.morph_path, output_dir),
-              _link_or_text(s.morph_path.with_suffix(".json"), output_dir)]
+              _link_or_text(sidecar_path(s.morph_path), output_dir)]
     parts = [
         f'<section class="image" id="{html.escape(anchor)}">',
         f"<h3>{html.escape(result.image.relpath)}</h3>",
@@ -892,8 +879,6 @@ def models_section(result: ImageResult, sidecar: dict, legseg_meta: dict) -> str
     ]
     software = legseg_meta.get("software") or {}
     if not software:
-        from legseg_tf.derivatives import software_versions
-
         software = software_versions()
     parts.append(html.key_values(sorted(software.items())))
     parts.append(f'<p class="note">device: '
