@@ -11,6 +11,9 @@
 #   LEGSEG_VERSION         only feeds the OCI version label and GeneratedBy.Container.Tag; its
 #                          default is the content of the `version` file and the build fails when
 #                          the two differ (the `version` file is the one source of the version)
+#   IMAGE_NAME             the image's name without tag (default legseg; the release workflow
+#                          passes ghcr.io/<owner>/legseg): GeneratedBy.Container.Tag of the
+#                          outputs is IMAGE_NAME:LEGSEG_VERSION-VARIANT
 #   QMRITOOLS_PACLET_URL   URL of a QMRITools release paclet converted into the image at build
 #                          time (also: drop *.paclet / *.wlnet files into container/paclets/)
 # Build machines that need their own pip configuration (a private index, a TLS-inspecting
@@ -25,6 +28,7 @@ FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
 ARG VARIANT=cpu
 ARG LEGSEG_VERSION=0.1.0
+ARG IMAGE_NAME=legseg
 ARG QMRITOOLS_PACLET_URL=""
 
 # Caches and temporary files all live under /tmp, so HOME need not exist or be writable and a
@@ -95,7 +99,7 @@ RUN --mount=type=bind,source=container/paclets,target=/tmp/paclets \
 RUN useradd --system --uid 1000 --user-group --home-dir /tmp --no-create-home \
       --shell /usr/sbin/nologin legseg
 ENV LEGSEG_MODELS_DIR=/opt/legseg/models \
-    LEGSEG_DOCKER_TAG=legseg:${LEGSEG_VERSION}-${VARIANT} \
+    LEGSEG_DOCKER_TAG=${IMAGE_NAME}:${LEGSEG_VERSION}-${VARIANT} \
     LEGSEG_IMAGE_VARIANT=${VARIANT}
 USER 1000:1000
 WORKDIR /tmp

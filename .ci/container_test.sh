@@ -17,12 +17,14 @@
 #
 # Environment: LEGSEG_VARIANT (cpu|gpu, default cpu), LEGSEG_BASE_IMAGE, LEGSEG_DOCKER_ROOT (keep
 # the engine's data and the base rootfs between runs), LEGSEG_VENV (Python env with legseg and
-# pytest for the test side, default .venv), LEGSEG_IMAGE_TAG (default legseg:ci-<variant>).
+# pytest for the test side, default .venv), LEGSEG_IMAGE_TAG (default legseg:ci-<variant>),
+# LEGSEG_IMAGE_NAME (the Dockerfile's IMAGE_NAME: the name the outputs record, default legseg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 variant=${LEGSEG_VARIANT:-cpu}
 tag=${LEGSEG_IMAGE_TAG:-legseg:ci-$variant}
+image_name=${LEGSEG_IMAGE_NAME:-legseg}
 venv=${LEGSEG_VENV:-.venv}
 python="$venv/bin/python"
 [ -x "$python" ] || python=python3
@@ -120,7 +122,7 @@ fi
 log "building $tag (variant $variant)"
 t0=$(date +%s)
 "$docker_cli" build --network host --progress plain \
-  --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$variant" \
+  --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$variant" --build-arg "IMAGE_NAME=$image_name" \
   "${secrets[@]}" -t "$tag" . >"$scratch/build.log" 2>&1 \
   || { tail -60 "$scratch/build.log"; log "build FAILED"; exit 1; }
 build_s=$(( $(date +%s) - t0 ))
@@ -147,7 +149,7 @@ trap 'rm -f "$repo/$paclet"; cleanup' EXIT
 log "building $tag-paclet with $paclet"
 t0=$(date +%s)
 "$docker_cli" build --network host --progress plain \
-  --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$variant" \
+  --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$variant" --build-arg "IMAGE_NAME=$image_name" \
   "${secrets[@]}" -t "$tag-paclet" . >"$scratch/build-paclet.log" 2>&1 \
   || { tail -60 "$scratch/build-paclet.log"; log "paclet build FAILED"; exit 1; }
 rm -f "$paclet"

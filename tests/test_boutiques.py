@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from legseg_tf import __version__, cli, demo
-from tests.test_segmenter import install_tiny_models
+from tests.helpers import install_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = REPO_ROOT / "integrations" / "boutiques" / "legseg.json"

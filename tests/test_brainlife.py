@@ -20,7 +20,7 @@ import pytest
 
 from legseg_tf import __version__, demo
 from legseg_tf.bids_inputs import find_inputs, load_filter_file
-from tests.test_segmenter import install_tiny_models
+from tests.helpers import install_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / "main"

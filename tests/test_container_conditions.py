@@ -23,7 +23,7 @@ import pytest
 
 from legseg_tf import derivatives
 from legseg_tf.pipeline import find_validator
-from tests.test_segmenter import install_tiny_models
+from tests.helpers import install_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 UID = 12345

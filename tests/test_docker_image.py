@@ -67,7 +67,7 @@ def docker(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def space(image):
     """Demo BIDS dataset, tiny models and an output folder the container's uid can write."""
-    from tests.test_segmenter import install_tiny_models
+    from tests.helpers import install_tiny_models
 
     root = Path(tempfile.mkdtemp(prefix="legseg-image-test-"))
     root.chmod(0o755)
@@ -149,7 +149,8 @@ def test_participant_and_group_locked_down(space):
     generated = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]
     assert generated["Version"] == VERSION
     assert generated["Container"]["Type"] == "docker"
-    assert generated["Container"]["Tag"].startswith(f"legseg:{VERSION}")
+    # legseg:<version>-<variant>, or <registry>/<owner>/legseg:... for a released image
+    assert generated["Container"]["Tag"].split("/")[-1].startswith(f"legseg:{VERSION}")
     sidecar = json.loads(dseg[0].with_name(dseg[0].name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["Sources"]
     owners = {p.stat().st_uid for p in [out, *out.rglob("*")]}

@@ -14,7 +14,7 @@ import pytest
 from legseg_tf import cli, demo
 from legseg_tf.labels import BY_INDEX
 from tests.conftest import write_nifti
-from tests.test_segmenter import install_tiny_models
+from tests.helpers import install_tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import pytest
 from legseg_tf import cli, derivatives, nifti_io, pipeline
 from tests.conftest import REPO_ROOT, make_dataset, two_leg_volume, write_nifti
 from tests.fakes import ThresholdPlaceholderSegmenter
-from tests.test_faults import patch_header
+from tests.helpers import patch_header
 
 T1W = "sub-01/anat/sub-01_acq-outphase_T1w.nii.gz"
 T1W_2 = "sub-02/anat/sub-02_acq-outphase_T1w.nii.gz"

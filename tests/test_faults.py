@@ -17,6 +17,7 @@ import pytest
 
 from legseg_tf import cli, derivatives, nifti_io, pipeline
 from tests.conftest import REPO_ROOT, make_dataset, two_leg_volume, write_nifti
+from tests.helpers import patch_header
 
 T1W = "sub-01/anat/sub-01_acq-outphase_T1w.nii.gz"
 DSEG = "sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.nii.gz"
@@ -28,22 +29,6 @@ def run(*args) -> int:
 
 def one_image_dataset(root, **kwargs):
     return make_dataset(root, {T1W: {"EchoTime": 0.00345}}, **kwargs)
-
-
-def patch_header(path, **fields):
-    """Rewrite header fields of a written NIfTI file byte for byte (nibabel would fix them on
-    save), e.g. ``sform_code=0``, ``pixdim=[...]``, ``dim=[...]``."""
-    import gzip
-
-    raw = path.read_bytes()
-    zipped = raw[:2] == b"\x1f\x8b"
-    data = bytearray(gzip.decompress(raw) if zipped else raw)
-    header = nib.Nifti1Header(bytes(data[:348]), check=False)
-    for key, value in fields.items():
-        header[key] = value
-    data[:348] = header.binaryblock
-    path.write_bytes(gzip.compress(bytes(data)) if zipped else bytes(data))
-    return path
 
 
 def no_orientation(path):

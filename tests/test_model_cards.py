@@ -1,79 +1,15 @@
 """The "what these networks can and cannot do" facts: read from the manifest and model cards."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from legseg_tf.labels import BY_INDEX
 from legseg_tf.reports import model_cards
+from tests.helpers import CARD, planted_models, write_models_dir
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
-
-#: A card shaped like the project's cards (sections, tables, bold figures, a never-list).
-CARD = """# planted-upperleg-v1 — upper-leg network
-
-| | |
-|---|---|
-| role | `upper_leg` |
-
-## Training data
-
-Two people, both thighs: `Join_5` and the UCL Siemens thigh, pseudo-labels
-(`tools/make_pseudolabels.py`). **Two subjects.**
-
-## Validation on the held-out leg (same subject)
-
-| muscle | held-out Dice |
-|---|---|
-| Vastus lateralis | 0.96 |
-| **mean (15 labels)** | **0.82** |
-
-## Leave-one-subject-out: each subject scored by a network that never saw it
-
-| left-out subject | mean Dice |
-|---|---|
-| Join_5 | 0.41 |
-| UCL | 0.37 |
-| **mean** | **0.39** |
-
-**Expect a mean Dice of about 0.4 on a new person.**
-
-## Known limits
-
-* Adductor minimus, iliacus, psoas major, pectineus, patella and subcutaneous fat do not occur
-  in the references and are never predicted; the ilium occurs only in the top slices.
-* A small network trained on a CPU.
-"""
-
-
-def write_models_dir(folder: Path, models: list[dict], cards: dict[str, str]) -> Path:
-    """A models folder that ``regions.check_models`` accepts: a manifest whose entries have
-    placeholder config and weights files (``models``: id, role, label_table, provenance)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for number, model in enumerate(models):
-        (folder / f"m{number}.json").write_text("{}")
-        (folder / f"m{number}.weights.h5").write_bytes(b"not a network")
-        entries.append({"id": model["id"], "role": model["role"], "config": f"m{number}.json",
-                        "weights": f"m{number}.weights.h5", "sha256": "0" * 64,
-                        "label_table": model.get("label_table"),
-                        "provenance": {"source": "legseg-train", **model.get("provenance", {})}})
-    for relative, text in cards.items():
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        (folder / relative).write_text(text)
-    (folder / "manifest.json").write_text(json.dumps({"schema_version": 1, "models": entries}))
-    return folder
-
-
-def planted_models(folder: Path, model_id: str = "planted") -> Path:
-    """A models folder whose upper-leg model ``model_id`` has :data:`CARD` as its card."""
-    return write_models_dir(folder, [
-        {"id": model_id, "role": "upper_leg", "label_table": "N5_UpperLeg",
-         "provenance": {"card": "cards/planted.md", "training_voxel_size_mm": [6, 1.5, 1.5]}},
-    ], {"cards/planted.md": CARD})
-
 
 def test_facts_from_the_card(tmp_path):
     models = planted_models(tmp_path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 
 import nibabel as nib
@@ -12,7 +14,9 @@ import pytest
 
 from legseg_tf import cli, pipeline
 from legseg_tf.labels import BY_INDEX
+from tests.conftest import REPO_ROOT
 from tests.fakes import ThresholdPlaceholderSegmenter
+from tests.helpers import install_tiny_models
 
 
 def run(bids, out, *extra):
@@ -95,12 +99,41 @@ def test_probabilities_are_written_when_requested(tiny_dataset, tmp_path, monkey
     assert meta["LabelMap"] == ["55", "56"]
 
 
-def test_work_dir_is_used_for_temporary_files(tiny_dataset, tmp_path, placeholder):
+def test_work_dir_sets_no_process_wide_temporary_folder(tiny_dataset, tmp_path, placeholder):
     work = tmp_path / "work"
     before = tempfile.tempdir
     assert run(tiny_dataset, tmp_path / "out", "-w", work) == 0
     assert work.is_dir()
-    assert tempfile.tempdir == before  # no process-wide temporary folder is set
+    assert tempfile.tempdir == before
+
+
+@pytest.mark.slow
+def test_work_dir_receives_the_caches_and_tmpdir_is_left_empty(tmp_path):
+    """A run with -w, the validator on and no writable HOME, in a process of its own: the
+    validator's Deno cache, Keras's config and Matplotlib's font cache land in the work dir;
+    nothing is left in TMPDIR and nothing is written to HOME."""
+    from legseg_tf import demo
+
+    install_tiny_models(tmp_path / "models")
+    demo.write_demo(tmp_path / "bids", subjects=1)
+    work, scratch, home = tmp_path / "work", tmp_path / "tmp", tmp_path / "no-home"
+    scratch.mkdir()
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("KERAS_HOME", "MPLCONFIGDIR", "DENO_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), TMPDIR=str(scratch), PYTHONPATH=str(REPO_ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "legseg_tf", str(tmp_path / "bids"), str(tmp_path / "out"),
+         "participant", "-w", str(work), "--models", str(tmp_path / "models"),
+         "--region", "upper", "--device", "cpu"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "validating" in done.stderr
+    assert list((work / ".deno").iterdir())                     # the validator's cache
+    assert (work / ".keras" / "keras.json").is_file()
+    assert list((work / ".matplotlib").glob("fontlist-*.json"))
+    assert sorted(p.name for p in work.iterdir()) == [".deno", ".keras", ".matplotlib"]
+    assert not list(scratch.iterdir())
+    assert not home.exists()
 
 
 def test_device_choice_is_recorded_per_run_not_kept_in_the_process(tiny_dataset, tmp_path,

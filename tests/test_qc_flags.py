@@ -9,6 +9,7 @@ import pytest
 
 from legseg_tf import qc_flags
 from legseg_tf.qc_flags import QCConfig, QCFlag, QCResult
+from tests.helpers import AsymmetricSegmenter
 
 # (z, y, x) phantom in the QMRITools layout: columns < CUT are the patient's right leg.
 NZ, NY, NX, CUT = 10, 40, 80, 40
@@ -261,40 +262,6 @@ def test_flags_round_trip_and_validation():
 # ------------------------------------------------------------ through the command line
 
 
-class AsymmetricSegmenter:
-    """Test segmenter planting a failed segmentation: vastus lateralis over the bright voxels
-    of the patient's left leg, but only on every tenth row of the right leg (about 10x less).
-    Columns before the middle of the (z, y, x) layout are the patient's right."""
-
-    def segment(self, volume, spacing_zyx, *, midline_column=None):
-        from legseg_tf.segmentation_report import (
-            PartReport,
-            SegmentationReport,
-            SideReport,
-            SplitReport,
-        )
-        from legseg_tf.segmenter import SegmentationResult
-
-        labels = np.zeros(volume.shape, dtype=np.uint16)
-        middle = volume.shape[2] // 2
-        bright = volume > 50
-        labels[:, :, middle:][bright[:, :, middle:]] = VL_L
-        right = np.zeros_like(bright)
-        right[:, ::10, :middle] = bright[:, ::10, :middle]
-        labels[right] = VL_R
-        report = SegmentationReport(
-            side=SideReport(decision="Both", source="geometry", classifier=None, geometry={},
-                            midline="image centre"),
-            split=SplitReport(cut_column=middle, method="image centre", overlap=0.1,
-                              part_labels="planted", parts_columns=[]),
-            region_ranges={"UpperLegs": [0, volume.shape[0] - 1]},
-            parts=[PartReport(region="UpperLegs", side=side, model="planted", box_zyx=[],
-                              labels=[], confidence={"mean_max_probability": 0.95, "voxels": 1})
-                   for side in ("R", "L")])
-        return SegmentationResult(labels=labels, report=report,
-                                  models=[{"id": "planted", "role": "upper_leg", "sha256": None}])
-
-
 def _sidecar(out):
     path = out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_dseg.json"
     return json.loads(path.read_text())
@@ -336,7 +303,7 @@ def test_planted_asymmetry_reaches_sidecar_html_and_group(tmp_path, monkeypatch)
 def test_tiny_networks_on_the_demo_flag_low_confidence(tmp_path):
     """Untrained networks through the CLI: near-uniform softmax outputs must be flagged."""
     from legseg_tf import cli, demo
-    from tests.test_segmenter import install_tiny_models
+    from tests.helpers import install_tiny_models
 
     install_tiny_models(tmp_path / "models")
     bids, out = tmp_path / "bids", tmp_path / "out"

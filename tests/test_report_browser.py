@@ -443,8 +443,7 @@ def test_planted_failure_shows_in_the_flag_boxes(browser, tmp_path_factory, arti
     subject's box and in the group page's box; the subject page also shows the outlines and
     the box of the planted model, read from its model card in the --models folder."""
     from legseg_tf import cli, demo, pipeline
-    from tests.test_model_cards import planted_models
-    from tests.test_qc_flags import AsymmetricSegmenter
+    from tests.helpers import AsymmetricSegmenter, planted_models
 
     root = tmp_path_factory.mktemp("planted")
     bids, out = root / "bids", root / "out"
