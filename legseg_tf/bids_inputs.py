@@ -10,6 +10,11 @@ Default query (replaced entirely by ``--bids-filter-file``):
 
 Labels of participants and sessions are given without their ``sub-``/``ses-`` prefixes; files
 that have no session are kept when a session filter is given (BIDS execution spec).
+
+The images of one session with their entities and inherited sidecar metadata
+(:func:`session_files`, for :mod:`legseg_tf.fatfraction`) and the grouping of MEGRE echoes into
+series (:func:`megre_series`) come from the same pybids index; :func:`parse_entities` reads
+the entities of names outside it (legseg's own outputs, ``Sources`` of their sidecars).
 """
 from __future__ import annotations
 
@@ -19,8 +24,10 @@ import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from legseg_tf.results import InputImage
 
@@ -329,15 +336,23 @@ def _to_input(bids_file, bids_dir: Path, layout) -> InputImage:
     )
 
 
+_T = TypeVar("_T")
+
+
+def megre_series(files: Iterable[_T], entities: Callable[[_T], Mapping[str, Any]]) -> list[list[_T]]:
+    """MEGRE files grouped into series: files whose pybids entities differ only in ``echo``
+    (in the order first seen; members in the order given)."""
+    series: dict[tuple, list] = defaultdict(list)
+    for item in files:
+        key = tuple(sorted((k, str(v)) for k, v in entities(item).items() if k != "echo"))
+        series[key].append(item)
+    return list(series.values())
+
+
 def _pick_megre_echoes(files: list, layout) -> list:
     """One echo per MEGRE series: the one nearest an out-of-phase echo time."""
-    series: dict[tuple, list] = defaultdict(list)
-    for bids_file in files:
-        entities = bids_file.get_entities()
-        key = tuple(sorted((k, str(v)) for k, v in entities.items() if k not in ("echo",)))
-        series[key].append(bids_file)
     chosen = []
-    for members in series.values():
+    for members in megre_series(files, lambda bids_file: bids_file.get_entities()):
         scored = []
         for bids_file in members:
             metadata = layout.get_metadata(bids_file.path)
@@ -360,6 +375,70 @@ def _pick_megre_echoes(files: list, layout) -> list:
             )
             chosen.append(scored[0][2])
     return chosen
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """A NIfTI image of one session, as the pybids index has it.
+
+    Attributes:
+        path: the file.
+        entities: pybids entities (``subject``, ``session``, ``acquisition``, ``run``,
+            ``echo``, ``part``, ``suffix``, ``datatype``, ``extension``, ...).
+        metadata: its sidecar metadata with BIDS inheritance (dataset-level files first, the
+            image's own sidecar last).
+    """
+
+    path: Path
+    entities: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def session_files(bids_dir: Path, subject: str, session: str | None) -> list[SessionFile]:
+    """The NIfTI images of one subject and session (None: those without a session), any
+    datatype folder, sorted by path. Only that subject's folder (and the dataset-level
+    sidecars) is indexed; JSON files that do not parse are left out."""
+    bids_dir = Path(bids_dir)
+    if not (bids_dir / f"sub-{subject}").is_dir():
+        return []
+    from bids.layout import Query
+
+    others = re.compile("^/sub-(?!" + re.escape(subject) + "(/|$))")
+    scan = DatasetScan(invalid_json=_invalid_json(bids_dir, subject))
+    layout = _layout(bids_dir, [others, *scan.ignore_patterns()])
+    found = layout.get(return_type="object", subject=subject, extension=NIFTI_EXTENSIONS,
+                       session=session if session else Query.NONE)
+    return [SessionFile(Path(f.path), dict(f.get_entities()), dict(layout.get_metadata(f.path)))
+            for f in sorted(found, key=lambda f: f.path)]
+
+
+def _invalid_json(bids_dir: Path, subject: str) -> dict[str, str]:
+    """JSON files of the dataset level and of ``sub-<subject>`` that do not parse."""
+    invalid = {}
+    candidates = [*bids_dir.glob("*.json"), *(bids_dir / f"sub-{subject}").rglob("*.json")]
+    for path in candidates:
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            invalid[path.relative_to(bids_dir).as_posix()] = str(error).splitlines()[0]
+    return invalid
+
+
+def parse_entities(path: Path) -> tuple[dict[str, str], str]:
+    """Key-value entities and suffix of a BIDS-style file name, keys as written
+    (``sub-01_acq-x_T1w.nii.gz`` -> ``({"sub": "01", "acq": "x"}, "T1w")``): for names that
+    are not in the pybids index (legseg's outputs, the ``Sources`` of their sidecars)."""
+    stem = _NAME_EXTENSION.sub("", Path(path).name)
+    parts = stem.split("_")
+    entities = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if sep:
+            entities[key] = value
+    return entities, parts[-1]
+
+
+_NAME_EXTENSION = re.compile(r"(\.nii(\.gz)?|\.json|\.tsv)$")
 
 
 def _one_per_location(images: list[InputImage]) -> list[InputImage]:

@@ -34,10 +34,8 @@ interpolation (``scipy.ndimage.map_coordinates``, order 1); no label is ever res
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +43,13 @@ import numpy as np
 from scipy import ndimage
 
 from legseg_tf import nifti_io
-from legseg_tf.bids_inputs import DEFAULT_FIELD_T, out_of_phase_distance
+from legseg_tf.bids_inputs import (
+    DEFAULT_FIELD_T,
+    SessionFile,
+    megre_series,
+    out_of_phase_distance,
+    session_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +71,6 @@ PHASE_TOLERANCE_CYCLES = 0.1
 TWO_POINT_CEILING_WARN = 40.0
 #: Affine entries (mm) within which two grids count as identical.
 GRID_TOLERANCE_MM = 1e-3
-
-_NIFTI = re.compile(r"\.nii(\.gz)?$")
-
 
 @dataclass(frozen=True)
 class FatWaterSource:
@@ -139,118 +140,64 @@ class FatFractionResult:
 # --------------------------------------------------------------------------- finding images
 
 
-def parse_entities(path: Path) -> tuple[dict[str, str], str]:
-    """BIDS key-value entities and suffix of a file name (``sub-01_acq-x_T1w.nii.gz``)."""
-    stem = _NIFTI.sub("", Path(path).name)
-    if stem.endswith(".json"):
-        stem = stem[: -len(".json")]
-    parts = stem.split("_")
-    entities = {}
-    for part in parts[:-1]:
-        key, sep, value = part.partition("-")
-        if sep:
-            entities[key] = value
-    return entities, parts[-1]
+def _acq_pairs(files: list[SessionFile], first_end: str, second_end: str
+               ) -> list[tuple[SessionFile, SessionFile]]:
+    """Pairs of files identical but for an ``acq`` ending in ``first_end`` / ``second_end``
+    (``.nii`` and ``.nii.gz`` pair too)."""
 
-
-def read_metadata(path: Path, bids_dir: Path) -> dict:
-    """Sidecar metadata of a NIfTI file with BIDS inheritance (root first, own file last)."""
-    path = Path(path)
-    entities, suffix = parse_entities(path)
-    root = Path(bids_dir).resolve()
-    folder = path.resolve().parent
-    folders = [folder]
-    while folder != root and root in folder.parents:
-        folder = folder.parent
-        folders.append(folder)
-    merged: dict = {}
-    for directory in reversed(folders):
-        for candidate in sorted(directory.glob(f"*_{suffix}.json")) + sorted(
-            directory.glob(f"{suffix}.json")
-        ):
-            found, cand_suffix = parse_entities(candidate)
-            if cand_suffix != suffix or any(entities.get(k) != v for k, v in found.items()):
-                continue
-            try:
-                data = json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as error:
-                logger.warning("cannot read sidecar %s: %s", candidate, error)
-                continue
-            if isinstance(data, dict):
-                merged.update(data)
-    return merged
-
-
-def session_images(bids_dir: Path, subject: str, session: str | None) -> list[Path]:
-    """NIfTI files of one subject/session, any datatype folder, sorted."""
-    folder = Path(bids_dir) / f"sub-{subject}"
-    if session:
-        folder = folder / f"ses-{session}"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("*/*.nii*") if _NIFTI.search(p.name))
-
-
-def _acq_pairs(files: list[Path], first_end: str, second_end: str) -> list[tuple[Path, Path]]:
-    """Pairs of files identical but for an ``acq`` ending in ``first_end`` / ``second_end``."""
-
-    def key(path: Path, ending: str):
-        entities, suffix = parse_entities(path)
-        acq = entities.get("acq", "")
+    def key(item: SessionFile, ending: str):
+        acq = str(item.entities.get("acquisition", ""))
         if not acq.lower().endswith(ending):
             return None
-        rest = dict(entities)
-        rest["acq"] = acq[: len(acq) - len(ending)].lower()
-        return (suffix, tuple(sorted(rest.items())))
+        rest = {k: str(v) for k, v in item.entities.items()
+                if k not in ("acquisition", "extension")}
+        rest["acquisition"] = acq[: len(acq) - len(ending)].lower()
+        return tuple(sorted(rest.items()))
 
     seconds = {}
-    for path in files:
-        k = key(path, second_end)
+    for item in files:
+        k = key(item, second_end)
         if k is not None:
-            seconds.setdefault(k, path)
+            seconds.setdefault(k, item)
     pairs = []
-    for path in files:
-        k = key(path, first_end)
+    for item in files:
+        k = key(item, first_end)
         if k is not None and k in seconds:
-            pairs.append((path, seconds[k]))
+            pairs.append((item, seconds[k]))
     return pairs
 
 
-def _megre_pairs(files: list[Path], bids_dir: Path) -> list[tuple[Path, Path, float, float]]:
+def _megre_pairs(files: list[SessionFile]) -> list[tuple[SessionFile, SessionFile, float, float]]:
     """(in-phase, out-of-phase, TE_ip, TE_op) magnitude echo pairs of MEGRE series."""
-    series: dict[tuple, list[tuple[float, Path]]] = {}
-    for path in files:
-        entities, suffix = parse_entities(path)
-        if suffix != "MEGRE" or entities.get("part", "mag") != "mag" or "echo" not in entities:
+    echoes = []
+    for item in files:
+        entities = item.entities
+        if (entities.get("suffix") != "MEGRE" or entities.get("part", "mag") != "mag"
+                or "echo" not in entities):
             continue
-        meta = read_metadata(path, bids_dir)
-        echo_time = meta.get("EchoTime")
+        echo_time = item.metadata.get("EchoTime")
         if not isinstance(echo_time, (int, float)) or echo_time <= 0:
-            logger.debug("no EchoTime for %s; not used for fat fraction", path)
+            logger.debug("no EchoTime for %s; not used for fat fraction", item.path)
             continue
-        field_t = meta.get("MagneticFieldStrength", DEFAULT_FIELD_T)
-        rest = tuple(sorted((k, v) for k, v in entities.items() if k != "echo"))
-        series.setdefault((rest, float(field_t)), []).append((float(echo_time), path))
+        echoes.append(item)
     pairs = []
-    for (_, field_t), echoes in sorted(series.items()):
-        in_phase = [
-            (te, p)
-            for te, p in echoes
-            if out_of_phase_distance(te, field_t) >= 0.5 - PHASE_TOLERANCE_CYCLES
-        ]
-        out_phase = [
-            (te, p)
-            for te, p in echoes
-            if out_of_phase_distance(te, field_t) <= PHASE_TOLERANCE_CYCLES
-        ]
-        candidates = sorted(
-            (abs(ti - to), min(ti, to), ti, to, pi, po)
-            for ti, pi in in_phase
-            for to, po in out_phase
-        )
-        if candidates:
-            _, _, ti, to, pi, po = candidates[0]
-            pairs.append((pi, po, ti, to))
+    for series in megre_series(echoes, lambda item: item.entities):
+        by_field: dict[float, list[tuple[float, SessionFile]]] = {}
+        for item in series:
+            field_t = item.metadata.get("MagneticFieldStrength", DEFAULT_FIELD_T)
+            by_field.setdefault(float(field_t), []).append(
+                (float(item.metadata["EchoTime"]), item))
+        for field_t, members in sorted(by_field.items()):
+            in_phase = [(te, f) for te, f in members
+                        if out_of_phase_distance(te, field_t) >= 0.5 - PHASE_TOLERANCE_CYCLES]
+            out_phase = [(te, f) for te, f in members
+                         if out_of_phase_distance(te, field_t) <= PHASE_TOLERANCE_CYCLES]
+            candidates = sorted(
+                ((abs(ti - to), min(ti, to), ti, to, str(fi.path), str(fo.path)), fi, fo)
+                for ti, fi in in_phase for to, fo in out_phase)
+            if candidates:
+                (_, _, ti, to, _, _), fi, fo = candidates[0]
+                pairs.append((fi, fo, ti, to))
     return pairs
 
 
@@ -259,43 +206,43 @@ def find_fat_water(
 ) -> FatWaterSource | None:
     """Water/fat (or in-phase/out-of-phase) images of a session, or None (module docstring).
 
+    The session's images, their entities and inherited sidecar metadata come from the pybids
+    index (:func:`legseg_tf.bids_inputs.session_files`).
+
     Args:
         bids_dir: BIDS root.
         subject, session: labels without prefixes.
         prefer_entities: pybids entities of the segmented image; among several candidate pairs
-            the one sharing most of its ``run``/``rec``/``ce`` values is chosen.
+            the one sharing most of its ``run``/``reconstruction``/``ceagent`` values is chosen.
     """
-    files = session_images(bids_dir, subject, session)
+    files = session_files(bids_dir, subject, session)
     prefer = prefer_entities or {}
 
-    # pybids entity names of the segmented image -> file-name keys
     def norm(value) -> str:
         text = str(value)
         return str(int(text)) if text.isdigit() else text
 
-    wanted = {
-        key: norm(prefer[name])
-        for name, key in (("run", "run"), ("reconstruction", "rec"), ("ceagent", "ce"))
-        if prefer.get(name) is not None
-    }
+    wanted = {name: norm(prefer[name]) for name in ("run", "reconstruction", "ceagent")
+              if prefer.get(name) is not None}
 
-    def score(path: Path) -> tuple:
-        entities, _ = parse_entities(path)
-        matches = sum(norm(entities.get(key, "")) == value for key, value in wanted.items())
-        return (-matches, str(path))
+    def score(item: SessionFile) -> tuple:
+        matches = sum(norm(item.entities.get(name, "")) == value
+                      for name, value in wanted.items())
+        return (-matches, str(item.path))
 
     dixon = sorted(_acq_pairs(files, "water", "fat"), key=lambda pair: score(pair[0]))
     if dixon:
         if len(dixon) > 1:
-            logger.info("several water/fat pairs for sub-%s; using %s", subject, dixon[0][0].name)
-        return FatWaterSource("dixon", dixon[0][0], dixon[0][1])
+            logger.info("several water/fat pairs for sub-%s; using %s", subject,
+                        dixon[0][0].path.name)
+        return FatWaterSource("dixon", dixon[0][0].path, dixon[0][1].path)
     phase_pairs = sorted(_acq_pairs(files, "inphase", "outphase"), key=lambda pair: score(pair[0]))
     if phase_pairs:
-        return FatWaterSource("two-point", phase_pairs[0][0], phase_pairs[0][1])
-    echoes = sorted(_megre_pairs(files, bids_dir), key=lambda pair: score(pair[0]))
+        return FatWaterSource("two-point", phase_pairs[0][0].path, phase_pairs[0][1].path)
+    echoes = sorted(_megre_pairs(files), key=lambda pair: score(pair[0]))
     if echoes:
         ip, op, te_ip, te_op = echoes[0]
-        return FatWaterSource("two-point", ip, op, (te_ip, te_op))
+        return FatWaterSource("two-point", ip.path, op.path, (te_ip, te_op))
     return None
 
 

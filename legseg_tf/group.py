@@ -34,7 +34,8 @@ import pandas as pd
 
 from legseg_tf import derivatives
 from legseg_tf.derivatives import morph_path
-from legseg_tf.fatfraction import FF_COLUMNS, parse_entities
+from legseg_tf.bids_inputs import parse_entities
+from legseg_tf.fatfraction import FF_COLUMNS
 from legseg_tf.morphometry import MORPH_COLUMNS
 
 logger = logging.getLogger(__name__)

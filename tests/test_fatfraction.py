@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from legseg_tf import fatfraction as ff
+from legseg_tf.bids_inputs import session_files
 from tests.conftest import write_nifti
 
 AFFINE = np.diag([2.0, 2.0, 6.0, 1.0])
@@ -215,8 +216,10 @@ def test_metadata_inheritance_prefers_the_file_sidecar(tmp_path):
         {"sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz": {"EchoTime": 0.002}},
         {"MEGRE.json": {"EchoTime": 9.0, "MagneticFieldStrength": 1.5}},
     )
-    meta = ff.read_metadata(bids / "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz", bids)
-    assert meta == {"EchoTime": 0.002, "MagneticFieldStrength": 1.5}
+    [image] = session_files(bids, "01", None)
+    assert image.path == bids / "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz"
+    assert image.metadata == {"EchoTime": 0.002, "MagneticFieldStrength": 1.5}
+    assert image.entities["echo"] in (1, "1") and image.entities["part"] == "mag"
 
 
 def test_pair_sharing_the_run_of_the_segmented_image_is_preferred(tmp_path):
@@ -246,3 +249,22 @@ def test_two_point_values_near_the_fold_are_warned(tmp_path):
     assert result.per_label[56]["ff_median"] == pytest.approx(20.0)
     folded = [w for w in result.warnings if "folds fat-dominant voxels" in w]
     assert len(folded) == 1 and "labels 55:" in folded[0]
+
+
+def test_session_index_holds_only_the_subject_and_skips_broken_sidecars(tmp_path):
+    """sub-1 does not see sub-10's pair; a sidecar that does not parse is left out of the
+    metadata instead of failing the session."""
+    bids = _dataset(
+        tmp_path,
+        {
+            "sub-10/anat/sub-10_acq-water_T1w.nii.gz": None,
+            "sub-10/anat/sub-10_acq-fat_T1w.nii.gz": None,
+            "sub-1/anat/sub-1_echo-1_MEGRE.nii.gz": {"EchoTime": 0.0023},
+        },
+    )
+    (bids / "sub-10/anat/sub-10_acq-fat_T1w.json").write_text("{broken")
+    (bids / "sub-1/anat/sub-1_echo-1_MEGRE.json").write_text("{broken")
+    assert ff.find_fat_water(bids, "1", None) is None
+    [image] = session_files(bids, "1", None)
+    assert image.metadata == {} and image.path.name == "sub-1_echo-1_MEGRE.nii.gz"
+    assert ff.find_fat_water(bids, "10", None).method == "dixon"

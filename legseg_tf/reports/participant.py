@@ -44,12 +44,8 @@ from legseg_tf.derivatives import (
     software_versions,
     write_json,
 )
-from legseg_tf.fatfraction import (
-    FF_COLUMNS,
-    FatFractionResult,
-    parse_entities,
-    session_fat_fraction,
-)
+from legseg_tf.bids_inputs import parse_entities
+from legseg_tf.fatfraction import FF_COLUMNS, FatFractionResult, session_fat_fraction
 from legseg_tf.labels import REGION_LEVELS, SIDE_LEVELS
 from legseg_tf.morphometry import MORPH_COLUMNS, label_morphometry
 from legseg_tf.qc_flags import QCResult
