@@ -1,6 +1,6 @@
 """Test helpers shared by several test modules: oriented and hand-patched NIfTI files, tiny
-installed networks, models folders with cards, a planted failed segmentation. (Test modules
-import from here, never from each other.)"""
+installed networks, models folders with cards, a planted failed segmentation, participant
+outputs of the demo phantom. (Test modules import from here, never from each other.)"""
 from __future__ import annotations
 
 import gzip
@@ -9,7 +9,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 from nibabel import orientations
+
+from legseg_tf import demo, nifti_io
+from legseg_tf.results import ImageResult, InputImage
 
 # ------------------------------------------------------------------ NIfTI files
 
@@ -200,3 +204,161 @@ class AsymmetricSegmenter:
                    for side in ("R", "L")])
         return SegmentationResult(labels=labels, report=report,
                                   models=[{"id": "planted", "role": "upper_leg", "sha256": None}])
+
+
+# ------------------------------------------------------------------ participant outputs
+
+# Muscles_leg values used by the phantom label map.
+VL, VM, BFL, SM, FEM = (55, 56), (59, 60), (31, 32), (35, 36), (103, 104)
+
+
+def phantom_labels(tissue: np.ndarray) -> np.ndarray:
+    """Label map of the demo phantom (x, y, z RAS): four muscle sectors and the femur per thigh.
+
+    The patient's left thigh lies at low canonical x. Anterior-lateral muscle = VL,
+    anterior-medial = VM, posterior-lateral = BFL, posterior-medial = SM; fat lines unlabelled.
+    """
+    labels = np.zeros(tissue.shape, dtype=np.uint16)
+    nx = tissue.shape[0]
+    x = np.arange(nx)[:, None, None]
+    y = np.arange(tissue.shape[1])[None, :, None]
+    for side, half in ((0, x < nx // 2), (1, x >= nx // 2)):
+        muscle = (tissue == 2) & half
+        cx, cy = np.nonzero(muscle)[0].mean(), np.nonzero(muscle)[1].mean()
+        lateral = (x < cx) if side == 0 else (x >= cx)
+        anterior = y >= cy
+        labels[muscle & anterior & lateral] = VL[side]
+        labels[muscle & anterior & ~lateral] = VM[side]
+        labels[muscle & ~anterior & lateral] = BFL[side]
+        labels[muscle & ~anterior & ~lateral] = SM[side]
+        labels[np.isin(tissue, (4, 5)) & half] = FEM[side]
+    return labels
+
+
+def segmenter_report(classifier_side: str = "Both") -> dict:
+    """A segmenter report shaped like the one of the QMRITools-style segmenter."""
+    n = demo.SHAPE_XYZ[2]
+    return {
+        "side": {
+            "decision": "Both",
+            "source": "classifier+geometry",
+            "classifier": classifier_side,
+            "geometry": {"two_legs": True, "single_side": None, "confident": True},
+            "midline": "image centre",
+        },
+        "positions": {
+            "side": "Both",
+            "side_votes": {"Both": n},
+            "slices": list(range(n)),
+            "raw_positions": ["Knee"] * 3 + ["Upper"] * (n - 3),
+            "fitted_positions": ["Knee"] * 2 + ["Upper"] * (n - 2),
+            "ranges": {"UpperLegs": [0, n - 1]},
+        },
+        "region_ranges": {"UpperLegs": [0, n - 1]},
+        "split": {"cut_column": 80},
+        "warnings": ["segmenter says hello"],
+        "timings_s": {"mask": 0.1, "classify": 0.2, "networks": 1.5},
+        "device": "cpu",
+    }
+
+
+def build_outputs(
+    root: Path,
+    subjects: int = 2,
+    sessions: tuple[str | None, ...] = (None,),
+    status: str = "done",
+    probabilities: bool = False,
+) -> tuple[Path, Path, list[ImageResult]]:
+    """Demo BIDS dataset + label maps written as the participant level would; the results."""
+    bids, out = root / "bids", root / "out"
+    demo.write_demo(bids, subjects=subjects)
+    results = []
+    for index in range(1, subjects + 1):
+        subject = f"{index:02d}"
+        volumes = demo.phantom(index)
+        for session in sessions:
+            anat_rel = f"sub-{subject}/" + (f"ses-{session}/" if session else "") + "anat"
+            prefix = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+            if session:  # move the demo images into the session folder
+                for name in ("outphase", "water", "fat"):
+                    src = bids / f"sub-{subject}/anat/sub-{subject}_acq-{name}_T1w.nii.gz"
+                    dst = bids / anat_rel / f"{prefix}_acq-{name}_T1w.nii.gz"
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.write_bytes(src.read_bytes())
+            relpath = f"{anat_rel}/{prefix}_acq-outphase_T1w.nii.gz"
+            image = InputImage(
+                subject,
+                session,
+                bids / relpath,
+                relpath,
+                entities={"subject": subject, "acquisition": "outphase"},
+            )
+            labels = phantom_labels(volumes["tissue"])
+            volume, geometry = nifti_io.load_canonical(image.path)
+            dseg = out / anat_rel / f"{prefix}_acq-outphase_desc-muscles_dseg.nii.gz"
+            nifti_io.save_labels(labels, geometry, dseg)
+            sidecar = dseg.with_name(dseg.name.replace(".nii.gz", ".json"))
+            sidecar.write_text(
+                json.dumps(
+                    {
+                        "Sources": [f"bids:raw:{relpath}"],
+                        "Models": [
+                            {
+                                "id": "legseg-upperleg-test",
+                                "role": "upper_leg",
+                                "sha256": "ab" * 32,
+                            }
+                        ],
+                        "legseg": {
+                            "software": {"legseg": "0.0.test"},
+                            "timings_s": {"total": 2.0},
+                        },
+                    }
+                )
+            )
+            probseg = None
+            if probabilities:
+                probseg = write_probseg(dseg, labels, geometry)
+            if status == "done":
+                results.append(
+                    ImageResult(
+                        image,
+                        "done",
+                        dseg,
+                        sidecar,
+                        labels,
+                        volume,
+                        geometry.ras_affine,
+                        geometry.zooms_ras,
+                        segmenter_report(),
+                        [{"id": "legseg-upperleg-test", "role": "upper_leg", "sha256": "ab" * 32}],
+                        probseg,
+                    )
+                )
+            else:
+                results.append(ImageResult(image, "skipped", dseg, sidecar, probseg_path=probseg))
+        for name in ("outphase", "water", "fat"):
+            if sessions != (None,):
+                (bids / f"sub-{subject}/anat/sub-{subject}_acq-{name}_T1w.nii.gz").unlink()
+                (bids / f"sub-{subject}/anat/sub-{subject}_acq-{name}_T1w.json").unlink()
+    return bids, out, results
+
+
+def write_probseg(dseg: Path, labels: np.ndarray, geometry) -> Path:
+    """A probability map: 0.9 for the assigned label except 0.3 for VM_L and on slice 3."""
+    label_map = [0] + sorted(int(v) for v in np.unique(labels) if v)
+    probabilities = np.zeros(labels.shape + (len(label_map),), dtype=np.float32)
+    for channel, value in enumerate(label_map):
+        probabilities[..., channel][labels == value] = 0.3 if value == VM[0] else 0.9
+    probabilities[:, :, 3, :] *= 0.4
+    path = dseg.with_name(dseg.name.replace("_dseg.nii.gz", "_probseg.nii.gz"))
+    image = nib.Nifti1Image(nifti_io.from_ras(probabilities, geometry), geometry.affine)
+    nib.save(image, str(path))
+    path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
+        json.dumps({"LabelMap": [str(v) for v in label_map]})
+    )
+    return path
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)

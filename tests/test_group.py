@@ -10,7 +10,7 @@ import pytest
 
 from legseg_tf import group, nifti_io
 from legseg_tf.reports.participant import write_participant_outputs
-from tests.test_reports import BFL, FEM, SM, VL, VM, build_outputs, read_table
+from tests.helpers import BFL, FEM, SM, VL, VM, build_outputs, read_table
 
 
 def _run_participants(root, subjects):

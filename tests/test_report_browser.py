@@ -31,7 +31,7 @@ import pytest
 
 from legseg_tf import group
 from legseg_tf.reports.participant import write_participant_outputs
-from tests.test_reports import build_outputs
+from tests.helpers import build_outputs
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TIMEOUT_S = 60.0
