@@ -313,3 +313,26 @@ def test_image_defaults_to_the_released_one(demo_bids, tmp_path, env, options, i
     assert array[array.index("--sif") + 1] == image
     assert all(image in task for task in tasks) and len(tasks) == 3
     assert f"pull it once instead: apptainer pull legseg.sif {image}" in result.stderr
+
+
+def test_a_packed_task_runs_one_container_for_its_participants(demo_bids, tmp_path):
+    record = tmp_path / "record"
+    _fake_tool(tmp_path / "bin", "apptainer", f"printf '%s\\n' \"$@\" >> {record}\n")
+    scratch = tmp_path / "scratch"
+    result = _run("task", "--bids", demo_bids, "--out", tmp_path / "out", "--sif", "/images/legseg.sif",
+                  "--cpus", "2", "--mem-gb", "3", "--work-root", scratch, "--per-task", "2",
+                  *[word for label in ("01", "02", "03") for word in ("--label", label)],
+                  env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_JOB_ID": "8"}, path_prefix=tmp_path / "bin")
+    assert result.returncode == 0, result.stderr
+    assert record.read_text().splitlines() == _container_many(
+        demo_bids, tmp_path / "out", scratch / "legseg-8-1", ["03"], cpus="2", mem_gb="3")[1:]
+    assert "array task 1: sub-03 on" in result.stderr and "sub-03 finished with exit code 0" in result.stderr
+    record.unlink()
+    result = _run("task", "--bids", demo_bids, "--out", tmp_path / "out", "--sif", "/images/legseg.sif",
+                  "--per-task", "2", "--label", "01", "--label", "02", "--label", "03",
+                  env={"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "8", "TMPDIR": str(scratch)},
+                  path_prefix=tmp_path / "bin")
+    assert result.returncode == 0, result.stderr
+    words = record.read_text().splitlines()
+    assert words[words.index("--participant-label") + 1:words.index("-w")] == ["01", "02"]
+    assert "sub-01 sub-02 finished with exit code 0" in result.stderr
