@@ -46,15 +46,17 @@ def patch_header(path: Path, **fields) -> Path:
 # ------------------------------------------------------------------ installed networks
 
 
-def _always(dense_or_conv, index: int) -> None:
-    """Make the last layer before a softmax ignore its input and pick class ``index``."""
+def _always(dense_or_conv, index: int, logit: float) -> None:
+    """Make the last layer before a softmax ignore its input and pick class ``index`` with
+    ``logit`` (the other classes 0)."""
     kernel, bias = dense_or_conv.get_weights()
     constant = np.zeros_like(bias)
-    constant[index] = 10.0
+    constant[index] = logit
     dense_or_conv.set_weights([np.zeros_like(kernel), constant])
 
 
-def install_tiny_models(models_dir: Path, seed: int = 0, always: dict | None = None) -> None:
+def install_tiny_models(models_dir: Path, seed: int = 0, always: dict | None = None,
+                        logit: float = 10.0) -> None:
     """Tiny networks for every role (seeded weights), installed through the model store.
 
     Args:
@@ -63,7 +65,10 @@ def install_tiny_models(models_dir: Path, seed: int = 0, always: dict | None = N
         always: optional deterministic outputs instead of what random weights happen to
             predict: ``{"upper_leg": class, "lower_leg": class}`` (training-table class
             numbers) and ``{"side": name, "position": name}`` for the classifier; the named
-            network then gives that class for every voxel or slice (softmax about 0.999).
+            network then gives that class for every voxel or slice.
+        logit: the chosen class's logit, the others' being 0: the softmax of the chosen class
+            is ``e^logit / (e^logit + n - 1)`` for n classes (10: about 0.999; 0.5: a network
+            that is unsure).
     """
     import keras
 
@@ -83,15 +88,16 @@ def install_tiny_models(models_dir: Path, seed: int = 0, always: dict | None = N
                                 downsample=((2, 2, 2), (1, 1, 1)), dropout_rate=0.0)
             model = build_unet(config)
             if role in always:
-                _always(model.get_layer("map__1"), always[role])
+                _always(model.get_layer("map__1"), always[role], logit)
         else:
             config = NetClassifierConfig(image_size=(64, 64), head="linear")
             model = build_classifier(config)
             if "side" in always:
-                _always(model.get_layer("Side__1"), config.side_classes.index(always["side"]))
+                _always(model.get_layer("Side__1"), config.side_classes.index(always["side"]),
+                        logit)
             if "position" in always:
                 _always(model.get_layer("Position__1"),
-                        config.position_classes.index(always["position"]))
+                        config.position_classes.index(always["position"]), logit)
         (models_dir / f"{role}.json").write_text(config.to_json(), encoding="utf-8")
         model.save_weights(models_dir / f"{role}.weights.h5")
         write_entry(models_dir, {

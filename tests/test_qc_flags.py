@@ -301,11 +301,13 @@ def test_planted_asymmetry_reaches_sidecar_html_and_group(tmp_path, monkeypatch)
 
 
 def test_tiny_networks_on_the_demo_flag_low_confidence(tmp_path):
-    """Untrained networks through the CLI: near-uniform softmax outputs must be flagged."""
+    """Unsure networks through the CLI: vastus lateralis everywhere, but with a softmax of
+    e^0.5 / (e^0.5 + 21) = 0.073 (22 classes), far below 0.75: both legs are flagged."""
     from legseg_tf import cli, demo
     from tests.helpers import install_tiny_models
 
-    install_tiny_models(tmp_path / "models")
+    install_tiny_models(tmp_path / "models", logit=0.5,
+                        always={"upper_leg": 12, "side": "Both", "position": "Upper"})
     bids, out = tmp_path / "bids", tmp_path / "out"
     demo.write_demo(bids, subjects=1)
     assert cli.main([str(bids), str(out), "participant", "--models", str(tmp_path / "models"),
@@ -313,8 +315,10 @@ def test_tiny_networks_on_the_demo_flag_low_confidence(tmp_path):
     qc = _sidecar(out)["legseg"]["qc"]
     assert set(qc["checks"]) == set(qc_flags.CHECKS)
     low = [f for f in qc["flags"] if f["code"] == "low_confidence"]
-    assert low and all(f["severity"] == "fail" for f in low)
-    assert {f["structures"][0] for f in low} <= {"UpperLegs left", "UpperLegs right"}
+    assert sorted(f["structures"][0] for f in low) == ["UpperLegs left", "UpperLegs right"]
+    assert all(f["severity"] == "fail" for f in low)
+    expected = np.exp(0.5) / (np.exp(0.5) + 21)
+    assert all(f"{expected:.3f}" in f["message"] for f in low)
     page = (out / "sub-01.html").read_text()
     for flag in qc["flags"]:
         assert html_escape(flag["message"]) in page
