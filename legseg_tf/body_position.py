@@ -1,4 +1,5 @@
-"""Per-slice side and body-position classification and the region staircase (spec section 1.4).
+"""Per-slice side and body-position classification and the region staircase
+(QMRITools ``ClassifyData``, ``FindBodyPos``, ``MakeClassifyImage``).
 
 The classifier sees one 2-D image per axial slice (:func:`classifier_images`), predicts a side
 (Left/Right/Both) and a body position (Lower ... Head) per slice. The side is the majority

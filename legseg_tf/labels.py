@@ -7,10 +7,10 @@ leg 1-30, upper leg 31-70, hip 71-92, bones 101-120.
 The per-network *training* tables (``N4_Hip``, ``N5_UpperLeg``, ``N6_LowerLeg``) list the
 structures a region network predicts as consecutive class indices 1..n (0 = background);
 :func:`rename_train_labels` maps them to the final table with a side, by normalised name,
-exactly as QMRITools does (spec section 1.8).
+exactly as QMRITools ``ReplaceLabels`` does.
 
 Names: ``Label.name`` keeps QMRITools' spelling, typos included ("Satorius", "Subcutanious
-fat"), because the training tables are matched to the final table by name (spec 6.1).
+fat"), because the training tables are matched to the final table by name (:func:`normalise_name`).
 Everything a person reads -- ``dseg.tsv``, the viewer colour tables, the morphometry tables,
 the reports and QC messages -- uses ``Label.display_name`` / ``display_full_name``: the
 English name from :data:`NAME_CORRECTIONS`. Indices and abbreviations are the same in both.
@@ -287,7 +287,8 @@ BY_KEY: dict[str, Label] = {label.key: label for label in LABELS}
 BY_KEY.update({normalise_name(label.display_full_name): label for label in LABELS
                if normalise_name(label.display_full_name) not in BY_KEY})
 
-#: Training-label tables of the region networks: class index -> structure name (spec 6.2-6.4).
+#: Training-label tables of the region networks: class index -> structure name
+#: (the release paclet's ``N5_UpperLeg.txt``, ``N6_LowerLeg.txt``, ``N4_Hip.txt``).
 TRAIN_TABLES: dict[str, tuple[str, ...]] = {
     "N5_UpperLeg": (
         "Biceps femoris long", "Biceps femoris short", "Semimembranosus", "Semitendinosus",

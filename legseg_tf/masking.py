@@ -1,4 +1,5 @@
-"""Body mask of a leg volume, as QMRITools computes it before segmentation (spec section 1.3).
+"""Body mask of a leg volume, as QMRITools computes it before segmentation
+(QMRITools ``NormalizeData``, ``Mask``, ``SmoothMask``, ``TakeObject``, ``MaskData``).
 
 ``body_mask`` = threshold the "Set"-normalised volume at 10 (10 % of the foreground median),
 keep the 2 largest 6-connected components, fill enclosed holes, then smooth three times

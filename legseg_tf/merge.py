@@ -1,4 +1,4 @@
-"""Merge the label crops of all parts into one volume (spec section 1.9, QMRITools PatchesToData).
+"""Merge the label crops of all parts into one volume (QMRITools ``PatchesToData``).
 
 For every final label, in ascending order: the union of that label over all parts (pasted at
 their global boxes), reduced to its largest 6-connected component; a voxel claimed by several

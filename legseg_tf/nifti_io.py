@@ -331,7 +331,7 @@ def ras_to_qmri(array_ras: np.ndarray) -> np.ndarray:
     """Canonical RAS (x, y, z[, c]) -> QMRITools layout (z, y, x[, c]).
 
     Slice 0 is the most inferior, row 0 the most anterior and column 0 the patient's
-    right-most column (spec section 0.2).
+    right-most column (QMRITools ``ImportNiiDefault`` layout).
     """
     axes = (2, 1, 0) + tuple(range(3, array_ras.ndim))
     return np.ascontiguousarray(np.transpose(array_ras, axes)[:, ::-1, ::-1])

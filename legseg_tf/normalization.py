@@ -1,6 +1,6 @@
 """The "Uniform" intensity normalisation QMRITools applies to every network patch.
 
-A 1024-bin histogram equalisation to [0, 1] (spec section 2.4), reproduced exactly:
+A 1024-bin histogram equalisation to [0, 1] (QMRITools ``NormDatC``), reproduced exactly:
 
 1. ``lo, hi`` = min and max of the whole patch (zero padding included); if equal, the patch
    is returned unchanged.

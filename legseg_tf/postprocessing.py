@@ -1,4 +1,5 @@
-"""Connected-component clean-up of label volumes (spec sections 1.7, 1.9 and 2.1 step 9).
+"""Connected-component clean-up of label volumes (QMRITools ``SegmentData``,
+``ApplySegmentationNetwork`` and ``PatchesToData``).
 
 QMRITools reduces every label to its largest connected component with face connectivity
 (6-connected in 3D, ``CornerNeighbors -> False``), both inside the network application and

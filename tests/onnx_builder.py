@@ -243,7 +243,7 @@ class UNetSpec:
     dropout: float = 0.2
 
 
-#: The documented widths (website, pages/seg_methods.md; spec section 3.1).
+#: The documented widths (website, pages/seg_methods.md; QMRITools ``MakeUnet``).
 DOCUMENTED = UNetSpec(generation="B", n_classes=22, features=(32, 64, 128, 192, 320),
                       downsample=((2, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2), (1, 1, 1)),
                       input_size=(8, 32, 32))
@@ -319,7 +319,7 @@ def unet_model(spec: UNetSpec, export: Export = Export(), params: Params | None 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """The Body_Pos_Side classifier (spec section 4); 2-D, one grey channel."""
+    """The Body_Pos_Side classifier (QMRITools ``MakeClassifyNetwork``); 2-D, one grey channel."""
 
     image_size: int = 128
     n_side: int = 3

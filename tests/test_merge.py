@@ -6,7 +6,7 @@ from legseg_tf.merge import merge_parts
 
 
 def reference_merge(parts, shape):
-    """Straightforward full-size implementation of spec 1.9 (union, largest CC, lowest wins)."""
+    """Straightforward full-size implementation of QMRITools ``PatchesToData`` (union, largest CC, lowest wins)."""
     labels = sorted({int(v) for crop, _ in parts for v in np.unique(crop) if v})
     structure = ndimage.generate_binary_structure(len(shape), 1)
     masks = []

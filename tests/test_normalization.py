@@ -1,4 +1,5 @@
-"""The "Uniform" histogram normalisation, checked against the spec recipe written out by hand."""
+"""The "Uniform" histogram normalisation, checked against QMRITools'
+``NormDatC`` recipe written out by hand."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ from legseg_tf.normalization import uniform_normalise
 
 
 def reference(patch):
-    """Straight transcription of spec 2.4 with Python loops over voxels (1-based indices)."""
+    """Straight transcription of ``NormDatC`` with Python loops over voxels (1-based indices)."""
     flat = np.asarray(patch, dtype=np.float64).ravel()
     lo, hi = flat.min(), flat.max()
     width = (hi - lo) / 1024

@@ -5,8 +5,8 @@ container like Wolfram's exporter (``Version``, ``Unstable``, ``Metadata``, ``Ne
 ``Arrays/1..N`` numbered depth-first) and builds small nets with the QMRITools topology:
 
 * :func:`unet_net` - the segmentation UNET, code generation "A" (HEAD) or "B" (<= Jan 2026),
-  spec sections 3.3/3.4 (NetGraph of ``start``, ``enc_i``, ``dec_i``, ``map``);
-* :func:`classifier_net` - the ``Body_Pos_Side`` classifier (spec section 4), two class
+  QMRITools ``MakeUnet``/``MakeNode``/``ConvBlock`` (NetGraph of ``start``, ``enc_i``, ``dec_i``, ``map``);
+* :func:`classifier_net` - the ``Body_Pos_Side`` classifier (QMRITools ``MakeClassifyNetwork``), two class
   decoders.
 
 Port types carry shapes computed here (channels first). Parameter names follow the layer
@@ -529,7 +529,7 @@ def chain(in_shape, steps: list[tuple[str, Any]]) -> Built:
 # ConvBlock["ResNet"], Conv, ConvScale, UNetStart, UNetMap and MakeClassifyNetwork. Generation
 # "A" is the HEAD code (since 2026-02-01): encoder nodes take port "Down" and give "Skip"
 # (the deepest gives "Up"), decoders take "Skip" and "Scale" and give "Up" (dec_1: "Output").
-# Generation "B" is the code of v4.5.x (<= Jan 2026) as the spec describes it.
+# Generation "B" is the code of v4.5.x (<= Jan 2026) as QMRITools ``MakeUnet`` builds it.
 
 @dataclass(frozen=True)
 class UNetSpec:
@@ -602,7 +602,7 @@ def _up(g: Graph, w: Weights, src, factors, channels, generation: str):
 
 
 def unet_net(spec: UNetSpec) -> dict:
-    """The UNET association (NetGraph) for ``spec``; see spec sections 3.1-3.5."""
+    """The UNET association (NetGraph) for ``spec`` (QMRITools ``MakeUnet``)."""
     return _unet_a(spec) if spec.generation == "A" else _unet_b(spec)
 
 

@@ -135,7 +135,7 @@ def region_train_config(region: str, rounds: int, threads: int = 2,
 
 
 def patch_normaliser():
-    """The project's "Uniform" normalisation (spec 2.4)."""
+    """The project's "Uniform" normalisation (QMRITools ``NormDatC``)."""
     from legseg_tf.normalization import uniform_normalise
 
     return uniform_normalise

@@ -1,4 +1,5 @@
-"""Random augmentation of (z, y, x) training volumes (spec section 5.6, plus older extras).
+"""Random augmentation of (z, y, x) training volumes (QMRITools
+``AugmentTrainingDataI``, plus older extras).
 
 Every transform takes an explicit :class:`numpy.random.Generator`; the same seed gives the
 same result. Geometric transforms work in physical space (mm, from the voxel size) and use
@@ -24,7 +25,8 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Probabilities and ranges of the random transforms (defaults: spec 5.6 where given).
+    """Probabilities and ranges of the random transforms (defaults: ``AugmentTrainingDataI``'s where
+    it has them).
 
     Attributes:
         p_flip: probability of a left-right mirror.

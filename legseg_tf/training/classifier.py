@@ -1,4 +1,5 @@
-"""Training data and training of the per-slice side/position classifier (spec 1.4 and 4).
+"""Training data and training of the per-slice side/position classifier
+(QMRITools ``MakeClassifyNetwork``, ``MakeClassifyImage``, ``ClassifyData``).
 
 Each slice of a labelled stack gives classifier images exactly as the segmenter makes them
 (:func:`legseg_tf.body_position.slice_image` on the body-masked slice): the whole slice

@@ -1,4 +1,4 @@
-"""Training cases: image/label pairs in the QMRITools layout (spec section 5.1).
+"""Training cases: image/label pairs in the QMRITools layout (QMRITools ``PrepareTrainingData``).
 
 A :class:`TrainingCase` holds one image and its training labels as ``(z, y, x)`` arrays in
 the QMRITools layout (slice 0 inferior, row 0 anterior, column 0 = the patient's right; see

@@ -1,4 +1,4 @@
-"""The QMRITools loss family (spec section 5.3, ``AddLossLayer``).
+"""The QMRITools loss family (QMRITools ``AddLossLayer``).
 
 With t the one-hot target and p the softmax output, sums run over all voxels per sample and
 class, then the mean over classes (background included) and over the batch:
@@ -12,7 +12,7 @@ class, then the mean over classes (background included) and over the batch:
 :data:`LOSS_WEIGHTS` holds the weight set of QMRITools commit ``c146c1b4`` (2026-03-23, the
 current code): Dice, Jaccard, Tversky 1 each, CE x1, Focal x2 (the focal term's own x2 from
 g = 2, on top of which no extra factor is applied), MSD x75. Which weights the shipped
-QMRITools networks used is not known (spec 5.3).
+QMRITools networks used is not known.
 
 Ignored voxels: a target row that is all zero (an "ignore" voxel of an incomplete reference,
 see :func:`legseg_tf.training.sampling.one_hot`) contributes nothing: every voxel term is

@@ -1,4 +1,5 @@
-"""Segmentation metrics with the QMRITools definitions (spec section 10).
+"""Segmentation metrics with the QMRITools definitions (QMRITools ``DiceSimilarity``,
+``SurfaceDistance``).
 
 * Dice = (2 |A n B| + 1) / (|A| + |B| + 1) (``DiceSimilarity``; the +1 smoothing makes two
   empty sets score 1).

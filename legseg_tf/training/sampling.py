@@ -1,4 +1,4 @@
-"""Training patches (spec section 5.5, ``GetTrainData`` / ``PatchTrainingData``).
+"""Training patches (QMRITools ``GetTrainData`` / ``PatchTrainingData``).
 
 A patch is taken around a centre that is either a random position of the QMRITools patch
 grid (``DataToPatches`` with 2 extra positions per axis) or, with probability
@@ -22,7 +22,7 @@ class PatchConfig:
     """How patches are drawn.
 
     Attributes:
-        patch_size: (z, y, x) voxels (spec default 32 x 112 x 112).
+        patch_size: (z, y, x) voxels (``TrainSegmentationNetwork``'s default 32 x 112 x 112).
         foreground_fraction: probability that a patch is centred on a labelled voxel.
         context: region size / patch size per axis for the augmented region (room for
             rotation and scaling).

@@ -1,4 +1,4 @@
-"""Learning-rate schedule of ``TrainSegmentationNetwork`` (spec section 5.4).
+"""Learning-rate schedule of QMRITools ``TrainSegmentationNetwork``.
 
 Multiplier of the base rate per batch index t of T total batches, with n1 = 0.25 T,
 n2 = 0.40 T, n3 = 0.95 T: cosine warm-up from 0.2 to 1 before n1, 1 until n2, cosine decay

@@ -1,4 +1,4 @@
-"""Segmentation-network training loop (QMRITools ``TrainSegmentationNetwork``, spec 5.2-5.7).
+"""Segmentation-network training loop (QMRITools ``TrainSegmentationNetwork``).
 
 One *round* is ``round_length`` samples (``round_length // batch_size`` steps); after every
 round the weights, the optimiser state and the loop state are checkpointed, the fixed
@@ -71,7 +71,7 @@ def _savez(path: Path, saver: Callable, **arrays: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a segmentation training run (defaults: spec 5.2/5.4).
+    """Everything that defines a segmentation training run (defaults: ``TrainSegmentationNetwork``'s).
 
     Attributes:
         network: the UNET architecture.

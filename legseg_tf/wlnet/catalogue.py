@@ -28,7 +28,7 @@ class KnownNet:
     label_table: str | None
 
 
-#: QMRITools release nets by file stem (spec section 7).
+#: QMRITools release nets by file stem (the assets of the release paclet's ``PacletInfo.wl``).
 KNOWN_NETS = {
     "Body_Pos_Side": KnownNet("classifier", None),
     "N4_Hip_3D": KnownNet("hip", "N4_Hip"),
