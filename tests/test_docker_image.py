@@ -107,7 +107,12 @@ def test_image_metadata(image):
     assert labels["org.opencontainers.image.version"] == VERSION
     assert labels["org.opencontainers.image.title"] == "legseg"
     assert labels["org.opencontainers.image.licenses"] == "BSD-3-Clause"
+    for key in ("description", "source"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
     assert config["Entrypoint"] == ["/opt/venv/bin/python", "/opt/legseg/run.py"]
+    # without arguments the image prints its help
+    bare = docker("run", "--rm", *LOCKED, IMAGE, timeout=300)
+    assert bare.returncode == 0 and "participant" in bare.stdout, bare.stderr[-2000:]
     assert config["User"] and config["User"].split(":")[0] not in ("root", "0")
     whoami = docker("run", "--rm", "--network", "none", "--entrypoint", "id", IMAGE, "-u")
     assert whoami.stdout.strip() not in ("", "0")
@@ -198,6 +203,10 @@ def test_paclet_baked_at_build_time_segments(space):
     installed = {m["id"]: m for m in manifest["models"]}
     assert {m["role"] for m in installed.values()} == {"classifier", "upper_leg", "lower_leg",
                                                       "hip"}
+    # the paclet was bind-mounted for the build: no copy of it in any layer of the image
+    found = docker("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "find",
+                   IMAGE, "/", "-xdev", "-name", "*.paclet")
+    assert found.returncode == 0 and found.stdout.strip() == "", found.stdout[-2000:]
     assert all(m["provenance"]["source"] == "qmritools-wlnet" for m in installed.values())
     out = _out(space, "out-paclet")
     run = docker("run", "--rm", *LOCKED,

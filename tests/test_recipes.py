@@ -1,9 +1,10 @@
 """Static checks of the container recipes (Dockerfile, Singularity.def) and their helper scripts.
 
 Fast and engine-free: the recipes are parsed (dockerfile-parse, a small .def section parser) and
-linted (hadolint, when its binary runs here); the install script's cpu/gpu branches and the
-model-baking script are executed against stand-ins. The image itself is tested in
-tests/test_docker_image.py.
+linted (hadolint); the install script's cpu/gpu branches and the model-baking script are
+executed against stand-ins. What the built image does (entrypoint, non-root user, labels,
+version, environment, baked models, no secrets, writes only to /tmp) is tested on the image
+itself in tests/test_docker_image.py (the container stage, .ci/container_test.sh), not here.
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 DEFFILE = REPO / "Singularity.def"
-VERSION = (REPO / "version").read_text(encoding="utf-8").strip()
-APP_DIR = "/opt/legseg"
 #: Commands that fetch things; none may run when the app runs.
 DOWNLOADERS = re.compile(r"\b(curl|wget|urlopen|urllib|requests\.get|git clone|pip install)\b")
 
@@ -41,29 +40,10 @@ def _instructions(parser, name: str) -> list[str]:
     return [item["value"] for item in parser.structure if item["instruction"] == name]
 
 
-def _final_stage(parser) -> list[dict]:
-    froms = [i for i, item in enumerate(parser.structure) if item["instruction"] == "FROM"]
-    return parser.structure[froms[-1]:]
-
-
 def test_dockerfile_base_is_a_pinned_slim_python_311(dockerfile):
     args = dockerfile.args
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", args["BASE_IMAGE"]), args["BASE_IMAGE"]
     assert _instructions(dockerfile, "FROM") == ["${BASE_IMAGE}"]  # one stage, base switchable
-
-
-def test_dockerfile_runs_as_non_root(dockerfile):
-    users = [item["value"] for item in _final_stage(dockerfile) if item["instruction"] == "USER"]
-    assert users, "no USER instruction: the image would run as root"
-    user = users[-1].split(":")[0]
-    assert user not in ("root", "0") and user.strip()
-
-
-def test_dockerfile_entrypoint_is_the_bids_app(dockerfile):
-    entrypoint = json.loads(_instructions(dockerfile, "ENTRYPOINT")[-1])  # exec form only
-    assert entrypoint == ["/opt/venv/bin/python", f"{APP_DIR}/run.py"]
-    assert (REPO / "run.py").is_file()
-    assert json.loads(_instructions(dockerfile, "CMD")[-1]) == ["--help"]
 
 
 def test_dockerfile_installs_through_the_shared_script_with_the_variant(dockerfile):
@@ -77,56 +57,6 @@ def test_dockerfile_installs_through_the_shared_script_with_the_variant(dockerfi
     for run in runs:  # everything else reaches pip only through install.sh
         assert not re.search(r"\bpip3? install\b", run), run
         assert not re.search(r"\b(curl|wget)\b", run), run
-
-
-def test_dockerfile_bakes_and_verifies_the_models(dockerfile):
-    copies = _instructions(dockerfile, "COPY")
-    assert f"models {APP_DIR}/models" in copies
-    assert any("container/verify_models.py" in c and "container/bake_models.sh" in c for c in copies)
-    bake = [r for r in _instructions(dockerfile, "RUN") if "bake_models.sh" in r]
-    assert len(bake) == 1 and f"bake_models.sh {APP_DIR}/models " in bake[0]
-    assert "verify_models.py" in (REPO / "container/bake_models.sh").read_text()
-    # paclets are bind-mounted for the build, never copied into a layer
-    assert "--mount=type=bind,source=container/paclets" in bake[0]
-    assert not any("paclets" in c for c in copies)
-    assert dockerfile.envs["LEGSEG_MODELS_DIR"] == f"{APP_DIR}/models"
-
-
-def test_dockerfile_version_comes_from_the_version_file(dockerfile):
-    copies = _instructions(dockerfile, "COPY")
-    assert any(re.search(rf"\bversion\b.*{APP_DIR}/$", c) for c in copies)
-    # the label's build argument defaults to the file's content, and the build compares them
-    assert dockerfile.args["LEGSEG_VERSION"] == VERSION
-    assert dockerfile.labels["org.opencontainers.image.version"] == VERSION
-    assert any('"${LEGSEG_VERSION}" != "$(cat /opt/legseg/version)"' in r
-               for r in _instructions(dockerfile, "RUN"))
-    # pyproject reads the package version from the same file
-    assert 'version = {file = "version"}' in (REPO / "pyproject.toml").read_text()
-
-
-def test_dockerfile_labels_and_environment(dockerfile):
-    labels = dockerfile.labels
-    for key in ("title", "description", "version", "source", "licenses"):
-        assert labels.get(f"org.opencontainers.image.{key}"), key
-    assert labels["org.opencontainers.image.licenses"] == "BSD-3-Clause"
-    envs = dockerfile.envs
-    # every cache and temporary folder lies in /tmp: HOME need not be writable or exist
-    assert envs["HOME"] == envs["TMPDIR"] == "/tmp"
-    for key in ("KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "DENO_DIR"):
-        assert envs[key].startswith("/tmp/"), key
-    assert envs["PYTHONDONTWRITEBYTECODE"] == "1"
-    assert envs["LEGSEG_DOCKER_TAG"].startswith(f"legseg:{VERSION}")
-
-
-def test_dockerfile_keeps_build_secrets_out_of_the_image(dockerfile):
-    text = DOCKERFILE.read_text()
-    for key in ("PIP_CERT", "PIP_INDEX_URL", "PIP_CONFIG_FILE", "PIP_EXTRA_INDEX_URL"):
-        assert key not in dockerfile.envs and key not in dockerfile.args
-    assert not re.search(r"^\s*(COPY|ADD)\b.*(pip\.conf|\.crt|\.pem)", text, re.M)
-    for run in _instructions(dockerfile, "RUN"):
-        if "/run/secrets/" in run:
-            assert "--mount=type=secret" in run
-    assert not _instructions(dockerfile, "ADD")  # ADD can fetch URLs
 
 
 def test_dockerignore_admits_exactly_what_the_image_copies(dockerfile):
