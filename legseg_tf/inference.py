@@ -21,6 +21,7 @@ import numpy as np
 
 from legseg_tf import postprocessing, sliding_window
 from legseg_tf.config import InferenceConfig
+from legseg_tf.device import default_budget_gb, process_memory_gb
 from legseg_tf.normalization import uniform_normalise
 
 logger = logging.getLogger(__name__)
@@ -180,26 +181,23 @@ def choose_patch_size(
 
 
 class _RetainedMemory:
-    """Memory the forward passes keep for the next ones, in GB (process-wide).
+    """Memory that earlier parts left for reuse by the next ones, in GB (process-wide).
 
     TensorFlow's CPU allocator keeps the activation buffers of a forward pass after it
     returns (about 0.5 GB after a 32x160x160 tile of a QMRITools-sized net; ``malloc_trim``
-    frees none of it) and reuses them for the next tile. The resident-set growth of each
-    forward pass, less its output, is added here, so that this memory is counted once, with
-    the activations, and not again as memory in use (:func:`fixed_memory_gb`).
+    frees none of it), and the C allocator keeps freed tile-sized NumPy buffers; both are
+    reused by the next part. The resident-set growth over each part, less the arrays the
+    part returns, is added here, so that this memory is counted once, with the next part's
+    activations and buffers, and not again as memory in use (:func:`fixed_memory_gb`).
     """
 
     def __init__(self) -> None:
         self.gb = 0.0
 
-    def measure(self, call, batch):
-        from legseg_tf.device import process_memory_gb
-
-        before, _ = process_memory_gb()
-        output = call(batch)
-        after, _ = process_memory_gb()
-        self.gb += max(0.0, after - before - getattr(output, "nbytes", 0) / 1024**3)
-        return output
+    def add(self, resident_before_gb: float, kept_bytes: int) -> None:
+        """Count the growth since ``resident_before_gb`` less ``kept_bytes`` still in use."""
+        resident, _ = process_memory_gb()
+        self.gb += max(0.0, resident - resident_before_gb - kept_bytes / 1024**3)
 
 
 _RETAINED = _RetainedMemory()
@@ -208,9 +206,7 @@ _RETAINED = _RetainedMemory()
 def fixed_memory_gb() -> float:
     """Memory this process holds that the next tile cannot reuse, in GB: the resident set
     (TensorFlow runtime, loaded models, the image and its intermediate arrays) less what
-    earlier forward passes keep for reuse."""
-    from legseg_tf.device import process_memory_gb
-
+    earlier parts left for reuse."""
     resident, _ = process_memory_gb()
     return max(0.0, resident - _RETAINED.gb)
 
@@ -268,7 +264,7 @@ def forward_function(model):
                          jit_compile=bool(getattr(model, "jit_compile", False)))
 
     def forward(batch: np.ndarray) -> np.ndarray:
-        return _RETAINED.measure(lambda b: traced(b).numpy(), np.asarray(batch, np.float32))
+        return traced(np.asarray(batch, dtype=np.float32)).numpy()
 
     forward.traced = traced  # type: ignore[attr-defined]
     _FORWARD[model] = forward
@@ -310,8 +306,6 @@ def _patch_within_budget(shape, model, n_classes: int, config: InferenceConfig,
     """The patch for a (z, y, x) crop that keeps the whole process within the memory budget:
     memory in use (:func:`fixed_memory_gb`) + merge buffers + activations <= BUDGET_FRACTION x
     ``config.mem_gb`` (default :func:`legseg_tf.device.default_budget_gb`)."""
-    from legseg_tf.device import default_budget_gb
-
     budget_gb = config.mem_gb if config.mem_gb is not None else default_budget_gb()
     fixed_gb = fixed_memory_gb()
     per_voxel = activation_bytes_per_voxel(model, stride_zyx) * config.batch_size
@@ -366,6 +360,7 @@ def apply_segmentation_network(
     crop = volume[box]
     if patch is None:
         patch = _patch_within_budget(crop.shape, model, n_classes, config, stride_zyx)
+    resident_before, _ = process_memory_gb()
     timer = [0.0]
     predict = make_predict(model, timer)
     crop_probabilities, confidence = None, None
@@ -397,6 +392,7 @@ def apply_segmentation_network(
         probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)
         probabilities[..., 0] = 1.0
         probabilities[box] = crop_probabilities
+    _RETAINED.add(resident_before, labels.nbytes + getattr(probabilities, "nbytes", 0))
     logger.debug("part %s: patch %s, %d tile(s), %.2f s in the network",
                  volume.shape, patch, n_tiles, timer[0])
     return NetworkOutput(labels, probabilities, tuple(patch), n_tiles, timer[0], confidence)
