@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+from legseg_tf.derivatives import atomic_write, atomic_write_text  # noqa: E402
 from legseg_tf.networks.config import UNetConfig  # noqa: E402
 from legseg_tf.training.augmentation import HEAVY_AUGMENTATION  # noqa: E402
 from legseg_tf.training.data import (  # noqa: E402
@@ -342,7 +343,7 @@ def cmd_classifier(args) -> int:
     report = train_classifier(config, train, held_out, run, progress=not args.no_progress)
     if held_out:
         report["segmenter_path"] = segmenter_path_positions(run, held_out)
-        (run / "report.json").write_text(json.dumps(report, indent=2))
+        atomic_write_text(run / "report.json", json.dumps(report, indent=2))
     print(json.dumps({k: report.get(k) for k in ("n_train_examples", "wall_seconds",
                                                   "validation", "segmenter_path")}, indent=1))
     return 0
@@ -423,7 +424,7 @@ def cmd_evaluate(args) -> int:
         report[role] = evaluate_case(config, weights, case, table, patch_size=(16, 64, 64))
         report[role]["stack_ends"] = stack_end_shares(config, weights, case)
     name = "heldout_evaluation_best.json" if args.best else "heldout_evaluation.json"
-    (run / name).write_text(json.dumps(report, indent=2))
+    atomic_write_text(run / name, json.dumps(report, indent=2))
     print(json.dumps({k: v["summary"] for k, v in report.items()}, indent=1))
     return 0
 
@@ -489,7 +490,7 @@ def cmd_evaluate_subject(args) -> int:
                                patch_size=(16, 64, 64))
         report["legs"][case.name] = result
         print(f"{case.name}: mean Dice {result['summary']['mean_dice_reference_labels']:.3f}")
-    (run / "subject_evaluation.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(run / "subject_evaluation.json", json.dumps(report, indent=2))
     return 0
 
 
@@ -537,6 +538,11 @@ def cmd_subject_table(args) -> int:
     return 0
 
 
+def copy_atomically(source: Path, target: Path) -> Path:
+    """Copy ``source`` to ``target`` in one step (a killed copy leaves no half file)."""
+    return atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
 def cmd_install(args) -> int:
     from legseg_tf.model_store import write_entry
 
@@ -545,8 +551,8 @@ def cmd_install(args) -> int:
     if args.region == "classifier":
         run = RUNS / (args.run_name or "classifier-v2")
         report = json.loads((run / "report.json").read_text())
-        shutil.copyfile(run / "classifier.json", models / "classifier.json")
-        shutil.copyfile(run / "classifier.weights.h5", models / "classifier.weights.h5")
+        for name in ("classifier.json", "classifier.weights.h5"):
+            copy_atomically(run / name, models / name)
         entry = {"id": CLASSIFIER_ID, "role": "classifier",
                  "config": "classifier.json", "weights": "classifier.weights.h5",
                  "label_table": None,
@@ -565,8 +571,8 @@ def cmd_install(args) -> int:
         state = json.loads((run / "checkpoint" / "state.json").read_text())
         weights = run / ("best.weights.h5" if args.best else "checkpoint/model.weights.h5")
         config = UNetConfig.from_json((run / "network.json").read_text())
-        (models / f"{spec['files']}.json").write_text(config.to_json() + "\n")
-        shutil.copyfile(weights, models / f"{spec['files']}.weights.h5")
+        atomic_write_text(models / f"{spec['files']}.json", config.to_json() + "\n")
+        copy_atomically(weights, models / f"{spec['files']}.weights.h5")
         entry = {"id": spec["id"], "role": spec["role"], "config": f"{spec['files']}.json",
                  "weights": f"{spec['files']}.weights.h5", "label_table": spec["table"],
                  "provenance": {"source": "legseg-train",
