@@ -136,3 +136,21 @@ def test_inspect_prints_tree_without_tensorflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "enc_1: NetGraph" in proc.stdout and "block/tot/1: Total" in proc.stdout
+
+
+def test_a_failed_weights_write_leaves_no_file_behind(tmp_path, capsys, monkeypatch):
+    """Configs and weights are written through a temporary file and a rename: a write that
+    fails (full disk) leaves neither a half-written weights file nor the temporary file."""
+    import keras
+
+    path = W.write_wlnet(tmp_path / "tiny.wlnet", W.chain((1, 4, 4), [("s", W.softmax)]).assoc)
+
+    def half_then_full(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save_weights", half_then_full)
+    out = tmp_path / "m"
+    assert main([str(path), "--out", str(out)]) == 73
+    assert "No space left" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.json"]
