@@ -73,6 +73,7 @@ from legseg_tf.nifti_io import (  # noqa: E402
     ras_to_qmri,
     save_array,
     save_labels,
+    to_ras,
 )
 from legseg_tf.split import find_middle  # noqa: E402
 
@@ -457,8 +458,7 @@ def load_calf_atlas(data: Path) -> list[Leg]:
         raise ValueError(f"labels.nii.gz shape {raw.shape} is not the twoLegs shape "
                          f"{geometry.shape}")
     # Read on the twoLegs grid by shape: the label file's own header is not used.
-    from nibabel import orientations
-    raw = np.rint(orientations.apply_orientation(raw, geometry.to_ras)).astype(np.int64)
+    raw = np.rint(to_ras(raw, geometry.affine)).astype(np.int64)
     unknown = sorted(set(np.unique(raw).tolist()) - set(CALF_LABELS) - {0})
     if unknown:
         raise ValueError(f"labels.nii.gz has values without a name mapping: {unknown}")
