@@ -11,7 +11,8 @@
 #      (debootstrap, with python3.11 + venv) imported as legseg-ci-base:bookworm.
 #   3. docker build (BuildKit) with this machine's pip TLS certificate passed as a build secret
 #      (never stored in the image), --network host.
-#   4. pytest tests/test_docker_image.py against the built image (LEGSEG_TEST_IMAGE).
+#   4. pytest tests/test_docker_image.py against the built image (LEGSEG_TEST_IMAGE); a skipped
+#      image test fails the stage.
 # Without an engine (not root, no dockerd) the stage fails loudly, unless LEGSEG_NO_CONTAINER_ENGINE=1
 # declares that this machine has none (then it says "NOT RUN" and exits 0).
 #
@@ -136,7 +137,17 @@ fi
 # ---- 4. tests --------------------------------------------------------------------------------
 export LEGSEG_TEST_IMAGE=$tag DOCKER="$docker_cli"
 t0=$(date +%s)
-"$python" -m pytest -q -rs -p no:cacheprovider tests/test_docker_image.py
+# An image test that skips (client, engine or image not found from pytest) fails the stage.
+image_tests() {
+  local summary
+  "$python" -m pytest -q -rs -p no:cacheprovider tests/test_docker_image.py "$@" \
+    | tee "$scratch/pytest.log"
+  summary=$(tail -1 "$scratch/pytest.log")
+  if [[ $summary == *skipped* || $summary != *passed* ]]; then
+    log "FAIL: image tests did not all run: $summary"; exit 1
+  fi
+}
+image_tests -k "not paclet"
 log "image tests took $(( $(date +%s) - t0 )) s"
 
 # ---- 5. the paclet build path ----------------------------------------------------------------
@@ -156,5 +167,5 @@ rm -f "$paclet"
 grep -E "bake_models|legseg-import|N5_UpperLeg|Body_Pos_Side" "$scratch/build-paclet.log" | cut -c1-160 | tail -8 || true
 log "built $tag-paclet in $(( $(date +%s) - t0 )) s"
 LEGSEG_TEST_IMAGE="$tag-paclet" LEGSEG_TEST_PACLET_IMAGE=1 \
-  "$python" -m pytest -q -rs -p no:cacheprovider tests/test_docker_image.py -k paclet
+  image_tests -k paclet
 log "paclet image test done"
