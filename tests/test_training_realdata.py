@@ -30,10 +30,6 @@ def _require_models():
     roles = {m["role"] for m in json.loads(manifest.read_text())["models"]}
     if "upper_leg" not in roles:
         pytest.skip("no shipped upper-leg model in models/manifest.json")
-    try:
-        import legseg_tf.inference  # noqa: F401
-    except ImportError:
-        pytest.skip("legseg_tf.inference (the sliding-window network runner) is not available")
 
 
 def test_participant_level_on_the_qmritools_thighs(tmp_path):
