@@ -8,6 +8,7 @@ from pathlib import Path
 REGIONS = ("legs", "upper", "lower", "hip", "legs-hip")
 DEVICES = ("auto", "cpu", "gpu")
 MERGE_MODES = ("gaussian", "qmritools")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,9 @@ class InferenceConfig:
         region: what to segment: "legs" (lower + upper leg), "upper", "lower", "hip" or
             "legs-hip" (lower + upper leg + hip).
         device: "auto" (GPU when TensorFlow sees one), "cpu" or "gpu".
-        mem_gb: memory budget in GB for one network patch (None = derived from the machine).
+        mem_gb: memory budget in GB for the whole process; the network's tiles are sized to
+            keep its peak within it (None = derived from the machine,
+            :func:`legseg_tf.device.default_budget_gb`).
         merge: "gaussian" (Gaussian-weighted softmax blending of overlapping tiles) or
             "qmritools" (the original hard-label union).
         overlap: fraction of a tile that overlaps its neighbour when several tiles are needed.
@@ -29,6 +32,10 @@ class InferenceConfig:
         segmentation_resolution: voxel size the networks run at: "model" (the region
             networks' training voxel size from their manifest provenance, else native),
             "native" (QMRITools' default) or (dz, dy, dx) in mm (:mod:`legseg_tf.resampling`).
+        precision: arithmetic of the region networks' forward pass: "float32", or "bfloat16"
+            (Keras mixed precision with a float32 output layer, for CPUs with AVX-512 BF16 or
+            AMX and for GPUs; label maps may differ from float32 in some voxels, see
+            docs/benchmarks.md).
     """
 
     region: str = "legs"
@@ -41,12 +48,15 @@ class InferenceConfig:
     models_dir: Path | None = None
     nprocs: int | None = None
     segmentation_resolution: str | tuple[float, float, float] = "model"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.region not in REGIONS:
             raise ValueError(f"region must be one of {REGIONS}, got {self.region!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.merge not in MERGE_MODES:
             raise ValueError(f"merge must be one of {MERGE_MODES}, got {self.merge!r}")
         if not 0.0 <= self.overlap < 1.0:

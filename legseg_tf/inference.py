@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from legseg_tf import postprocessing, sliding_window
-from legseg_tf.config import InferenceConfig
+from legseg_tf.config import PRECISIONS, InferenceConfig
 from legseg_tf.device import default_budget_gb, process_memory_gb
 from legseg_tf.normalization import uniform_normalise
 
@@ -211,8 +211,8 @@ def fixed_memory_gb() -> float:
     return max(0.0, resident - _RETAINED.gb)
 
 
-#: model -> its traced forward function (see :func:`forward_function`); weak keys, so a model
-#: that is dropped takes its function with it.
+#: model -> {precision: its traced forward function} (see :func:`forward_function`); weak
+#: keys, so a model that is dropped takes its functions with it.
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -226,8 +226,26 @@ def _keras_model(model) -> bool:
         return False
 
 
-def forward_function(model):
-    """``batch -> outputs`` for ``model``, traced once per model and process.
+def bfloat16_copy(model):
+    """A copy of a functional Keras ``model`` that computes in bfloat16 (Keras'
+    ``mixed_bfloat16`` policy: float32 weights, bfloat16 arithmetic) except its output layer,
+    which stays float32 so that the softmax is not rounded to bfloat16's 8 bits."""
+    import keras
+
+    output_layers = {id(t._keras_history[0]) for t in model.outputs}
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32" if id(layer) in output_layers else "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def forward_function(model, precision: str = "float32"):
+    """``batch -> outputs`` for ``model``, traced once per model, precision and process.
 
     A Keras model runs through one ``tf.function`` whose input signature leaves the batch and
     the free spatial axes unknown (``(None, None, None, None, channels)`` for a fully
@@ -235,30 +253,37 @@ def forward_function(model):
     ``predict_on_batch`` instead retraces for each new tile shape (0.9-1.5 s per trace with
     QMRITools-sized networks). The graph runs the same operations on the same tensors, so the
     outputs are bit-identical to ``predict_on_batch`` (tested); XLA is used exactly where
-    Keras would use it (``model.jit_compile``: on GPUs, never on CPUs). Anything else with a
-    ``predict_on_batch`` method (test doubles, proxies) is called through that method.
+    Keras would use it (``model.jit_compile``: on GPUs, never on CPUs). ``precision``
+    "bfloat16" runs :func:`bfloat16_copy` of the model instead (outputs differ from float32
+    by rounding). Anything else with a ``predict_on_batch`` method (test doubles, proxies) is
+    called through that method, in its own precision.
     """
     if not _keras_model(model):
         return model.predict_on_batch
-    try:
-        return _FORWARD[model]
-    except (KeyError, TypeError):
-        pass
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    functions = _FORWARD.setdefault(model, {})
+    if precision in functions:
+        return functions[precision]
     import tensorflow as tf
 
-    reference = weakref.ref(model)  # the function must not keep the model alive
+    if precision == "bfloat16":
+        held = bfloat16_copy(model)   # owned by this function, which dies with the model
+        network = lambda: held  # noqa: E731
+    else:
+        network = weakref.ref(model)  # the function must not keep the model alive
     name = model.name
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
 
     def call(batch):
         # Python runs here only while TensorFlow traces: once per model and process.
-        logger.debug("tracing network %s for input %s", name, spec.shape)
-        output = reference()(batch, training=False)
+        logger.debug("tracing network %s (%s) for input %s", name, precision, spec.shape)
+        output = network()(batch, training=False)
         if isinstance(output, (list, tuple)) and len(output) == 1:
             output = output[0]
         if isinstance(output, dict):
             raise TypeError("a segmentation network must have a single output")
-        return output
+        return tf.cast(output, tf.float32)
 
     traced = tf.function(call, input_signature=[spec],
                          jit_compile=bool(getattr(model, "jit_compile", False)))
@@ -267,25 +292,26 @@ def forward_function(model):
         return traced(np.asarray(batch, dtype=np.float32)).numpy()
 
     forward.traced = traced  # type: ignore[attr-defined]
-    _FORWARD[model] = forward
+    functions[precision] = forward
     return forward
 
 
-def tracing_count(model) -> int:
-    """How often :func:`forward_function` traced ``model`` in this process (0: never run)."""
-    forward = _FORWARD.get(model) if _keras_model(model) else None
+def tracing_count(model, precision: str = "float32") -> int:
+    """How often :func:`forward_function` traced ``model`` in ``precision`` in this process
+    (0: never run)."""
+    forward = (_FORWARD.get(model) or {}).get(precision) if _keras_model(model) else None
     traced = getattr(forward, "traced", None)
     return int(traced.experimental_get_tracing_count()) if traced is not None else 0
 
 
-def make_predict(model, timer: list[float] | None = None):
+def make_predict(model, timer: list[float] | None = None, precision: str = "float32"):
     """Wrap a model as ``predict(tiles) -> softmax`` with per-tile Uniform normalisation.
 
     The network runs through :func:`forward_function`: a ``tf.function`` traced once per
     model and process whatever the tile shape (graph mode uses about a third of the memory of
     eager calls). Seconds spent in the network are added to ``timer[0]``.
     """
-    forward = forward_function(model)
+    forward = forward_function(model, precision)
 
     def predict(tiles: np.ndarray) -> np.ndarray:
         normalised = np.stack([uniform_normalise(tile) for tile in tiles]).astype(np.float32)
@@ -362,7 +388,7 @@ def apply_segmentation_network(
         patch = _patch_within_budget(crop.shape, model, n_classes, config, stride_zyx)
     resident_before, _ = process_memory_gb()
     timer = [0.0]
-    predict = make_predict(model, timer)
+    predict = make_predict(model, timer, config.precision)
     crop_probabilities, confidence = None, None
     if config.merge == "qmritools":
         mask_filter = postprocessing.largest_component if largest_component else None
