@@ -282,3 +282,17 @@ def test_unknown_keys_are_warned_about(tmp_path):
     result = _run(tmp_path, {"regoin": "legs", "_app": "x"})
     assert "config.json key 'regoin' is not used" in result.stderr and "_app" not in result.stderr
     assert result.returncode == 64
+
+
+def test_the_app_names_derivative_files_as_legseg_writes_them(tmp_path):
+    """The App (standard library only) repeats three derivative names of legseg_tf.derivatives;
+    they must stay the same strings."""
+    from legseg_tf import derivatives
+
+    app = _module()
+    (tmp_path / "raw").mkdir()
+    derivatives.ensure_dataset_files(tmp_path / "out", tmp_path / "raw")
+    assert (tmp_path / "out" / app.LABEL_TABLE).is_file()
+    assert app.DSEG_ENDING == derivatives.DSEG_ENDING
+    dseg = Path("sub-01/anat/sub-01_T1w" + derivatives.DSEG_ENDING)
+    assert app.MORPH_ENDING == derivatives.morph_path(dseg).name[len("sub-01_T1w"):]

@@ -58,6 +58,11 @@ INPUT_DIR = "legseg_input"
 FILTER_FILE = "legseg_input_filter.json"
 OUTPUT_DIR = "output"
 PARC_DIR = "parc"
+# legseg_tf.derivatives names, repeated here because this App runs with the standard library
+# only (tests/test_brainlife.py checks that they agree).
+DSEG_ENDING = "_desc-muscles_dseg.nii.gz"
+MORPH_ENDING = "_desc-muscles_morph.tsv"
+LABEL_TABLE = "dseg.tsv"
 INPUT_NAME = "legseg brainlife input"
 #: config.json key -> legseg option (value options)
 VALUE_OPTIONS = {
@@ -364,7 +369,7 @@ def _read_tsv(path):
 
 def write_parcellation(output, workdir):
     """parc/parc.nii.gz + parc/label.json when exactly one label map was written; return the maps."""
-    maps = sorted(glob.glob(os.path.join(output, "sub-*", "**", "*_desc-muscles_dseg.nii.gz"), recursive=True))
+    maps = sorted(glob.glob(os.path.join(output, "sub-*", "**", "*" + DSEG_ENDING), recursive=True))
     if len(maps) != 1:
         return maps
     parc = os.path.join(workdir, PARC_DIR)
@@ -373,7 +378,7 @@ def write_parcellation(output, workdir):
     labels = [
         {"name": row["name"], "abbreviation": row.get("abbreviation", ""), "voxel_value": int(row["index"]),
          "side": row.get("side", ""), "region": row.get("region", ""), "color": row.get("color", "")}
-        for row in _read_tsv(os.path.join(output, "dseg.tsv")) if int(row["index"]) != 0
+        for row in _read_tsv(os.path.join(output, LABEL_TABLE)) if int(row["index"]) != 0
     ]
     _write_json(os.path.join(parc, "label.json"), labels)
     return maps
@@ -395,7 +400,7 @@ def write_product(workdir, output, maps, config, failure=None):
         pass
     summary = []
     for path in maps:
-        morph = path.replace("_dseg.nii.gz", "_morph.tsv")
+        morph = path[:-len(DSEG_ENDING)] + MORPH_ENDING
         rows = _read_tsv(morph) if os.path.isfile(morph) else []
         summary.append({
             "image": os.path.relpath(path, output),
