@@ -1,4 +1,4 @@
-"""Trace-once and single-tile benchmark: the merger as it was before issue 15 against now.
+"""Trace-once and single-tile benchmark: the merger as it was before these changes against now.
 
 Usage (from the repository root, with the project's environment):
 

@@ -26,8 +26,11 @@ from legseg_tf.normalization import uniform_normalise
 
 logger = logging.getLogger(__name__)
 
-#: Fraction of the memory budget the process may fill (QMRITools uses 0.9 of its limit).
-BUDGET_FRACTION = 0.9
+#: Fraction of the memory budget the process may fill by the estimate (QMRITools uses 0.9 of
+#: its limit). The rest absorbs what the allocators keep between parts and do not reuse for a
+#: new tile shape: a second leg part of a 512x512x120 volume peaked 0.4-0.5 GB above its
+#: estimate with QMRITools-sized networks (docs/benchmarks.md).
+BUDGET_FRACTION = 0.8
 
 
 @dataclass
