@@ -99,3 +99,18 @@ def test_memory_a_part_leaves_for_reuse_is_not_counted_twice():
     retained.add(before, result.nbytes)
     assert 0.05 < retained.gb < 0.08
     assert pool.size and inference.fixed_memory_gb() > 0
+
+
+def test_a_thigh_leg_part_still_runs_as_one_tile_with_the_shipped_network():
+    """The default budget keeps the usual case one tile per leg part (the labels and
+    probabilities of the single-tile path are bit-identical to blending it)."""
+    from legseg_tf import model_store
+    from legseg_tf.model_adapters import network_stride
+    from legseg_tf.model_store import resolve_models_dir
+
+    entry = model_store.load_manifest(resolve_models_dir()).get("upper_leg")
+    model = model_store.load_model(entry)
+    stride = network_stride(entry.read_config())
+    for part in ((31, 148, 160), (31, 147, 156), (20, 112, 80)):   # thigh legs, a demo leg
+        patch = inference._patch_within_budget(part, model, 22, InferenceConfig(), stride)
+        assert patch == tuple(-(-n // s) * s for n, s in zip(part, stride)), (part, patch)
