@@ -13,9 +13,11 @@ logger = logging.getLogger(__name__)
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 #: Default whole-process memory budget when none is given: the memory in use plus this share
-#: of the memory still available, at most DEFAULT_BUDGET_GB.
+#: of the memory still available, at most DEFAULT_BUDGET_GB (or the memory in use plus
+#: DEFAULT_ROOM_GB, when a process already holds more, e.g. a notebook with data loaded).
 AVAILABLE_FRACTION = 0.75
 DEFAULT_BUDGET_GB = 2.5
+DEFAULT_ROOM_GB = 1.25
 #: How to install TensorFlow: the ``cpu``/``gpu`` extras of pyproject.toml.
 TENSORFLOW_INSTALL = 'pip install "legseg[cpu]" (or "legseg[gpu]" for NVIDIA GPUs)'
 
@@ -153,9 +155,10 @@ def process_memory_gb(status: Path = Path("/proc/self/status")) -> tuple[float, 
 def default_budget_gb() -> float:
     """Whole-process memory budget when ``--mem-gb`` is not given: what this process holds
     now plus AVAILABLE_FRACTION of the memory still available (:func:`available_memory_gb`),
-    at most DEFAULT_BUDGET_GB."""
+    at most DEFAULT_BUDGET_GB, or the memory held plus DEFAULT_ROOM_GB if that is more."""
     resident, _ = process_memory_gb()
-    return min(resident + AVAILABLE_FRACTION * available_memory_gb(), DEFAULT_BUDGET_GB)
+    cap = max(DEFAULT_BUDGET_GB, resident + DEFAULT_ROOM_GB)
+    return min(resident + AVAILABLE_FRACTION * available_memory_gb(), cap)
 
 
 class DeviceError(RuntimeError):

@@ -22,13 +22,15 @@ def test_process_memory_is_read_from_proc_status(tmp_path):
     assert 0 < resident <= peak
 
 
-def test_the_default_budget_is_capped_and_covers_the_memory_in_use():
-    resident, _ = device.process_memory_gb()
-    budget = device.default_budget_gb()
-    assert budget <= device.DEFAULT_BUDGET_GB
-    assert budget == pytest.approx(min(
-        device.DEFAULT_BUDGET_GB,
-        resident + device.AVAILABLE_FRACTION * device.available_memory_gb()), abs=0.05)
+def test_the_default_budget_is_capped_and_covers_the_memory_in_use(monkeypatch):
+    monkeypatch.setattr(device, "available_memory_gb", lambda: 20.0)
+    monkeypatch.setattr(device, "process_memory_gb", lambda: (0.8, 0.9))
+    assert device.default_budget_gb() == device.DEFAULT_BUDGET_GB     # capped
+    monkeypatch.setattr(device, "available_memory_gb", lambda: 1.0)
+    assert device.default_budget_gb() == pytest.approx(0.8 + 0.75)   # a small container
+    monkeypatch.setattr(device, "available_memory_gb", lambda: 20.0)
+    monkeypatch.setattr(device, "process_memory_gb", lambda: (6.0, 6.0))   # data loaded
+    assert device.default_budget_gb() == pytest.approx(6.0 + device.DEFAULT_ROOM_GB)
 
 
 @pytest.fixture(scope="module")
