@@ -3,13 +3,15 @@
 Volumes are (z, y, x) arrays; a ``predict`` callable maps a float32 batch of tiles
 (b, pz, py, px, 1) to per-class outputs (b, pz, py, px, C). Two ways of merging tiles:
 
-* :func:`predict_probabilities` (default, "gaussian"): evenly spaced tiles (first at 0, last
-  flush with the border, nnU-Net's placement), each tile's softmax weighted by a Gaussian
-  importance map (sigma = patch / 8) and blended in float32. Memory: one (z, y, x, C) float32
-  accumulator for the volume handed in (the cropped leg part, not the whole image) plus one
-  (z, y, x) weight array. When one tile covers the volume (a leg part that fits the memory
-  budget, the usual case) only its output, cropped to the volume, is weighted and divided by
-  the same weights (bit-identical to blending it): no accumulator, no weight sum.
+* :func:`blend_tiles` (default, "gaussian"; :func:`predict_probabilities` when every class's
+  blend is wanted): evenly spaced tiles (first at 0, last flush with the border, nnU-Net's
+  placement), each tile's softmax weighted by a Gaussian importance map (sigma = patch / 8)
+  and blended in float32. Memory: a float32 accumulator and weight sum one tile deep along the
+  first tiled axis (slabs no later tile reaches are divided, arg-maxed and dropped), the
+  labels and the winner's probability; bit-identical to a full-size accumulator. When one
+  tile covers the volume (a leg part that fits the memory budget, the usual case) only its
+  output, cropped to the volume, is weighted and divided by the same weights (bit-identical
+  to blending it): no accumulator, no weight sum.
 * :func:`predict_hard_labels` ("qmritools"): the original patch layout (minimal, uneven
   overlap) with arg-max labels per tile merged as a per-label union, lowest label winning
   overlaps (spec sections 2.3 and 1.9).
