@@ -349,6 +349,20 @@ def _patch_within_budget(shape, model, n_classes: int, config: InferenceConfig,
     return patch  # type: ignore[return-value]
 
 
+def _nonzero_box(volume: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels (None when there are none), from one boolean
+    projection per axis: no index arrays of every non-zero voxel (24 bytes each)."""
+    occupied = volume != 0
+    box = []
+    for axis in range(volume.ndim):
+        others = tuple(a for a in range(volume.ndim) if a != axis)
+        hits = np.flatnonzero(occupied.any(axis=others))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def apply_segmentation_network(
     volume: np.ndarray,
     model,
@@ -379,13 +393,12 @@ def apply_segmentation_network(
         raise ValueError(f"expected a (z, y, x) part, got shape {volume.shape}")
     labels = np.zeros(volume.shape, dtype=np.int16)
     probabilities = None
-    nonzero = np.nonzero(volume)
-    if nonzero[0].size == 0:
+    box = _nonzero_box(volume)
+    if box is None:
         if config.save_probabilities:
             probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)
             probabilities[..., 0] = 1.0
         return NetworkOutput(labels, probabilities)
-    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in nonzero)
     crop = volume[box]
     if patch is None:
         patch = _patch_within_budget(crop.shape, model, n_classes, config, stride_zyx)
