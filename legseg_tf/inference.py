@@ -27,9 +27,9 @@ from legseg_tf.normalization import uniform_normalise
 logger = logging.getLogger(__name__)
 
 #: Fraction of the memory budget the process may fill by the estimate (QMRITools uses 0.9 of
-#: its limit). The rest absorbs what the allocators keep between parts and do not reuse for a
-#: new tile shape: a second leg part of a 512x512x120 volume peaked 0.4-0.5 GB above its
-#: estimate with QMRITools-sized networks (docs/benchmarks.md).
+#: its limit). The rest absorbs what the allocators keep after a part and do not reuse for
+#: the next: a second leg part of a 512x512x120 volume grew the resident set by another
+#: 0.3-0.5 GB (docs/benchmarks.md).
 BUDGET_FRACTION = 0.8
 
 
@@ -188,10 +188,12 @@ class _RetainedMemory:
 
     TensorFlow's CPU allocator keeps the activation buffers of a forward pass after it
     returns (about 0.5 GB after a 32x160x160 tile of a QMRITools-sized net; ``malloc_trim``
-    frees none of it), and the C allocator keeps freed tile-sized NumPy buffers; both are
-    reused by the next part. The resident-set growth over each part, less the arrays the
+    frees none of it) and reuses them for the next tiles; the C allocator keeps freed
+    tile-sized NumPy buffers. The resident-set growth over each part, less the arrays the
     part returns, is added here, so that this memory is counted once, with the next part's
-    activations and buffers, and not again as memory in use (:func:`fixed_memory_gb`).
+    activations and buffers, and not again as memory in use (:func:`fixed_memory_gb`). The
+    next part does not reuse all of it (measured: 0.3 GB more for the second leg of a
+    512x512x120 image); BUDGET_FRACTION's headroom absorbs that.
     """
 
     def __init__(self) -> None:
