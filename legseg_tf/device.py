@@ -17,7 +17,7 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 #: DEFAULT_ROOM_GB, when a process already holds more, e.g. a notebook with data loaded).
 AVAILABLE_FRACTION = 0.75
 DEFAULT_BUDGET_GB = 2.5
-DEFAULT_ROOM_GB = 1.25
+DEFAULT_ROOM_GB = 0.75
 #: How to install TensorFlow: the ``cpu``/``gpu`` extras of pyproject.toml.
 TENSORFLOW_INSTALL = 'pip install "legseg[cpu]" (or "legseg[gpu]" for NVIDIA GPUs)'
 
