@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from legseg_tf import __version__
-from legseg_tf.config import DEVICES, MERGE_MODES, REGIONS, InferenceConfig, RunConfig
+from legseg_tf.config import DEVICES, MERGE_MODES, PRECISIONS, REGIONS, InferenceConfig, RunConfig
 from legseg_tf.errors import ExitCode, UsageError, is_output_full
 from legseg_tf.model_store import resolve_models_dir
 
@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="models folder with manifest.json (default: $LEGSEG_MODELS_DIR or the bundled models/)")
     seg.add_argument("--merge", choices=MERGE_MODES, default=InferenceConfig.merge,
                      help="how overlapping tiles are merged (default: %(default)s)")
+    seg.add_argument("--precision", choices=PRECISIONS, default=InferenceConfig.precision,
+                     help="arithmetic of the region networks: float32, or bfloat16 (mixed "
+                          "precision, float32 output layer) for CPUs with AVX-512 BF16/AMX and "
+                          "GPUs; label maps may differ from float32 in some voxels "
+                          "(default: %(default)s)")
     seg.add_argument("--segmentation-resolution", dest="segmentation_resolution",
                      type=_resolution, default=InferenceConfig.segmentation_resolution,
                      metavar="model|native|DZxDYxDX",
@@ -284,6 +289,7 @@ def parse_args(argv: list[str]) -> RunConfig:
         device=args.device,
         mem_gb=mem_gb,
         merge=args.merge,
+        precision=args.precision,
         segmentation_resolution=args.segmentation_resolution,
         overlap=args.overlap,
         batch_size=args.batch_size,

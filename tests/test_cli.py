@@ -234,6 +234,14 @@ def test_parse_args_builds_the_run_config(tiny_dataset, tmp_path):
     assert config.inference.merge == "qmritools" and config.inference.overlap == 0.25
     assert config.verbosity == 2 and config.ff_erosion == 0
     assert json.loads(config.to_json())["analysis_level"] == "participant"
+    assert config.inference.precision == "float32"
+
+
+def test_precision_option_reaches_the_inference_config(tiny_dataset, tmp_path):
+    args = [str(tiny_dataset), str(tmp_path / "o"), "participant"]
+    assert cli.parse_args([*args, "--precision", "bfloat16"]).inference.precision == "bfloat16"
+    with pytest.raises(SystemExit):
+        cli.parse_args([*args, "--precision", "float16"])
 
 
 def test_ff_erosion_default_lives_in_the_run_config(tiny_dataset, tmp_path):
