@@ -317,24 +317,44 @@ def compose(panels: list[Panel], columns: int | None = None) -> bytes:
         places.append((x0, y0, w, h))
     height, width = canvas.shape[:2]
     plt = pyplot()
-    figure = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
-    axis = figure.add_axes((0, 0, 1, 1))
-    axis.imshow(canvas, interpolation="nearest", aspect="equal")
-    axis.set_xlim(-0.5, width - 0.5)
-    axis.set_ylim(height - 0.5, -0.5)
-    axis.set_axis_off()
+    from matplotlib.transforms import IdentityTransform
+
+    # Only the letters and titles go through matplotlib (on a white figure of the canvas's
+    # size, placed in figure pixels, origin bottom left); the panels are then pasted in as
+    # they are (they never overlap the text, which stays in the margins) and the result is
+    # encoded once. Drawing the canvas itself through matplotlib resampled it: far slower.
+    figure = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
+    pixels = IdentityTransform()
+
+    def write(x: float, y: float, text: str, **style) -> None:
+        figure.text(x + 0.5, height - y - 0.5, text, transform=pixels, **style)
+
     style = dict(color="black", fontsize=9, fontweight="bold")
     for panel, (x0, y0, w, h) in zip(panels, places):
         left, right, top, bottom = panel.letters
-        axis.text(x0 - 3, y0 + h / 2, left, ha="right", va="center", **style)
-        axis.text(x0 + w + 3, y0 + h / 2, right, ha="left", va="center", **style)
-        axis.text(x0 + w / 2, y0 - 2, top, ha="center", va="bottom", **style)
-        axis.text(x0 + w / 2, y0 + h + 1, bottom, ha="center", va="top", **style)
-        axis.text(x0, y0 - 2, panel.title, ha="left", va="bottom", color="#333333",
-                  fontsize=8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
+        write(x0 - 3, y0 + h / 2, left, ha="right", va="center", **style)
+        write(x0 + w + 3, y0 + h / 2, right, ha="left", va="center", **style)
+        write(x0 + w / 2, y0 - 2, top, ha="center", va="bottom", **style)
+        write(x0 + w / 2, y0 + h + 1, bottom, ha="center", va="top", **style)
+        write(x0, y0 - 2, panel.title, ha="left", va="bottom", color="#333333", fontsize=8)
+    figure.canvas.draw()
+    text = np.asarray(figure.canvas.buffer_rgba())[..., :3]
     plt.close(figure)
+    if text.shape[:2] != canvas.shape[:2]:
+        raise RuntimeError(f"text layer {text.shape[:2]} differs from canvas {canvas.shape[:2]}")
+    inside = np.zeros(canvas.shape[:2], dtype=bool)
+    for x0, y0, w, h in places:
+        inside[y0:y0 + h, x0:x0 + w] = True
+    canvas[~inside] = text[~inside]
+    return png_bytes(canvas)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 array."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="png")
     return buffer.getvalue()
 
 
