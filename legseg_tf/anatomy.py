@@ -216,6 +216,23 @@ def _shape(region: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, 
     return float(solidity), ratio
 
 
+def _depth_map(leg: np.ndarray, spacing_yx: tuple[float, float]) -> np.ndarray:
+    """Distance (mm) of each pixel of ``leg`` to the nearest pixel outside it (0 outside),
+    as ``distance_transform_edt`` of the whole slice gives it.
+
+    Computed on the leg's bounding box grown by one pixel (within the slice): every
+    background pixel beyond that ring lies farther than some ring pixel.
+    """
+    depth = np.zeros(leg.shape, dtype=np.float64)
+    rows, columns = np.nonzero(leg.any(axis=1))[0], np.nonzero(leg.any(axis=0))[0]
+    if rows.size == 0:
+        return depth
+    box = tuple(slice(max(hits[0] - 1, 0), min(hits[-1] + 2, n))
+                for hits, n in zip((rows, columns), leg.shape))
+    depth[box] = ndimage.distance_transform_edt(leg[box], sampling=spacing_yx)
+    return depth
+
+
 def find_bones(
     image: np.ndarray,
     leg: np.ndarray,
@@ -242,7 +259,7 @@ def find_bones(
     if reference <= 0:
         return []
     dark = (image < config.dark_fraction * reference) & leg
-    depth_map = ndimage.distance_transform_edt(leg, sampling=spacing_yx)
+    depth_map = _depth_map(leg, spacing_yx)
     candidates: list[np.ndarray] = []
     # three routes: raw void components (thin isolated rings such as a fibula), a one-pixel
     # opening (drops fat-water lines touching a ring; rings keep their marrow)

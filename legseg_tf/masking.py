@@ -147,14 +147,23 @@ def smooth_mask(mask: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarr
     current = np.asarray(mask, dtype=bool)
     truncate = config.gaussian_radius / config.gaussian_sigma
     for _ in range(config.smoothing_iterations):
-        dilated = ndimage.binary_dilation(current, structure=BOX)
+        dilated = _box_morphology(ndimage.binary_dilation, current)
         blurred = ndimage.gaussian_filter(
             dilated.astype(np.float32), sigma=config.gaussian_sigma, truncate=truncate,
             mode="nearest",
         )
         rounded = np.rint(blurred + np.float32(0.05)) >= 1
-        current = ndimage.binary_erosion(rounded, structure=BOX, border_value=0)
+        current = _box_morphology(ndimage.binary_erosion, rounded)
     return current
+
+
+def _box_morphology(operation, mask: np.ndarray) -> np.ndarray:
+    """``operation`` (binary dilation or erosion, border background) by the 3x3x3 box, done
+    as one 3-voxel line per axis: the same result as the box at a third of the work."""
+    for axis in range(mask.ndim):
+        line = np.ones([3 if a == axis else 1 for a in range(mask.ndim)], dtype=bool)
+        mask = operation(mask, structure=line, border_value=0)
+    return mask
 
 
 def clean_mask(raw: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
