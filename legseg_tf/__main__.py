@@ -1,6 +1,6 @@
 """``python -m legseg_tf`` runs the BIDS App command line."""
 import sys
 
-from legseg_tf.cli import main
+from legseg_tf.cli import exit_after_run, main
 
-sys.exit(main(sys.argv[1:]))
+exit_after_run(main(sys.argv[1:]))
