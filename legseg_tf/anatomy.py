@@ -250,6 +250,28 @@ def find_bones(
         Compact round void structures (rings filled with their marrow, or dark discs) inside
         the leg, surrounded mainly by non-void tissue.
     """
+    leg = np.asarray(leg, dtype=bool)
+    rows, columns = np.nonzero(leg.any(axis=1))[0], np.nonzero(leg.any(axis=0))[0]
+    if rows.size == 0:
+        return []
+    # Work on the leg's bounding box grown by the rim radius (within the slice): every
+    # candidate, its rim and the depth map's nearest background pixel lie inside it, so the
+    # bones are those of the whole slice, at a fraction of the work.
+    grow = max(1, int(round(2.0 / min(spacing_yx))))
+    box = tuple(slice(max(hits[0] - grow, 0), min(hits[-1] + 1 + grow, n))
+                for hits, n in zip((rows, columns), leg.shape))
+    return _find_bones_in_box(np.asarray(image)[box], leg[box], spacing_yx, config,
+                              (box[0].start, box[1].start))
+
+
+def _find_bones_in_box(
+    image: np.ndarray,
+    leg: np.ndarray,
+    spacing_yx: tuple[float, float],
+    config: AnatomyConfig,
+    origin: tuple[int, int],
+) -> list[Bone]:
+    """:func:`find_bones` on a crop whose pixel (0, 0) is the slice's pixel ``origin``."""
     dy, dx = spacing_yx
     pixel_area = dy * dx
     values = image[leg]
@@ -297,8 +319,10 @@ def find_bones(
         if not rim.any() or (rim & leg & ~dark).sum() < config.min_bright_rim * rim.sum():
             continue
         ys, xs = np.nonzero(full)
+        ys, xs = ys + origin[0], xs + origin[1]
         center = (float(ys.mean()), float(xs.mean()))
-        depth = float(depth_map[int(round(center[0])), int(round(center[1]))])
+        depth = float(depth_map[int(round(center[0])) - origin[0],
+                                int(round(center[1])) - origin[1]])
         bones.append(Bone(float(area), center, solidity, ratio, depth))
         taken |= full
     bones.sort(key=lambda b: -b.area_mm2)
