@@ -32,6 +32,11 @@ class InferenceConfig:
         segmentation_resolution: voxel size the networks run at: "model" (the region
             networks' training voxel size from their manifest provenance, else native),
             "native" (QMRITools' default) or (dz, dy, dx) in mm (:mod:`legseg_tf.resampling`).
+        min_patch: smallest tile (z, y, x) in voxels of the networks' grid the memory budget
+            may shrink a tile to (rounded up to the network's stride, never larger than the
+            part): the patch the networks are trained on (``TrainSegmentationNetwork``'s
+            32 x 112 x 112). Smaller tiles see too little context to segment anything; when the
+            budget cannot hold this tile the process runs it anyway and may exceed ``mem_gb``.
         precision: arithmetic of the region networks' forward pass: "float32", or "bfloat16"
             (Keras mixed precision with a float32 output layer, for CPUs with AVX-512 BF16 or
             AMX and for GPUs; label maps may differ from float32 in some voxels, see
@@ -49,6 +54,7 @@ class InferenceConfig:
     nprocs: int | None = None
     segmentation_resolution: str | tuple[float, float, float] = "model"
     precision: str = "float32"
+    min_patch: tuple[int, int, int] = (32, 112, 112)
 
     def __post_init__(self) -> None:
         if self.region not in REGIONS:
@@ -65,6 +71,8 @@ class InferenceConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.mem_gb is not None and self.mem_gb <= 0:
             raise ValueError(f"mem_gb must be positive, got {self.mem_gb}")
+        if len(self.min_patch) != 3 or any(int(p) < 1 for p in self.min_patch):
+            raise ValueError(f"min_patch must be three positive sizes, got {self.min_patch}")
         if self.nprocs is not None and self.nprocs < 1:
             raise ValueError(f"nprocs must be >= 1, got {self.nprocs}")
         resolution = self.segmentation_resolution

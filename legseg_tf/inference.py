@@ -157,26 +157,32 @@ def choose_patch_size(
     budget_bytes: float,
     *,
     buffer_bytes: Callable[[tuple[int, ...]], float] | None = None,
+    minimum: tuple[int, ...] | None = None,
 ) -> tuple[int, ...]:
     """Largest stride-multiple patch, not bigger than the (rounded-up) part, within budget.
 
     Starts from the part size rounded up to the stride (one patch per part, as QMRITools) and
     shrinks the axis whose patch is largest in voxels relative to its stride until
     ``bytes_per_voxel x patch voxels + buffer_bytes(patch) <= budget_bytes``; no axis goes
-    below one stride.
+    below one stride, nor below ``minimum`` (rounded up to the stride; the smallest tile that
+    still gives a network enough context) where the part is that large. When even the
+    smallest allowed patch does not fit, it is used anyway, with a warning.
     """
     patch = [max(math.ceil(s / t), 1) * t for s, t in zip(shape, stride)]
+    floor = [t for t in stride] if minimum is None else [
+        min(p, max(math.ceil(m / t), 1) * t) for p, m, t in zip(patch, minimum, stride)]
 
     def needed() -> float:
         extra = buffer_bytes(tuple(patch)) if buffer_bytes is not None else 0.0
         return bytes_per_voxel * math.prod(patch) + extra
 
     while needed() > budget_bytes:
-        shrinkable = [i for i, (p, t) in enumerate(zip(patch, stride)) if p > t]
+        shrinkable = [i for i, (p, f) in enumerate(zip(patch, floor)) if p > f]
         if not shrinkable:
-            logger.warning("even the smallest patch %s needs %.2f GB, more than the %.2f GB "
-                           "the memory budget leaves for it", tuple(patch), needed() / 1e9,
-                           max(budget_bytes, 0.0) / 1e9)
+            logger.warning("the memory budget leaves %.2f GB for the networks, less than the "
+                           "%.2f GB of the smallest usable patch %s: running it anyway (the "
+                           "process may exceed the budget)", max(budget_bytes, 0.0) / 1e9,
+                           needed() / 1e9, tuple(patch))
             break
         axis = max(shrinkable, key=lambda i: patch[i] / stride[i])
         patch[axis] -= stride[axis]
@@ -343,7 +349,8 @@ def _patch_within_budget(shape, model, n_classes: int, config: InferenceConfig,
     left = BUDGET_FRACTION * budget_gb * 1e9 - fixed_gb * 1024**3
     patch = choose_patch_size(
         shape, stride_zyx, per_voxel, left,
-        buffer_bytes=lambda p: merge_buffer_bytes(shape, p, n_classes, config))
+        buffer_bytes=lambda p: merge_buffer_bytes(shape, p, n_classes, config),
+        minimum=config.min_patch)
     logger.debug("part %s: budget %.2f GB, %.2f GB in use, patch %s (activations about "
                  "%.2f GB, merge buffers %.2f GB)", shape, budget_gb, fixed_gb, patch,
                  per_voxel * math.prod(patch) / 1e9,

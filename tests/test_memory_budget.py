@@ -81,7 +81,7 @@ def test_the_patch_leaves_room_for_the_memory_in_use(unet, caplog):
 
     roomy = patch_for(fixed + 50.0)
     assert roomy == (40, 208, 208)                   # one patch for the part
-    room_gb = 0.4 * per_voxel * math.prod(roomy) / 1e9
+    room_gb = 0.6 * per_voxel * math.prod(roomy) / 1e9
     tight = patch_for((fixed + room_gb) / inference.BUDGET_FRACTION)
     assert math.prod(tight) < math.prod(roomy)
     needed = (per_voxel * math.prod(tight)
@@ -89,8 +89,22 @@ def test_the_patch_leaves_room_for_the_memory_in_use(unet, caplog):
     assert fixed * 1024**3 + needed <= (fixed * 1024**3 + room_gb * 1e9) * 1.01
     with caplog.at_level(logging.WARNING, logger="legseg_tf.inference"):
         smallest = patch_for(0.5 * fixed)            # less than the process already holds
-    assert smallest == STRIDE
-    assert any("smallest patch" in r.getMessage() for r in caplog.records)
+    # Never below the training patch (32 x 112 x 112, rounded up to the stride): smaller
+    # tiles give a network too little context to segment anything.
+    floor = tuple(-(-m // t) * t for m, t in zip(InferenceConfig().min_patch, STRIDE))
+    assert smallest == floor
+    assert any("smallest usable patch" in r.getMessage() for r in caplog.records)
+    lower = inference._patch_within_budget(shape, unet, 5, InferenceConfig(
+        mem_gb=0.5 * fixed, min_patch=STRIDE), STRIDE)
+    assert lower == STRIDE
+
+
+def test_the_smallest_tile_is_the_patch_the_networks_train_on():
+    from legseg_tf.training.sampling import PatchConfig
+
+    assert InferenceConfig().min_patch == PatchConfig().patch_size
+    assert inference.choose_patch_size((20, 300, 90), (4, 16, 16), 1e6, 1.0,
+                                       minimum=(32, 112, 112)) == (20, 112, 96)
 
 
 def test_memory_a_part_leaves_for_reuse_is_not_counted_twice():
