@@ -708,11 +708,13 @@ def slice_figures(s: ImageSummary, volume: np.ndarray, anchor: str) -> list[str]
     filled = []
     for k in picks:
         figures.append(html.zoom_figure(
-            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "outline", box),
+            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "outline", box,
+                                (low, high)),
             f"axial slice {k} of {relpath}: image and label outlines",
             _figure_id(anchor, f"z{k}"), 'data-overlay="outline" data-view="axial"'))
         filled.append(html.zoom_figure(
-            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "filled", box),
+            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "filled", box,
+                                (low, high)),
             f"axial slice {k} of {relpath}: image and filled labels",
             _figure_id(anchor, f"z{k}-filled"), 'data-overlay="filled" data-view="axial"'))
     parts.append(f'<div class="figures">{"".join(figures)}</div>')

@@ -354,7 +354,8 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="png")
+    # zlib level 3: about 3 % larger than the default 6, a third faster to write
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="png", compress_level=3)
     return buffer.getvalue()
 
 
@@ -400,12 +401,14 @@ def axial_pair(
     k: int,
     mode: str = "outline",
     box: tuple[slice, slice, slice] | None = None,
+    window: tuple[float, float] | None = None,
 ) -> bytes:
     """Axial slice ``k`` twice, side by side: the image alone and the image with the labels
     (``mode``), large enough to judge a one-voxel boundary (:data:`DETAIL_MIN_PX_PER_MM`);
-    PNG bytes at natural size. ``box``: in-plane crop (default: :func:`in_plane_box`)."""
+    PNG bytes at natural size. ``box``: in-plane crop (default: :func:`in_plane_box`);
+    ``window``: grey-level window (default: :func:`display_range` of the volume)."""
     _check_shapes(volume_ras, labels_ras)
-    low, high = display_range(volume_ras)
+    low, high = window if window is not None else display_range(volume_ras)
     if box is None:
         box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
     volume_ras, labels_ras = volume_ras[box], labels_ras[box]
