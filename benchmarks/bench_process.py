@@ -118,9 +118,11 @@ def participant_process(volume: Path, images: int, precision: str | None) -> dic
             continue
         stages.append((label, found[0] - marks[-1][0]))
         marks.append(found)
-    for index, (started, message) in enumerate((t, m) for t, m in events
-                                               if m.startswith("segmenting ")):
-        done = first("wrote ", started)
+    starts = [n for n, (_, m) in enumerate(events) if m.startswith("segmenting ")]
+    for index, position in enumerate(starts):
+        started, message = events[position]
+        # the next "wrote" in log order: the previous image's can share this time stamp
+        done = next(((t, m) for t, m in events[position + 1:] if m.startswith("wrote ")), None)
         if done is None:
             continue
         if index:
