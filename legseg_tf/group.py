@@ -40,7 +40,8 @@ from legseg_tf.morphometry import MORPH_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-ID_COLUMNS = ("participant", "session", "source")
+#: Key columns of every group table (BIDS participants.tsv/sessions.tsv names).
+ID_COLUMNS = ("participant_id", "session_id", "source")
 QC_FLAG_COLUMNS = ID_COLUMNS + ("code", "severity", "message", "structures")
 QC_COUNT_COLUMNS = ("qc_flags", "qc_fail")
 #: Measures checked for outliers and spread into the wide table.
@@ -53,7 +54,7 @@ MAD_SCALE = 0.6745
 
 
 def image_table(dseg_path: Path) -> pd.DataFrame:
-    """The morphometry rows of one label map with participant/session/source columns."""
+    """The morphometry rows of one label map with participant_id/session_id/source columns."""
     table_path = morph_path(dseg_path)
     if table_path.exists():
         frame = pd.read_csv(table_path, sep="\t", na_values=["n/a"], keep_default_na=False)
@@ -91,11 +92,11 @@ def _english_names(frame: pd.DataFrame) -> None:
 
 
 def image_ids(dseg_path: Path) -> dict[str, str]:
-    """participant, session ("n/a" without) and source of a label map, from its name."""
+    """participant_id, session_id ("n/a" without) and source of a label map, from its name."""
     entities, _ = parse_entities(dseg_path)
     return {
-        "participant": f"sub-{entities.get('sub', '')}",
-        "session": f"ses-{entities['ses']}" if "ses" in entities else "n/a",
+        "participant_id": f"sub-{entities.get('sub', '')}",
+        "session_id": f"ses-{entities['ses']}" if "ses" in entities else "n/a",
         "source": derivatives.dseg_source_stem(dseg_path),
     }
 
@@ -281,7 +282,7 @@ def run_group(output_dir: Path, include_failed_qc: bool = False) -> int:
     logger.info(
         "group level: %d image(s) of %d participant(s), %d outlier row(s), %d QC flag(s); wrote %s",
         n_images,
-        table["participant"].nunique(),
+        table["participant_id"].nunique(),
         n_outliers,
         len(flags),
         ", ".join(p.name for p in written),

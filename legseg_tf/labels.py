@@ -212,6 +212,11 @@ LABELS: tuple[Label, ...] = (
 BY_INDEX: dict[int, Label] = {label.index: label for label in LABELS}
 
 
+def abbreviation_of(index: int) -> str:
+    """dseg.tsv abbreviation of a label index: "BG" for 0 (background), "VL_L" for 31, ..."""
+    return "BG" if int(index) == 0 else BY_INDEX[int(index)].abbreviation
+
+
 #: Report palette: (hue in degrees, HLS lightness, HLS saturation) of the patient's LEFT side
 #: of each structure, by abbreviation stem; the right side has the same hue and
 #: :data:`RIGHT_LIGHTER` more lightness (related colours on both sides). The muscle colours were

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from legseg_tf import derivatives, input_checks, nifti_io, resampling, side
+from legseg_tf.labels import abbreviation_of
 from legseg_tf.errors import ExitCode, NoModelError, UsageError, is_output_full
 from legseg_tf.config import RunConfig
 from legseg_tf.results import ImageResult, InputImage
@@ -332,7 +333,8 @@ def _save_probabilities(result, geometry: nifti_io.Geometry, path: Path) -> Path
     nifti_io.save_array(data, geometry, path, dtype=np.float32)
     derivatives.write_json(derivatives.sidecar_path(path), {
         "Description": "Per-label probabilities of the muscle segmentation (4th axis = labels).",
-        "LabelMap": [str(index) for index in (result.label_map or [])],
+        "LabelMap": [abbreviation_of(index) for index in (result.label_map or [])],
+        "LabelIndices": [int(index) for index in (result.label_map or [])],
         "LabelTable": "dseg.tsv",
     })
     return path

@@ -14,6 +14,7 @@ from nibabel import orientations
 
 from legseg_tf import demo, nifti_io
 from legseg_tf.results import ImageResult, InputImage
+from legseg_tf.labels import abbreviation_of
 
 # ------------------------------------------------------------------ NIfTI files
 
@@ -361,7 +362,8 @@ def write_probseg(dseg: Path, labels: np.ndarray, geometry) -> Path:
     image = nib.Nifti1Image(nifti_io.from_ras(probabilities, geometry), geometry.affine)
     nib.save(image, str(path))
     path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
-        json.dumps({"LabelMap": [str(v) for v in label_map]})
+        json.dumps({"LabelMap": [abbreviation_of(v) for v in label_map],
+                    "LabelIndices": [int(v) for v in label_map]})
     )
     return path
 

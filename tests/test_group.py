@@ -47,8 +47,8 @@ def test_group_tables_outlier_and_rerun(tmp_path, caplog):
     assert group.run_group(out) == 0
     long = read_table(out / "group_muscles.tsv")
     assert list(long.columns[:9]) == [
-        "participant",
-        "session",
+        "participant_id",
+        "session_id",
         "source",
         "label",
         "name",
@@ -58,10 +58,10 @@ def test_group_tables_outlier_and_rerun(tmp_path, caplog):
         "region",
     ]
     assert len(long) == 4 * 10
-    assert set(long["participant"]) == {"sub-01", "sub-02", "sub-03", "sub-04"}
-    assert (long["session"].isna()).all()  # n/a: no sessions
+    assert set(long["participant_id"]) == {"sub-01", "sub-02", "sub-03", "sub-04"}
+    assert (long["session_id"].isna()).all()  # n/a: no sessions
     big = long[long["volume_ml_robust_z"].abs() > 3.5]
-    assert set(zip(big["participant"], big["label"], strict=False)) == {("sub-03", VL[0])}
+    assert set(zip(big["participant_id"], big["label"], strict=False)) == {("sub-03", VL[0])}
     z_columns = ["volume_ml_robust_z", "max_csa_cm2_robust_z", "ff_median_robust_z"]
     expected_flags = (long[z_columns].abs() > 3.5).any(axis=1)
     assert (long["outlier"] == expected_flags).all() and long.loc[big.index, "outlier"].all()
@@ -71,14 +71,14 @@ def test_group_tables_outlier_and_rerun(tmp_path, caplog):
     assert len(wide) == 4 and "VL_L_volume_ml" in wide and "SM_R_ff_median" in wide
     columns = list(wide.columns)
     assert columns.index("BFL_L_volume_ml") < columns.index("VL_L_volume_ml")  # label order
-    row = wide.set_index("participant").loc["sub-01"]
+    row = wide.set_index("participant_id").loc["sub-01"]
     per_image = read_table(
         out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_morph.tsv"
     ).set_index("label")
     assert row["VM_R_volume_ml"] == pytest.approx(per_image.loc[VM[1], "volume_ml"])
 
     asym = read_table(out / "group_asymmetry.tsv")
-    vl = asym[(asym["participant"] == "sub-01") & (asym["muscle"] == "Vastus lateralis")].iloc[0]
+    vl = asym[(asym["participant_id"] == "sub-01") & (asym["muscle"] == "Vastus lateralis")].iloc[0]
     left, right = per_image.loc[VL[0], "volume_ml"], per_image.loc[VL[1], "volume_ml"]
     expected = 100 * (left - right) / ((left + right) / 2)
     assert vl["volume_ml_asymmetry_pct"] == pytest.approx(expected, rel=1e-4)
@@ -99,11 +99,11 @@ def test_group_tables_outlier_and_rerun(tmp_path, caplog):
     for path in new.dseg_path.parent.iterdir():
         (target.parent / path.name).write_bytes(path.read_bytes())
     assert group.run_group(out) == 0
-    assert set(read_table(out / "group_muscles.tsv")["participant"]) >= {"sub-05"}
+    assert set(read_table(out / "group_muscles.tsv")["participant_id"]) >= {"sub-05"}
     assert len(read_table(out / "group_muscles_wide.tsv")) == 5
     assert "sub-05" in (out / "group.html").read_text()
     # sub-05 came without its morphometry table: measured from the label map, FF n/a
-    rows5 = read_table(out / "group_muscles.tsv").query("participant == 'sub-05'")
+    rows5 = read_table(out / "group_muscles.tsv").query("participant_id == 'sub-05'")
     assert len(rows5) == 10 and rows5["ff_median"].isna().all()
 
 
@@ -119,7 +119,7 @@ def test_sessions_are_kept_apart(tmp_path):
     write_participant_outputs(results, bids, out, ff_erosion=1)
     assert group.run_group(out) == 0
     wide = read_table(out / "group_muscles_wide.tsv")
-    assert list(wide["session"]) == ["ses-a", "ses-b"]
+    assert list(wide["session_id"]) == ["ses-a", "ses-b"]
     assert set(read_table(out / "group_muscles.tsv")["label"]) == {*VL, *VM, *BFL, *SM, *FEM}
 
 

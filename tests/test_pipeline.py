@@ -96,7 +96,8 @@ def test_probabilities_are_written_when_requested(tiny_dataset, tmp_path, monkey
     labels = np.asarray(dseg.dataobj)
     np.testing.assert_array_equal(np.asarray(prob.dataobj)[..., 0] > 0.5, labels == 55)
     meta = json.loads((out / "sub-01/anat/sub-01_acq-outphase_desc-muscles_probseg.json").read_text())
-    assert meta["LabelMap"] == ["55", "56"]
+    assert meta["LabelMap"] == ["VL_L", "VL_R"]       # dseg.tsv abbreviations, volume order
+    assert meta["LabelIndices"] == [55, 56]
 
 
 def test_work_dir_sets_no_process_wide_temporary_folder(tiny_dataset, tmp_path, placeholder):

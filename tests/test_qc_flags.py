@@ -291,7 +291,7 @@ def test_planted_asymmetry_reaches_sidecar_html_and_group(tmp_path, monkeypatch)
     assert cli.main([str(bids), str(out), "group", "--include-failed-qc"]) == 0
     wide = (out / "group_muscles_wide.tsv").read_text().splitlines()
     header, row = wide[0].split("\t"), wide[1].split("\t")
-    assert header[:5] == ["participant", "session", "source", "qc_flags", "qc_fail"]
+    assert header[:5] == ["participant_id", "session_id", "source", "qc_flags", "qc_fail"]
     assert row[3:5] == ["1", "1"]
     flags = (out / "group_qc_flags.tsv").read_text().splitlines()
     assert len(flags) == 2 and flags[1].split("\t")[3:5] == ["lr_volume_ratio", "fail"]
@@ -340,7 +340,7 @@ def test_flag_text_is_escaped_in_the_pages():
     page = qc_box([Summary()])
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "sub-01/&lt;x&gt;.nii.gz" in page
-    rows = pd.DataFrame([{"participant": "sub-01", "session": "n/a", "source": "<s>",
+    rows = pd.DataFrame([{"participant_id": "sub-01", "session_id": "n/a", "source": "<s>",
                           "code": "lr_volume_ratio", "severity": "fail",
                           "message": "<b>x</b>", "structures": "GM_L"}])
     section = qc_summary(None, rows, __import__("pathlib").Path("/nonexistent"))
@@ -360,7 +360,7 @@ def test_group_reads_flags_from_sidecars(tmp_path):
     anat = tmp_path / "sub-02/ses-a/anat"
     anat.mkdir(parents=True)
     dseg = anat / "sub-02_ses-a_acq-outphase_desc-muscles_dseg.nii.gz"
-    ids = {"participant": "sub-02", "session": "ses-a", "source": "sub-02_ses-a_acq-outphase"}
+    ids = {"participant_id": "sub-02", "session_id": "ses-a", "source": "sub-02_ses-a_acq-outphase"}
     counts, rows = group.image_qc(dseg)  # no sidecar: not recorded
     assert rows == [] and counts["qc_flags"] != counts["qc_flags"]  # NaN
     labels, body = phantom(left_width=10, right_width=1)

@@ -138,6 +138,13 @@ def test_low_confidence_from_probability_maps(tmp_path):
     per_label, per_slice = qc.label_confidence(results[0].dseg_path, results[0].probseg_path)
     assert per_label[VL[0]] == pytest.approx(0.9 * (1 - 0.6 / demo.SHAPE_XYZ[2]), rel=0.05)
     assert per_slice[3] < 0.5 < per_slice[4]
+    # A sidecar of an earlier version: the indices as strings in LabelMap, no LabelIndices.
+    sidecar = results[0].probseg_path.with_name(
+        results[0].probseg_path.name.replace(".nii.gz", ".json"))
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({"LabelMap": [str(v) for v in meta["LabelIndices"]]}))
+    assert qc.label_confidence(results[0].dseg_path, results[0].probseg_path) == (
+        per_label, per_slice)
 
 
 def test_small_and_fragmented_labels_are_warned():

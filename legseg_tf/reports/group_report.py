@@ -38,10 +38,10 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
     """
 
     muscles = table[table["region"].isin(["lower_leg", "upper_leg", "hip"])]
-    images = table[["participant", "session", "source"]].drop_duplicates()
+    images = table[["participant_id", "session_id", "source"]].drop_duplicates()
     parts = [
         "<h1>legseg group report</h1>",
-        f"<p>{images['participant'].nunique()} participant(s), {len(images)} image(s), "
+        f"<p>{images['participant_id'].nunique()} participant(s), {len(images)} image(s), "
         f"{muscles['label'].nunique()} muscle label(s). Tables: "
         + ", ".join(f'<a href="{name}">{name}</a>' for name in (
             derivatives.GROUP_LONG_TSV, derivatives.GROUP_WIDE_TSV,
@@ -53,14 +53,14 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
         parts.append(qc_summary(qc_counts, qc_flags, output_dir))
     parts.append("<h2>Participants</h2>")
     rows = []
-    for participant, group in images.groupby("participant", sort=True):
+    for participant, group in images.groupby("participant_id", sort=True):
         report = _report(output_dir, participant)
         link = (
             f'<a href="{html.escape(report.name)}">{html.escape(participant)}</a>'
             if report.exists()
             else html.escape(participant)
         )
-        subset = table[table["participant"] == participant]
+        subset = table[table["participant_id"] == participant]
         flags = _participant_flags(qc_counts, participant)
         rows.append(
             f'<tr><td class="text">{link}</td><td>{len(group)}</td>'
@@ -127,14 +127,14 @@ def group_page(table: pd.DataFrame, asymmetry: pd.DataFrame, output_dir: Path,
     parts.append("<h2>Outliers</h2>")
     outliers = table[table["outlier"]]
     if len(outliers):
-        columns = ["participant", "session", "source", "abbreviation"]
+        columns = ["participant_id", "session_id", "source", "abbreviation"]
         for measure in ("volume_ml", "max_csa_cm2", "ff_median"):
             columns += [measure, f"{measure}_robust_z"]
         parts.append(
             html.table(
                 outliers.to_dict("records"),
                 columns,
-                text_columns=["participant", "session", "source", "abbreviation"],
+                text_columns=["participant_id", "session_id", "source", "abbreviation"],
                 css_class="outliers",
             )
         )
@@ -150,7 +150,7 @@ def _participant_flags(qc_counts: pd.DataFrame | None, participant: str) -> str:
     """"<flags> (<fails>)" over a participant's images; "n/a" when none recorded them."""
     if qc_counts is None:
         return "n/a"
-    mine = qc_counts[qc_counts["participant"] == participant]
+    mine = qc_counts[qc_counts["participant_id"] == participant]
     recorded = mine[mine["qc_flags"].notna()]
     if recorded.empty:
         return "n/a"
@@ -180,7 +180,7 @@ def qc_summary(
         parts.append(html.table(counts, ["code", "severity", "flags"],
                                 text_columns=["code", "severity"], css_class="qc-counts"))
         for (participant, session, source), group in qc_flags.groupby(
-                ["participant", "session", "source"], sort=True):
+                ["participant_id", "session_id", "source"], sort=True):
             report = _report(output_dir, participant)
             name = html.escape(source)
             link = f'<a href="{html.escape(report.name)}#qc-flags">{name}</a>' \

@@ -101,8 +101,10 @@ def label_confidence(
 ) -> tuple[dict[int, float], dict[int, float]]:
     """Mean probability of the assigned label per label and per axial (canonical z) slice.
 
-    The probability map is 4-D on the label map's grid; its sidecar's ``LabelMap`` names the
-    label of each volume (channel). Labels without a channel are left out.
+    The probability map is 4-D on the label map's grid; its sidecar's ``LabelIndices`` gives
+    the label index of each volume (channel), ``LabelMap`` its abbreviation (sidecars of
+    earlier versions hold the indices as strings in ``LabelMap``). Labels without a channel
+    are left out.
 
     Returns:
         ``(per_label, per_slice)``: label -> mean probability, z index -> mean probability.
@@ -115,10 +117,11 @@ def label_confidence(
             f"probability map {prob_image.shape} does not match labels {labels.shape}"
         )
     sidecar = sidecar_path(Path(probseg_path))
-    label_map = json.loads(sidecar.read_text(encoding="utf-8")).get("LabelMap", [])
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    label_map = meta.get("LabelIndices", meta.get("LabelMap", []))
     if len(label_map) != prob_image.shape[3]:
         raise ValueError(
-            f"LabelMap has {len(label_map)} entries for {prob_image.shape[3]} volumes"
+            f"LabelIndices/LabelMap has {len(label_map)} entries for {prob_image.shape[3]} volumes"
         )
     probabilities = np.asarray(prob_image.dataobj, dtype=np.float32)  # one read of the file
     confidence = np.full(labels.shape, np.nan, dtype=np.float32)
