@@ -35,6 +35,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from legseg_tf.masking import bounding_box
+
 logger = logging.getLogger(__name__)
 
 #: Levels this module can return, in body order.
@@ -224,11 +226,9 @@ def _depth_map(leg: np.ndarray, spacing_yx: tuple[float, float]) -> np.ndarray:
     background pixel beyond that ring lies farther than some ring pixel.
     """
     depth = np.zeros(leg.shape, dtype=np.float64)
-    rows, columns = np.nonzero(leg.any(axis=1))[0], np.nonzero(leg.any(axis=0))[0]
-    if rows.size == 0:
+    box = bounding_box(leg, 1)
+    if box is None:
         return depth
-    box = tuple(slice(max(hits[0] - 1, 0), min(hits[-1] + 2, n))
-                for hits, n in zip((rows, columns), leg.shape))
     depth[box] = ndimage.distance_transform_edt(leg[box], sampling=spacing_yx)
     return depth
 
@@ -251,15 +251,12 @@ def find_bones(
         the leg, surrounded mainly by non-void tissue.
     """
     leg = np.asarray(leg, dtype=bool)
-    rows, columns = np.nonzero(leg.any(axis=1))[0], np.nonzero(leg.any(axis=0))[0]
-    if rows.size == 0:
-        return []
     # Work on the leg's bounding box grown by the rim radius (within the slice): every
     # candidate, its rim and the depth map's nearest background pixel lie inside it, so the
     # bones are those of the whole slice, at a fraction of the work.
-    grow = max(1, int(round(2.0 / min(spacing_yx))))
-    box = tuple(slice(max(hits[0] - grow, 0), min(hits[-1] + 1 + grow, n))
-                for hits, n in zip((rows, columns), leg.shape))
+    box = bounding_box(leg, max(1, int(round(2.0 / min(spacing_yx)))))
+    if box is None:
+        return []
     return _find_bones_in_box(np.asarray(image)[box], leg[box], spacing_yx, config,
                               (box[0].start, box[1].start))
 

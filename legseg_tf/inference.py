@@ -22,6 +22,7 @@ import numpy as np
 from legseg_tf import postprocessing, sliding_window
 from legseg_tf.config import PRECISIONS, InferenceConfig
 from legseg_tf.device import default_budget_gb, process_memory_gb
+from legseg_tf.masking import bounding_box
 from legseg_tf.normalization import uniform_normalise
 
 logger = logging.getLogger(__name__)
@@ -358,20 +359,6 @@ def _patch_within_budget(shape, model, n_classes: int, config: InferenceConfig,
     return patch  # type: ignore[return-value]
 
 
-def _nonzero_box(volume: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero voxels (None when there are none), from one boolean
-    projection per axis: no index arrays of every non-zero voxel (24 bytes each)."""
-    occupied = volume != 0
-    box = []
-    for axis in range(volume.ndim):
-        others = tuple(a for a in range(volume.ndim) if a != axis)
-        hits = np.flatnonzero(occupied.any(axis=others))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
 def apply_segmentation_network(
     volume: np.ndarray,
     model,
@@ -402,7 +389,7 @@ def apply_segmentation_network(
         raise ValueError(f"expected a (z, y, x) part, got shape {volume.shape}")
     labels = np.zeros(volume.shape, dtype=np.int16)
     probabilities = None
-    box = _nonzero_box(volume)
+    box = bounding_box(volume)
     if box is None:
         if config.save_probabilities:
             probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)

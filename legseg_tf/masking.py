@@ -115,14 +115,16 @@ def bounding_box(mask: np.ndarray, padding: int = 0) -> tuple[slice, ...] | None
     Returns:
         One slice per axis, or ``None`` when ``mask`` has no non-zero voxel.
     """
-    mask = np.asarray(mask)
-    boxes = ndimage.find_objects((mask != 0).astype(np.uint8))
-    if not boxes or boxes[0] is None:
-        return None
-    return tuple(
-        slice(max(s.start - padding, 0), min(s.stop + padding, n))
-        for s, n in zip(boxes[0], mask.shape)
-    )
+    occupied = np.asarray(mask) != 0
+    box = []
+    for axis, n in enumerate(occupied.shape):
+        # one boolean projection per axis: no label image or index arrays of every voxel
+        others = tuple(a for a in range(occupied.ndim) if a != axis)
+        hits = np.flatnonzero(occupied.any(axis=others))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - padding, 0), min(int(hits[-1]) + 1 + padding, n)))
+    return tuple(box)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
