@@ -297,7 +297,9 @@ def forward_function(model, precision: str = "float32"):
             raise TypeError("a segmentation network must have a single output")
         return tf.cast(output, tf.float32)
 
-    traced = tf.function(call, input_signature=[spec],
+    # No AutoGraph: a Keras network has no Python control flow on tensors, and converting
+    # ``call`` would convert the logging module behind the debug line too (3-4 s per trace).
+    traced = tf.function(call, input_signature=[spec], autograph=False,
                          jit_compile=bool(getattr(model, "jit_compile", False)))
 
     def forward(batch: np.ndarray) -> np.ndarray:
