@@ -215,6 +215,7 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
             raise RuntimeError(f"segmenter returned shape {result.labels.shape} for input "
                                f"{grid.volume.shape}")
         qc = _qc_flags(grid.volume, result, grid.spacing, segmenter, image.relpath)
+        result.body_mask = None  # QC was its last user
         if grid.resampled:
             result = _to_input_grid(result, volume.shape, spacing, grid)
         report = result.report.to_dict()
@@ -301,13 +302,16 @@ def _qc_flags(volume: np.ndarray, result, spacing_zyx, segmenter: Segmenter, nam
     """QC flags of one segmentation (``qc_flags.evaluate``) for the sidecar; never raises.
 
     ``volume`` and ``result.labels`` are (z, y, x) in the QMRITools layout, spacing (dz, dy, dx)
-    in mm; the body mask is recomputed with the segmenter's mask parameters.
+    in mm; the body mask is the segmenter's own (``result.body_mask``), or recomputed with
+    its mask parameters when it gives none.
     """
     from legseg_tf import masking, qc_flags
 
     try:
-        config = getattr(segmenter, "mask_config", None) or masking.MaskConfig()
-        body = masking.body_mask(volume, config)
+        body = getattr(result, "body_mask", None)
+        if body is None or np.shape(body) != np.shape(volume):
+            config = getattr(segmenter, "mask_config", None) or masking.MaskConfig()
+            body = masking.body_mask(volume, config)
         outcome = qc_flags.evaluate(result.labels, body, spacing_zyx, result.report.to_dict())
         extra, state = input_checks.not_anatomy_flags(result.labels, body)
         outcome = qc_flags.QCResult(

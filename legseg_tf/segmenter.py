@@ -103,6 +103,8 @@ class SegmentationResult:
         probabilities: optional (z, y, x, n) float32 probabilities with ``label_map`` naming the
             label index of each channel.
         label_map: label index per probability channel.
+        body_mask: the (z, y, x) boolean body mask the segmentation started from (None when a
+            segmenter does not say), reused by the QC flags instead of computing it again.
     """
 
     labels: np.ndarray
@@ -110,6 +112,7 @@ class SegmentationResult:
     models: list[dict] = field(default_factory=list)
     probabilities: np.ndarray | None = None
     label_map: list[int] | None = None
+    body_mask: np.ndarray | None = None
 
 
 class Segmenter(Protocol):
@@ -258,7 +261,9 @@ class QMRIToolsSegmenter:
         empty = np.zeros(volume.shape, dtype=np.uint16)
         if not mask.any():
             report.warnings.append("the body mask is empty: nothing to segment")
-            return self._result(empty, report, timings, used=[])
+            result = self._result(empty, report, timings, used=[])
+            result.body_mask = mask
+            return result
 
         clock = time.perf_counter()
         location = self._locate(masked, spacing_zyx, body_part)
@@ -297,6 +302,7 @@ class QMRIToolsSegmenter:
             used.insert(0, dict(self.classifier_model))
         result = self._result(labels, report, timings, used)
         result.probabilities, result.label_map = probabilities, label_map
+        result.body_mask = mask
         return result
 
     def _locate(

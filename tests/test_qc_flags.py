@@ -372,3 +372,28 @@ def test_group_reads_flags_from_sidecars(tmp_path):
     assert counts == {**ids, "qc_flags": 2, "qc_fail": 1}
     assert [(r["code"], r["severity"], r["structures"]) for r in rows] == [
         ("lr_volume_ratio", "fail", "GM_L;GM_R"), ("unlabelled_slices", "warning", "right leg")]
+
+
+def test_qc_flags_reuse_the_segmenters_body_mask(monkeypatch):
+    """The participant level's QC takes the body mask the segmenter made (no second mask run):
+    the same flags as recomputing it, and no mask computation at all when one is given."""
+    from legseg_tf import masking, pipeline
+    from legseg_tf.segmenter import SegmentationResult
+
+    labels, body = phantom()
+    volume = np.where(body, 100.0, 0.0).astype(np.float32)
+    segmenter = type("Planted", (), {"mask_config": masking.MaskConfig()})()
+    report = type("Report", (), {"to_dict": lambda self: dict(REPORT)})()
+    fresh = pipeline._qc_flags(volume, SegmentationResult(labels, report), SPACING, segmenter,
+                               "phantom")
+    given = SegmentationResult(labels, report, body_mask=masking.body_mask(volume))
+
+    def no_second_mask(*args, **kwargs):
+        raise AssertionError("body mask computed again")
+
+    monkeypatch.setattr(masking, "body_mask", no_second_mask)
+    reused = pipeline._qc_flags(volume, given, SPACING, segmenter, "phantom")
+    assert "error" not in fresh and reused == fresh
+    # a mask of another grid is not reused
+    given.body_mask = given.body_mask[:-1]
+    assert "error" in pipeline._qc_flags(volume, given, SPACING, segmenter, "phantom")
