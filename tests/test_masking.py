@@ -109,3 +109,18 @@ def test_bounding_box_and_apply_mask():
     assert (out[mask] == volume[mask]).all() and not out[~mask].any()
     with pytest.raises(ValueError):
         apply_mask(volume, mask[:, :, :3])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 1), (5, 7, 9), (12, 1, 6), (6, 8), (9,)])
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_box_morphology_equals_scipy_with_the_full_box(shape, fraction):
+    """The line-by-line box dilation and erosion give SciPy's result with the 3**ndim box,
+    the array border background, at the array edges too."""
+    from scipy import ndimage
+
+    from legseg_tf.masking import box_dilate, box_erode
+
+    mask = np.random.default_rng(len(shape) * 10 + int(fraction * 10)).random(shape) < fraction
+    box = np.ones((3,) * mask.ndim, dtype=bool)
+    assert np.array_equal(box_dilate(mask), ndimage.binary_dilation(mask, box))
+    assert np.array_equal(box_erode(mask), ndimage.binary_erosion(mask, box, border_value=0))
