@@ -188,14 +188,19 @@ def _disc(radius_px: int) -> np.ndarray:
 
 def tissue_mask(image: np.ndarray, threshold: float, spacing_yx: tuple[float, float]) -> np.ndarray:
     """Filled tissue mask of one (y, x) slice: above ``threshold``, closed over ~3 mm."""
-    mask = image > threshold
-    if not mask.any():
-        return mask
+    above = image > threshold
+    box = bounding_box(above)
+    if box is None:
+        return above
+    # on the bounding box of what is above the threshold: closing, hole filling and opening
+    # stay inside it, and pixels outside it are background whatever is done
     radius = max(1, int(round(3.0 / min(spacing_yx))))
-    mask = ndimage.binary_closing(np.pad(mask, radius + 1), structure=_disc(radius))
+    mask = ndimage.binary_closing(np.pad(above[box], radius + 1), structure=_disc(radius))
     mask = mask[radius + 1:-radius - 1, radius + 1:-radius - 1]
     mask = ndimage.binary_fill_holes(mask)
-    return ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+    out = np.zeros_like(above)
+    out[box] = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+    return out
 
 
 def _shape(region: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, float]:
@@ -286,6 +291,7 @@ def _find_bones_in_box(
     # thick route: a ~3.5 mm opening parts dark discs from thin fat layers they touch
     radius = max(1, int(round(3.5 / min(spacing_yx))))
     thick = ndimage.binary_opening(dark, structure=_disc(radius))
+    seen: set[tuple] = set()
     for route in (dark, thin, thick):
         labels, count = ndimage.label(route, structure=np.ones((3, 3), bool))  # 8-connected
         if not count:
@@ -295,33 +301,46 @@ def _find_bones_in_box(
             area = component.sum() * pixel_area
             if area < config.min_bone_area * 0.3:
                 continue
+            # a component found by an earlier route again: its twin would meet the same tests
+            # right after it (same size) and be dropped as taken or for the same reason
+            key = (tuple((b.start, b.stop) for b in box), component.tobytes())
+            if key in seen:
+                continue
+            seen.add(key)
             candidates.append((box, ndimage.binary_fill_holes(component)))
     bones: list[Bone] = []
     taken = np.zeros(image.shape, dtype=bool)
     rim_radius = max(1, int(round(2.0 / min(spacing_yx))))
+    disc = _disc(rim_radius)
     for box, filled in sorted(candidates, key=lambda c: -int(c[1].sum())):
         area = filled.sum() * pixel_area
         if not config.min_bone_area <= area <= config.max_bone_area:
             continue
-        full = np.zeros(image.shape, dtype=bool)
-        full[box] = filled
-        if (full & taken).sum() > 0.3 * full.sum():
+        # the candidate within its box grown by the rim radius (clipped to the crop): the rim
+        # cannot reach farther, so every test below sees what it would on the whole crop
+        window = tuple(slice(max(b.start - rim_radius, 0), min(b.stop + rim_radius, n))
+                       for b, n in zip(box, image.shape))
+        inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, window))
+        full = np.zeros([w.stop - w.start for w in window], dtype=bool)
+        full[inner] = filled
+        if (full & taken[window]).sum() > 0.3 * full.sum():
             continue
-        if not leg[full].all():
+        if not leg[box][filled].all():
             continue
         solidity, ratio = _shape(filled, spacing_yx)
         if solidity < config.min_solidity or ratio > config.max_axis_ratio:
             continue
-        rim = ndimage.binary_dilation(full, structure=_disc(rim_radius)) & ~full
-        if not rim.any() or (rim & leg & ~dark).sum() < config.min_bright_rim * rim.sum():
+        rim = ndimage.binary_dilation(full, structure=disc) & ~full
+        if not rim.any() or \
+                (rim & leg[window] & ~dark[window]).sum() < config.min_bright_rim * rim.sum():
             continue
-        ys, xs = np.nonzero(full)
-        ys, xs = ys + origin[0], xs + origin[1]
+        ys, xs = np.nonzero(filled)
+        ys, xs = ys + box[0].start + origin[0], xs + box[1].start + origin[1]
         center = (float(ys.mean()), float(xs.mean()))
         depth = float(depth_map[int(round(center[0])) - origin[0],
                                 int(round(center[1])) - origin[1]])
         bones.append(Bone(float(area), center, solidity, ratio, depth))
-        taken |= full
+        taken[window] |= full
     bones.sort(key=lambda b: -b.area_mm2)
     return bones
 
