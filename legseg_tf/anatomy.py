@@ -299,7 +299,11 @@ def _find_bones_in_box(
         for index, box in enumerate(ndimage.find_objects(labels), start=1):
             component = labels[box] == index
             area = component.sum() * pixel_area
-            if area < config.min_bone_area * 0.3:
+            # filling holes only grows a component, within its box: outside the bone sizes
+            # before filling (too big) or even when its whole box is filled (too small),
+            # it is outside them after
+            if area < config.min_bone_area * 0.3 or area > config.max_bone_area or \
+                    component.size * pixel_area < config.min_bone_area:
                 continue
             # a component found by an earlier route again: its twin would meet the same tests
             # right after it (same size) and be dropped as taken or for the same reason
