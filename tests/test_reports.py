@@ -538,3 +538,155 @@ def test_group_report_pairs_left_and_right(tmp_path):
                       summary)
     assert rows == [("Biceps femoris long head", "BFL"), ("Semimembranosus", "SM"),
                     ("Vastus lateralis", "VL"), ("Vastus medialis", "VM")]
+
+
+# ------------------------------------------------------------------ issue 15: faster reports, same pixels
+
+
+def _panel_on_enlarged_arrays(image2d, labels2d, window, repeats, mode):
+    """The straightforward drawing that render_panel's per-voxel computation must match:
+    enlarge image and labels, colour, blend, then outline on the enlarged labels."""
+    rr, rc = repeats
+    grey = plotting.grey_levels(image2d, *window)
+    rgb = np.repeat(np.repeat(grey, rr, axis=0), rc, axis=1)[..., None].repeat(3, axis=2)
+    if mode is None:
+        return rgb
+    labels = np.repeat(np.repeat(labels2d, rr, axis=0), rc, axis=1)
+    colours = plotting.label_colours(labels)
+    if mode == "filled":
+        inside = labels > 0
+        blended = ((1 - plotting.OVERLAY_ALPHA) * rgb[inside]
+                   + plotting.OVERLAY_ALPHA * colours[inside])
+        rgb[inside] = np.round(blended).astype(np.uint8)
+    edge = plotting.outline_mask(labels, width=2 if min(rr, rc) >= 4 else 1)
+    rgb[edge] = colours[edge]
+    return rgb
+
+
+def test_render_panel_gives_the_pixels_of_drawing_on_the_enlarged_arrays():
+    rng = np.random.default_rng(15)
+    for trial in range(120):
+        rows, cols = (int(n) for n in rng.integers(1, 14, 2))
+        labels = rng.choice([0, 0, 0, 11, 12, 55, 57, 300], size=(rows, cols)).astype(np.uint16)
+        if trial % 2:  # blobs rather than noise
+            labels = np.kron(labels, np.ones((3, 3), np.uint16))[:rows, :cols]
+        image = rng.normal(size=labels.shape)
+        image[0, 0] = np.nan
+        repeats = tuple(int(r) for r in rng.integers(1, 7, 2))
+        view = (slice(None, None, -1), slice(None, None, -1))  # views as the figures pass
+        for mode in ("outline", "filled", None):
+            drawn = plotting.render_panel(image[view], labels[view], (-1.0, 1.0), repeats, mode)
+            expected = _panel_on_enlarged_arrays(image[view], labels[view], (-1.0, 1.0),
+                                                 repeats, mode)
+            assert drawn.dtype == np.uint8 and drawn.shape == expected.shape
+            np.testing.assert_array_equal(drawn, expected, err_msg=f"{repeats} {mode}")
+
+
+def test_label_colours_of_unknown_negative_and_non_integer_values():
+    lut = plotting._palette()
+    for values in (np.arange(-3, lut.shape[0] + 40).reshape(1, -1),
+                   np.arange(0, 65000, 13, dtype=np.uint16), np.arange(256, dtype=np.uint8),
+                   np.array([0.0, 1.7, 55.2]), np.array(55), np.zeros((0, 3), np.int32)):
+        wide = np.asarray(values).astype(np.int64)
+        expected = lut[np.clip(wide, 0, lut.shape[0] - 1)]
+        expected[wide >= lut.shape[0]] = plotting.UNKNOWN_RGB
+        np.testing.assert_array_equal(plotting.label_colours(values), expected)
+        assert plotting.label_colours(values).shape == wide.shape + (3,)
+
+
+def test_png_bytes_decode_to_the_same_pixels():
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for shape in ((1, 1, 3), (7, 5, 3), (64, 33, 3)):
+        rgb = rng.integers(0, 256, shape).astype(np.uint8)
+        rgb = np.repeat(rgb, 3, axis=0)[:, ::-1]  # repeated rows, a non-contiguous view
+        decoded = Image.open(io.BytesIO(plotting.png_bytes(rgb)))
+        assert decoded.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(decoded), rgb)
+    with pytest.raises(ValueError):
+        plotting.png_bytes(np.zeros((4, 4), np.uint8))
+
+
+def _figure_texts(rng, width, height, count):
+    texts = []
+    for _ in range(count):
+        x = float(rng.integers(0, width)) + rng.choice([0.0, 0.5])
+        y = float(rng.integers(10, height - 10)) + rng.choice([0.0, 0.5])
+        text = rng.choice(["R", "L", "A", "P", "S", "I", "slice 12: image",
+                           "sagittal, right leg, x index 130", "slice 7: labels (filled)"])
+        ha, va = rng.choice(["left", "center", "right"]), rng.choice(["top", "center",
+                                                                        "bottom"])
+        style = plotting._LETTER_STYLE if len(text) == 1 else plotting._TITLE_STYLE
+        texts.append(plotting._Text(x, y, str(text), str(ha), str(va), style))
+    return texts
+
+
+def test_cached_text_layer_gives_matplotlibs_pixels():
+    """Letters and titles drawn once and pasted: the same pixels as matplotlib drawing every
+    text of the figure, whatever the anchors' fractions and however often they repeat; texts
+    whose boxes meet are left to matplotlib."""
+    plotting._TEXT_CACHE.clear()
+    rng = np.random.default_rng(7)
+    cached = 0
+    for trial in range(12):
+        width, height = int(rng.integers(60, 700)), int(rng.integers(40, 300))
+        texts = _figure_texts(rng, width, height, int(rng.integers(1, 6)))
+        for _ in range(2):  # drawn, then from the cache
+            layer = plotting._cached_text_layer(texts, width, height)
+            if layer is not None:
+                cached += 1
+                np.testing.assert_array_equal(layer, plotting.text_layer(texts, width, height),
+                                              err_msg=str(texts))
+    assert cached >= 12
+    # two texts on one another: not pasted
+    both = [plotting._Text(20.5, 20.0, "slice 1: image", "left", "bottom",
+                           plotting._TITLE_STYLE),
+            plotting._Text(30.0, 18.0, "A", "center", "bottom", plotting._LETTER_STYLE)]
+    assert plotting._cached_text_layer(both, 200, 60) is None
+
+
+def test_composed_figures_match_drawing_all_text_with_matplotlib():
+    plotting._TEXT_CACHE.clear()
+    rng = np.random.default_rng(11)
+    for columns, sizes in ((None, [(40, 61), (40, 61)]), (3, [(25, 30)] * 7),
+                           (2, [(33, 150), (20, 151), (33, 20)])):
+        panels = [plotting.Panel(rng.integers(0, 256, size + (3,)).astype(np.uint8),
+                                 f"sagittal, x index {n}", ("R", "L", "S", "I"))
+                  for n, size in enumerate(sizes)]
+        for _ in range(2):
+            drawn = np.asarray(Image_open(plotting.compose(panels, columns)))
+            texts, places, width, height = _compose_layout(panels, columns)
+            expected = plotting.text_layer(texts, width, height)
+            for panel, (x0, y0, w, h) in zip(panels, places):
+                expected[y0:y0 + h, x0:x0 + w] = panel.rgb
+            np.testing.assert_array_equal(drawn, expected)
+
+
+def Image_open(png: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))
+
+
+def _compose_layout(panels, columns):
+    """compose's grid and texts, written out independently."""
+    import math
+
+    columns = max(1, min(columns or len(panels), len(panels)))
+    m = plotting._MARGIN
+    cell_w = max(p.rgb.shape[1] for p in panels) + m["left"] + m["right"]
+    cell_h = max(p.rgb.shape[0] for p in panels) + m["top"] + m["bottom"]
+    places, texts = [], []
+    for n, p in enumerate(panels):
+        y0, x0 = (n // columns) * cell_h + m["top"], (n % columns) * cell_w + m["left"]
+        h, w = p.rgb.shape[:2]
+        places.append((x0, y0, w, h))
+        left, right, top, bottom = p.letters
+        letter, title = plotting._LETTER_STYLE, plotting._TITLE_STYLE
+        texts += [plotting._Text(x0 - 3, y0 + h / 2, left, "right", "center", letter),
+                  plotting._Text(x0 + w + 3, y0 + h / 2, right, "left", "center", letter),
+                  plotting._Text(x0 + w / 2, y0 - 2, top, "center", "bottom", letter),
+                  plotting._Text(x0 + w / 2, y0 + h + 1, bottom, "center", "top", letter),
+                  plotting._Text(x0, y0 - 2, p.title, "left", "bottom", title)]
+    return texts, places, columns * cell_w, math.ceil(len(panels) / columns) * cell_h

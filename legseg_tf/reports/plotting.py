@@ -20,8 +20,10 @@ import io
 import logging
 import math
 import os
+import struct
 import tempfile
-from typing import TYPE_CHECKING
+import zlib
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -115,14 +117,28 @@ def _palette() -> np.ndarray:
     return lut
 
 
+#: One RGB pixel as a single element (3 bytes): whole pixels are gathered, chosen and
+#: repeated at once instead of byte by byte.
+_PIXEL = np.dtype((np.void, 3))
+
+
+@functools.cache
+def _pixel_palette() -> np.ndarray:
+    """:func:`_palette` as :data:`_PIXEL` elements, one more for values past its end
+    (:data:`UNKNOWN_RGB`)."""
+    lut = np.concatenate([_palette(), np.asarray([UNKNOWN_RGB], dtype=np.uint8)])
+    return lut.view(_PIXEL)[:, 0]
+
+
 def label_colours(labels: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 report colours of a label array (unknown values magenta, 0 black)."""
-    labels = np.asarray(labels).astype(np.int64)
-    lut = _palette()
-    inside = np.clip(labels, 0, lut.shape[0] - 1)
-    colours = lut[inside]
-    colours[labels >= lut.shape[0]] = UNKNOWN_RGB
-    return colours
+    """(..., 3) uint8 report colours of a label array (unknown values magenta, 0 black;
+    negative values black)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.dtype.itemsize < 2:
+        labels = labels.astype(np.int64)  # the palette's end must fit the type
+    lut = _pixel_palette()
+    index = np.clip(labels, 0, lut.shape[0] - 1).reshape(-1)
+    return lut[index].view(np.uint8).reshape(labels.shape + (3,))
 
 
 def label_rgba(labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
@@ -165,6 +181,11 @@ def render_panel(
     """One panel as an (H, W, 3) uint8 array: the grey image, each voxel drawn as a
     ``repeats`` = (rows, columns) block of pixels, with the labels as outlines or filled.
 
+    The pixels are those of drawing on the enlarged arrays (labels' rim by
+    :func:`outline_mask` of the enlarged labels, 2 pixels wide from 4 pixels per voxel on);
+    they are computed per voxel and per run of block rows (columns) whose rim windows reach
+    the same neighbouring voxels, then enlarged once (:func:`_enlarge`).
+
     Args:
         image2d, labels2d: 2-D arrays of the same shape (display orientation).
         window: grey-level window (low, high).
@@ -175,19 +196,68 @@ def render_panel(
         raise ValueError(f"mode must be one of {OVERLAY_MODES} or None, got {mode!r}")
     rr, rc = (max(1, int(r)) for r in repeats)
     grey = grey_levels(image2d, *window)
-    big = np.repeat(np.repeat(grey, rr, axis=0), rc, axis=1)
-    rgb = np.repeat(big[..., None], 3, axis=2)
+    base = np.repeat(grey[..., None], 3, axis=2)  # (rows, cols, 3): one colour per voxel
     if mode is None or labels2d is None:
-        return rgb
-    labels = np.repeat(np.repeat(np.asarray(labels2d), rr, axis=0), rc, axis=1)
+        return _enlarge(base[:, None, :, None], [rr], [rc])
+    labels = np.ascontiguousarray(labels2d)
     colours = label_colours(labels)
     if mode == "filled":
         inside = labels > 0
-        blended = (1 - OVERLAY_ALPHA) * rgb[inside] + OVERLAY_ALPHA * colours[inside]
-        rgb[inside] = np.round(blended).astype(np.uint8)
-    edge = outline_mask(labels, width=2 if min(rr, rc) >= 4 else 1)
-    rgb[edge] = colours[edge]
-    return rgb
+        blended = (1 - OVERLAY_ALPHA) * base[inside] + OVERLAY_ALPHA * colours[inside]
+        base[inside] = np.round(blended).astype(np.uint8)
+    width = 2 if min(rr, rc) >= 4 else 1
+    row_runs, col_runs = _reach_runs(rr, width), _reach_runs(rc, width)
+    rows, cols = labels.shape
+    reach = max(max(abs(d) for d in (r[0], r[-1])) for _, r in row_runs + col_runs)
+    padded = np.pad(labels, reach, mode="edge")  # the filters' "nearest" mode
+    differs: dict[tuple[int, int], np.ndarray] = {}
+
+    def differ(di: int, dj: int) -> np.ndarray:
+        if (di, dj) not in differs:
+            moved = padded[reach + di:reach + di + rows, reach + dj:reach + dj + cols]
+            differs[di, dj] = labels != moved
+        return differs[di, dj]
+
+    labelled = labels > 0
+    pieces = np.empty((rows, len(row_runs), cols, len(col_runs)), dtype=_PIXEL)
+    colours, base = colours.view(_PIXEL)[..., 0], base.view(_PIXEL)[..., 0]
+    for a, (_, reach_i) in enumerate(row_runs):
+        for b, (_, reach_j) in enumerate(col_runs):
+            rim = np.zeros(labels.shape, dtype=bool)
+            for di in reach_i:
+                for dj in reach_j:
+                    if di or dj:
+                        rim |= differ(di, dj)
+            rim &= labelled
+            pieces[:, a, :, b] = np.where(rim, colours, base)
+    return _enlarge(pieces.view(np.uint8).reshape(pieces.shape + (3,)),
+                    [n for n, _ in row_runs], [n for n, _ in col_runs])
+
+
+def _reach_runs(repeat: int, width: int) -> list[tuple[int, range]]:
+    """Runs of the ``repeat`` pixels of a block (in order) whose window of ``width`` pixels
+    either side reaches the same voxel offsets (``floor((u -+ width) / repeat)``); each run
+    as (pixels, offsets). At an array edge the offsets are clipped, as the "nearest" mode of
+    :func:`outline_mask`'s filters repeats the edge."""
+    runs: list[tuple[int, range]] = []
+    for u in range(repeat):
+        reach = range((u - width) // repeat, (u + width) // repeat + 1)
+        if runs and runs[-1][1] == reach:
+            runs[-1] = (runs[-1][0] + 1, reach)
+        else:
+            runs.append((1, reach))
+    return runs
+
+
+def _enlarge(pieces: np.ndarray, row_counts: list[int], col_counts: list[int]) -> np.ndarray:
+    """(rows * sum(row_counts), cols * sum(col_counts), 3) uint8 image from ``pieces``
+    (rows, len(row_counts), cols, len(col_counts), 3): piece (i, a, j, b) fills
+    ``row_counts[a]`` x ``col_counts[b]`` pixels of voxel (i, j)'s block, runs in order."""
+    rows, n_a, cols, n_b, _ = pieces.shape
+    cells = np.ascontiguousarray(pieces).view(_PIXEL).reshape(rows * n_a, cols * n_b)
+    lines = np.repeat(cells, np.tile(col_counts, cols), axis=1)
+    image = np.repeat(lines, np.tile(row_counts, rows), axis=0)
+    return image.view(np.uint8).reshape(image.shape[0], image.shape[1], 3)
 
 
 def repeats_for(zooms_mm: tuple[float, float], px_per_mm: float) -> tuple[int, int]:
@@ -307,56 +377,190 @@ def compose(panels: list[Panel], columns: int | None = None) -> bytes:
     m = _MARGIN
     cell_w = max(p.rgb.shape[1] for p in panels) + m["left"] + m["right"]
     cell_h = max(p.rgb.shape[0] for p in panels) + m["top"] + m["bottom"]
-    canvas = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
-    places = []
+    height, width = rows * cell_h, columns * cell_w
+    places, texts = [], []
     for n, panel in enumerate(panels):
         y0 = (n // columns) * cell_h + m["top"]
         x0 = (n % columns) * cell_w + m["left"]
         h, w = panel.rgb.shape[:2]
-        canvas[y0:y0 + h, x0:x0 + w] = panel.rgb
         places.append((x0, y0, w, h))
-    height, width = canvas.shape[:2]
-    plt = pyplot()
-    from matplotlib.transforms import IdentityTransform
-
-    # Only the letters and titles go through matplotlib (on a white figure of the canvas's
-    # size, placed in figure pixels, origin bottom left); the panels are then pasted in as
-    # they are (they never overlap the text, which stays in the margins) and the result is
-    # encoded once. Drawing the canvas itself through matplotlib resampled it: far slower.
-    figure = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
-    pixels = IdentityTransform()
-
-    def write(x: float, y: float, text: str, **style) -> None:
-        figure.text(x + 0.5, height - y - 0.5, text, transform=pixels, **style)
-
-    style = dict(color="black", fontsize=9, fontweight="bold")
-    for panel, (x0, y0, w, h) in zip(panels, places):
         left, right, top, bottom = panel.letters
-        write(x0 - 3, y0 + h / 2, left, ha="right", va="center", **style)
-        write(x0 + w + 3, y0 + h / 2, right, ha="left", va="center", **style)
-        write(x0 + w / 2, y0 - 2, top, ha="center", va="bottom", **style)
-        write(x0 + w / 2, y0 + h + 1, bottom, ha="center", va="top", **style)
-        write(x0, y0 - 2, panel.title, ha="left", va="bottom", color="#333333", fontsize=8)
-    figure.canvas.draw()
-    text = np.asarray(figure.canvas.buffer_rgba())[..., :3]
-    plt.close(figure)
-    if text.shape[:2] != canvas.shape[:2]:
-        raise RuntimeError(f"text layer {text.shape[:2]} differs from canvas {canvas.shape[:2]}")
-    inside = np.zeros(canvas.shape[:2], dtype=bool)
-    for x0, y0, w, h in places:
-        inside[y0:y0 + h, x0:x0 + w] = True
-    canvas[~inside] = text[~inside]
+        texts += [
+            _Text(x0 - 3, y0 + h / 2, left, "right", "center", _LETTER_STYLE),
+            _Text(x0 + w + 3, y0 + h / 2, right, "left", "center", _LETTER_STYLE),
+            _Text(x0 + w / 2, y0 - 2, top, "center", "bottom", _LETTER_STYLE),
+            _Text(x0 + w / 2, y0 + h + 1, bottom, "center", "top", _LETTER_STYLE),
+            _Text(x0, y0 - 2, panel.title, "left", "bottom", _TITLE_STYLE),
+        ]
+    # The letters and titles stay in the margins: the panels are pasted over the text layer
+    # as they are, never resampled (drawing them through matplotlib was far slower).
+    canvas = _cached_text_layer(texts, width, height)
+    if canvas is None:
+        canvas = text_layer(texts, width, height)
+    for panel, (x0, y0, w, h) in zip(panels, places):
+        canvas[y0:y0 + h, x0:x0 + w] = panel.rgb
     return png_bytes(canvas)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 array."""
-    from PIL import Image
+class _Text(NamedTuple):
+    """A text of a composed figure: anchor (x, y) in canvas pixels (origin top left, y
+    down), its alignment to the anchor and its matplotlib style."""
 
-    buffer = io.BytesIO()
-    # zlib level 3: about 3 % larger than the default 6, a third faster to write
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="png", compress_level=3)
-    return buffer.getvalue()
+    x: float
+    y: float
+    text: str
+    ha: str
+    va: str
+    style: tuple[tuple[str, object], ...]
+
+
+#: matplotlib styles of the orientation letters and of the panel titles.
+_LETTER_STYLE = (("color", "black"), ("fontsize", 9), ("fontweight", "bold"))
+_TITLE_STYLE = (("color", "#333333"), ("fontsize", 8))
+
+
+def text_layer(texts: list[_Text], width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8: ``texts`` drawn by matplotlib (Agg) on white, all at once on
+    a figure of that many pixels. The reference for :func:`_cached_text_layer`."""
+    plt = pyplot()
+    from matplotlib.transforms import IdentityTransform
+
+    figure = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
+    pixels = IdentityTransform()  # figure pixels, origin bottom left
+    for t in texts:
+        figure.text(t.x + 0.5, height - t.y - 0.5, t.text, transform=pixels, ha=t.ha,
+                    va=t.va, **dict(t.style))
+    figure.canvas.draw()
+    layer = np.array(np.asarray(figure.canvas.buffer_rgba())[..., :3])
+    plt.close(figure)
+    if layer.shape[:2] != (height, width):
+        raise RuntimeError(f"text layer {layer.shape[:2]} differs from canvas {(height, width)}")
+    return layer
+
+
+#: Drawn texts by :func:`_text_key`: (top row, first column relative to the anchor's whole
+#: pixel, (h, w, 3) uint8 pixels on white), or None for a text that leaves no ink.
+_TEXT_CACHE: dict[tuple, tuple[int, int, np.ndarray] | None] = {}
+_TEXT_CACHE_SIZE = 2048
+#: White columns kept either side of each text when texts are drawn side by side.
+_TEXT_PAD = 8
+
+
+def _text_key(t: _Text, height: int) -> tuple:
+    """What a text's pixels depend on besides a whole-pixel shift along x: Agg places glyphs
+    to 1/64 pixel from the anchor's fraction; rows are kept as they are (the y arithmetic
+    involves the figure height), so the key holds the canvas height and the anchor's y."""
+    x = t.x + 0.5
+    return (t.text, t.ha, t.va, t.style, x - math.floor(x), height, t.y)
+
+
+def _cached_text_layer(texts: list[_Text], width: int, height: int) -> np.ndarray | None:
+    """The pixels of :func:`text_layer`, from texts drawn once and cached (titles and letters
+    repeat from figure to figure), or None where that cannot be vouched for: two texts'
+    inked boxes overlap (Agg would blend one over the other), or a text could not be drawn
+    apart (:func:`_draw_texts`)."""
+    keys = [_text_key(t, height) for t in texts]
+    missing = {}
+    for t, key in zip(texts, keys):
+        if key not in _TEXT_CACHE and t.text:
+            missing.setdefault(key, t)
+    if missing and not _draw_texts(list(missing.items()), height):
+        return None
+    boxes, patches = [], []
+    for t, key in zip(texts, keys):
+        cached = _TEXT_CACHE.get(key) if t.text else None
+        if cached is None:
+            continue
+        top, offset, patch = cached
+        left = math.floor(t.x + 0.5) + offset
+        boxes.append((top, left, top + patch.shape[0], left + patch.shape[1]))
+        patches.append(patch)
+    if boxes:
+        b = np.asarray(boxes)
+        meet = ((b[:, None, 0] < b[None, :, 2]) & (b[None, :, 0] < b[:, None, 2])
+                & (b[:, None, 1] < b[None, :, 3]) & (b[None, :, 1] < b[:, None, 3]))
+        np.fill_diagonal(meet, False)
+        if meet.any():
+            logger.debug("texts overlap: drawing the text layer at once")
+            return None
+    layer = np.full((height, width, 3), 255, dtype=np.uint8)
+    for (top, left, bottom, right), patch in zip(boxes, patches):
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(bottom, height), min(right, width)
+        if y0 < y1 and x0 < x1:  # matplotlib clips at the figure's edges alike
+            layer[y0:y1, x0:x1] = patch[y0 - top:y1 - top, x0 - left:x1 - left]
+    return layer
+
+
+def _draw_texts(items: list[tuple[tuple, _Text]], height: int) -> bool:
+    """Draw texts side by side on one white figure ``height`` pixels high (each at its own
+    y, so that the y arithmetic is that of its canvas, and at its x's fraction of a pixel)
+    and cache each one's inked box (:data:`_TEXT_CACHE`). False (nothing cached) when a
+    text's ink reaches the edge of its column band (it might not be all there)."""
+    plt = pyplot()
+    from matplotlib.transforms import IdentityTransform
+
+    if len(_TEXT_CACHE) + len(items) > _TEXT_CACHE_SIZE:
+        _TEXT_CACHE.clear()
+    figure = plt.figure(figsize=(1, height / _DPI), dpi=_DPI, facecolor="white")
+    pixels = IdentityTransform()
+    artists = [figure.text(0.5, height - t.y - 0.5, t.text, transform=pixels, ha=t.ha,
+                           va=t.va, **dict(t.style)) for _, t in items]
+    renderer = figure.canvas.get_renderer()
+    bands, start = [], 0
+    for (_, t), artist in zip(items, artists):
+        extent = artist.get_window_extent(renderer)  # around the anchor at x = 0.5
+        x = t.x + 0.5
+        anchor = start + _TEXT_PAD - math.floor(extent.x0 - 0.5)
+        artist.set_x(anchor + (x - math.floor(x)))
+        end = anchor + math.ceil(extent.x1 - 0.5) + 1 + _TEXT_PAD
+        bands.append((start, end, anchor))
+        start = end
+    total = math.ceil(start / _DPI) * _DPI
+    figure.set_size_inches(total / _DPI, height / _DPI)
+    figure.canvas.draw()
+    layer = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+    plt.close(figure)
+    if layer.shape[:2] != (height, total):
+        return False
+    found = {}
+    for (key, _), (start, end, anchor) in zip(items, bands):
+        ink = (layer[:, start:end] != 255).any(axis=2)
+        if ink[:, 0].any() or ink[:, -1].any():
+            logger.debug("text %r reaches the edge of its band", key[0])
+            return False
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        if rows.size == 0:
+            found[key] = None
+            continue
+        patch = layer[rows[0]:rows[-1] + 1, start + cols[0]:start + cols[-1] + 1]
+        found[key] = (int(rows[0]), int(start + cols[0] - anchor), patch.copy())
+    _TEXT_CACHE.update(found)
+    return True
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 array: 8-bit RGB, every row "Up"-filtered (a voxel's
+    block repeats rows, which filter to zeros), zlib level 3. Decodes to the same pixels as
+    Pillow's encoding in half its time (Pillow tries five filters per row)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
+        raise ValueError(f"expected a non-empty (H, W, 3) uint8 array, got {rgb.dtype} "
+                         f"{rgb.shape}")
+    height, width = rgb.shape[:2]
+    rows = rgb.reshape(height, width * 3)
+    data = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    data[:, 0] = 2  # "Up": the byte minus the one above (none above row 0)
+    data[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=data[1:, 1:])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(data.tobytes(), 3)) + chunk(b"IEND", b""))
 
 
 def _check_shapes(volume_ras: np.ndarray, labels_ras: np.ndarray) -> None:
