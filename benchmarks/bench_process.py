@@ -22,8 +22,9 @@ Usage (from the repository root, with the project's environment):
    process's peak RSS.
 
 The load average is printed before and after; other work on the machine slows every figure.
-MONAI's ``sliding_window_inference`` is not compared here: MONAI needs PyTorch, whose PyPI
-wheel with its CUDA dependencies is several GB, too much for a benchmark-only extra.
+MONAI's ``sliding_window_inference`` is compared with legseg's merger in
+``benchmarks/bench_monai.py`` (same predictor, tiles and weights; the ``bench`` extra, with
+PyTorch's CPU build), not here.
 """
 from __future__ import annotations
 
