@@ -690,3 +690,52 @@ def _compose_layout(panels, columns):
                   plotting._Text(x0 + w / 2, y0 + h + 1, bottom, "center", "top", letter),
                   plotting._Text(x0, y0 - 2, p.title, "left", "bottom", title)]
     return texts, places, columns * cell_w, math.ceil(len(panels) / columns) * cell_h
+
+
+def test_reformat_positions_are_the_mean_voxel_coordinates():
+    """sagittal_columns and the coronal y index from per-index counts: the same integers as
+    the means of the voxels' coordinates."""
+    from legseg_tf.labels import BY_INDEX
+
+    right = [v for v, e in BY_INDEX.items() if e.side == "R"]
+    left = [v for v, e in BY_INDEX.items() if e.side == "L"]
+    plain = [v for v, e in BY_INDEX.items() if not e.side]
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        choices = [0] * 6 + right[:3] + left[:2] + plain[:2] + [max(BY_INDEX) + 40]
+        if trial % 3 == 0:
+            choices = [0] * 6 + plain[:2]  # no side: the labels' centroid
+        labels = rng.choice(choices, size=tuple(rng.integers(1, 9, 3))).astype(np.uint16)
+        expected = []
+        for side, values in (("R", right), ("L", left)):
+            xs = np.nonzero(np.isin(labels, values))[0]
+            if xs.size:
+                expected.append((side, int(round(xs.mean()))))
+        if not expected and (labels > 0).any():
+            expected.append(("", int(round(np.nonzero(labels > 0)[0].mean()))))
+        assert plotting.sagittal_columns(labels) == expected
+        assert plotting.sagittal_columns(labels.astype(np.float32)) == expected
+        assert plotting.sagittal_columns(labels.astype(np.int32)) == expected
+        occupied = np.argwhere(labels > 0)
+        centre = plotting._mean_index(np.count_nonzero(labels > 0, axis=(0, 2)))
+        if occupied.size:
+            assert centre == occupied[:, 1].mean()
+        else:
+            assert centre is None
+
+
+def test_window_and_box_given_or_computed_draw_the_same_figures():
+    rng = np.random.default_rng(9)
+    volume = rng.normal(100, 20, (30, 26, 9)).astype(np.float32)
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[5:20, 6:18, 1:8] = 55
+    labels[8:12, 8:12, 2:6] = 57
+    window, box = plotting.window_and_box(volume, labels)
+    zooms = (1.5, 1.5, 4.0)
+    assert (plotting.coronal_figure(volume, labels, zooms)
+            == plotting.coronal_figure(volume, labels, zooms, window=window, box=box))
+    assert (plotting.sagittal_figure(volume, labels, zooms)
+            == plotting.sagittal_figure(volume, labels, zooms, window=window, box=box))
+    assert (plotting.axial_mosaic(volume, labels, zooms, [1, 3, 5])
+            == plotting.axial_mosaic(volume, labels, zooms, [1, 3, 5], window=window,
+                                     box=box))

@@ -618,9 +618,10 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     parts.append("<h4>Side decision</h4>" + side_section(report, result.status))
     present = [row["label"] for row in s.rows]
     volume = s.volume_ras if s.volume_ras is not None else np.zeros(s.labels_ras.shape, np.float32)
-    parts += slice_figures(s, volume, anchor)
+    window, box = plotting.window_and_box(volume, s.labels_ras)  # shared by all figures
+    parts += slice_figures(s, volume, anchor, window, box)
     parts.append(html.legend(present))
-    parts += reformat_figures(s, volume, anchor)
+    parts += reformat_figures(s, volume, anchor, window, box)
     parts.append(
         "<h4>Body position and regions</h4>"
         + positions_section(report, s.labels_ras.shape[2], result.status)
@@ -686,17 +687,19 @@ def image_section(s: ImageSummary, output_dir: Path, anchor: str) -> str:
     return "\n".join(parts)
 
 
-def slice_figures(s: ImageSummary, volume: np.ndarray, anchor: str) -> list[str]:
+def slice_figures(s: ImageSummary, volume: np.ndarray, anchor: str,
+                  window: tuple[float, float] | None = None,
+                  box: tuple[slice, slice, slice] | None = None) -> list[str]:
     """Representative axial slices as image | outline pairs (filled variant folded), then the
-    outlined overview mosaic; every figure opens at full resolution on a click."""
+    outlined overview mosaic; every figure opens at full resolution on a click. ``window``,
+    ``box``: :func:`plotting.window_and_box` of the image (computed when not given)."""
     relpath = s.result.image.relpath
     picks = plotting.representative_slices(s.labels_ras)
     scale = plotting.px_per_mm(
         s.labels_ras.shape[0] * s.zooms_mm[0], plotting.DETAIL_TARGET_PX,
         plotting.DETAIL_MIN_PX_PER_MM, plotting.DETAIL_MAX_PX)
     repeats = plotting.repeats_for((s.zooms_mm[1], s.zooms_mm[0]), scale)
-    low, high = plotting.display_range(volume)
-    box = plotting.in_plane_box(volume, s.labels_ras, low + 0.1 * (high - low))
+    (low, high), box = plotting.window_and_box(volume, s.labels_ras, window, box)
     parts = [
         f"<h4>Representative slices {', '.join(str(k) for k in picks)}</h4>",
         '<p class="note">Each slice twice: the image alone and the image with the labels as '
@@ -728,14 +731,18 @@ def slice_figures(s: ImageSummary, volume: np.ndarray, anchor: str) -> list[str]
         f"{f', every {slices[1] - slices[0]}' if len(slices) > 1 else ''}</h4>"
     )
     parts.append(html.zoom_figure(
-        plotting.axial_mosaic(volume, s.labels_ras, s.zooms_mm, slices),
+        plotting.axial_mosaic(volume, s.labels_ras, s.zooms_mm, slices,
+                              window=(low, high), box=box),
         f"axial mosaic of {relpath} (label outlines)", _figure_id(anchor, "mosaic"),
         'data-overlay="outline" data-view="mosaic"'))
     return parts
 
 
-def reformat_figures(s: ImageSummary, volume: np.ndarray, anchor: str) -> list[str]:
-    """Coronal (image | outlines) and sagittal (one per leg) reformats, or why there are none."""
+def reformat_figures(s: ImageSummary, volume: np.ndarray, anchor: str,
+                     window: tuple[float, float] | None = None,
+                     box: tuple[slice, slice, slice] | None = None) -> list[str]:
+    """Coronal (image | outlines) and sagittal (one per leg) reformats, or why there are none.
+    ``window``, ``box``: as for :func:`slice_figures`."""
     relpath = s.result.image.relpath
     nz = s.labels_ras.shape[2]
     parts = ["<h4>Coronal and sagittal reformats</h4>"]
@@ -749,11 +756,13 @@ def reformat_figures(s: ImageSummary, volume: np.ndarray, anchor: str) -> list[s
         f'<p class="note">Through the labels ({nz} slices of {s.zooms_mm[2]:.3g} mm): '
         "coronal as image | outlines, sagittal through each leg\'s labels.</p>"
     )
-    coronal, _ = plotting.coronal_figure(volume, s.labels_ras, s.zooms_mm)
+    coronal, _ = plotting.coronal_figure(volume, s.labels_ras, s.zooms_mm,
+                                         window=window, box=box)
     parts.append(html.zoom_figure(
         coronal, f"coronal reformat of {relpath}: image and label outlines",
         _figure_id(anchor, "coronal"), 'data-overlay="outline" data-view="coronal"'))
-    sagittal, _ = plotting.sagittal_figure(volume, s.labels_ras, s.zooms_mm)
+    sagittal, _ = plotting.sagittal_figure(volume, s.labels_ras, s.zooms_mm,
+                                           window=window, box=box)
     if sagittal is not None:
         parts.append(html.zoom_figure(
             sagittal, f"sagittal reformats of {relpath} (label outlines)",

@@ -568,6 +568,21 @@ def _check_shapes(volume_ras: np.ndarray, labels_ras: np.ndarray) -> None:
         raise ValueError(f"image {volume_ras.shape} and labels {labels_ras.shape} differ in shape")
 
 
+def window_and_box(
+    volume_ras: np.ndarray,
+    labels_ras: np.ndarray,
+    window: tuple[float, float] | None = None,
+    box: tuple[slice, slice, slice] | None = None,
+) -> tuple[tuple[float, float], tuple[slice, slice, slice]]:
+    """The figures' grey-level window (:func:`display_range`) and in-plane crop
+    (:func:`in_plane_box` above 10 % of the window), each computed unless given: an image's
+    figures share them, so its report computes them once."""
+    low, high = window if window is not None else display_range(volume_ras)
+    if box is None:
+        box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    return (low, high), box
+
+
 def axial_mosaic(
     volume_ras: np.ndarray,
     labels_ras: np.ndarray,
@@ -575,6 +590,8 @@ def axial_mosaic(
     slices: list[int],
     columns: int = MOSAIC_COLUMNS,
     mode: str = "outline",
+    window: tuple[float, float] | None = None,
+    box: tuple[slice, slice, slice] | None = None,
 ) -> bytes:
     """Overview mosaic of axial slices with the label overlay; PNG bytes.
 
@@ -583,10 +600,10 @@ def axial_mosaic(
         zooms_mm: voxel size (x, y, z) in mm (sets the pixel aspect ratio).
         slices: z indices to show.
         mode: "outline" (default) or "filled".
+        window, box: grey-level window and in-plane crop (default: :func:`window_and_box`).
     """
     _check_shapes(volume_ras, labels_ras)
-    low, high = display_range(volume_ras)
-    box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    (low, high), box = window_and_box(volume_ras, labels_ras, window, box)
     volume_ras, labels_ras = volume_ras[box], labels_ras[box]
     scale = px_per_mm(volume_ras.shape[0] * float(zooms_mm[0]), MOSAIC_TARGET_PX)
     repeats = repeats_for((zooms_mm[1], zooms_mm[0]), scale)
@@ -612,9 +629,7 @@ def axial_pair(
     PNG bytes at natural size. ``box``: in-plane crop (default: :func:`in_plane_box`);
     ``window``: grey-level window (default: :func:`display_range` of the volume)."""
     _check_shapes(volume_ras, labels_ras)
-    low, high = window if window is not None else display_range(volume_ras)
-    if box is None:
-        box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    (low, high), box = window_and_box(volume_ras, labels_ras, window, box)
     volume_ras, labels_ras = volume_ras[box], labels_ras[box]
     scale = px_per_mm(volume_ras.shape[0] * float(zooms_mm[0]), DETAIL_TARGET_PX,
                       DETAIL_MIN_PX_PER_MM, DETAIL_MAX_PX)
@@ -630,15 +645,16 @@ def axial_pair(
 
 
 def coronal_figure(
-    volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, mode: str = "outline"
+    volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, mode: str = "outline",
+    window: tuple[float, float] | None = None, box: tuple[slice, slice, slice] | None = None,
 ) -> tuple[bytes, int]:
     """Coronal reformat through the labels' centre of mass (y): the image and the image with
-    the labels side by side; (PNG bytes, y index)."""
+    the labels side by side; (PNG bytes, y index). ``window``, ``box``: as
+    :func:`window_and_box` (computed when not given)."""
     _check_shapes(volume_ras, labels_ras)
-    occupied = np.argwhere(np.asarray(labels_ras) > 0)
-    j = int(round(occupied[:, 1].mean())) if occupied.size else volume_ras.shape[1] // 2
-    low, high = display_range(volume_ras)
-    box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    centre = _mean_index(np.count_nonzero(np.asarray(labels_ras) > 0, axis=(0, 2)))
+    j = int(round(centre)) if centre is not None else volume_ras.shape[1] // 2
+    (low, high), box = window_and_box(volume_ras, labels_ras, window, box)
     volume_ras, labels_ras = volume_ras[box[0]], labels_ras[box[0]]
     scale = px_per_mm(volume_ras.shape[0] * float(zooms_mm[0]), DETAIL_TARGET_PX,
                       DETAIL_MIN_PX_PER_MM, DETAIL_MAX_PX)
@@ -660,30 +676,58 @@ def sagittal_columns(labels_ras: np.ndarray) -> list[tuple[str, int]]:
     no label has a side; none without labels."""
     labels = np.asarray(labels_ras)
     found = []
-    sides = {"R": [v for v, e in BY_INDEX.items() if e.side == "R"],
-             "L": [v for v, e in BY_INDEX.items() if e.side == "L"]}
-    for side in ("R", "L"):
-        xs = np.nonzero(np.isin(labels, sides[side]))[0]
-        if xs.size:
-            found.append((side, int(round(xs.mean()))))
+    if labels.dtype.kind in "iu":  # 0: no side, 1: R, 2: L
+        codes = _side_codes()
+        wide = labels if labels.dtype.itemsize >= 2 else labels.astype(np.int16)
+        sides = codes[np.clip(wide, 0, codes.size - 1)]
+    else:
+        right = [v for v, e in BY_INDEX.items() if e.side == "R"]
+        left = [v for v, e in BY_INDEX.items() if e.side == "L"]
+        sides = np.isin(labels, right) + 2 * np.isin(labels, left)
+    for code, side in ((1, "R"), (2, "L")):
+        centre = _mean_index(np.count_nonzero(sides == code, axis=(1, 2)))
+        if centre is not None:
+            found.append((side, int(round(centre))))
     if not found:
-        xs = np.nonzero(labels > 0)[0]
-        if xs.size:
-            found.append(("", int(round(xs.mean()))))
+        centre = _mean_index(np.count_nonzero(labels > 0, axis=(1, 2)))
+        if centre is not None:
+            found.append(("", int(round(centre))))
     return found
 
 
+@functools.cache
+def _side_codes() -> np.ndarray:
+    """uint8 side code by label value (1: R, 2: L, 0: no side or not in the table; the last
+    entry stands for every value past the table)."""
+    codes = np.zeros(max(BY_INDEX) + 2, dtype=np.uint8)
+    for value, entry in BY_INDEX.items():
+        if value >= 0:
+            codes[value] = {"R": 1, "L": 2}.get(entry.side, 0)
+    return codes
+
+
+def _mean_index(counts: np.ndarray) -> float | None:
+    """Mean index of the voxels counted per index along one axis (None without any): the
+    mean of their coordinates, the same float (both sums are exact integers)."""
+    total = int(counts.sum())
+    if total == 0:
+        return None
+    return np.float64(np.dot(np.arange(counts.size, dtype=np.int64), counts.astype(np.int64))
+                      ) / np.float64(total)
+
+
 def sagittal_figure(
-    volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, mode: str = "outline"
+    volume_ras: np.ndarray, labels_ras: np.ndarray, zooms_mm, mode: str = "outline",
+    window: tuple[float, float] | None = None, box: tuple[slice, slice, slice] | None = None,
 ) -> tuple[bytes, list[tuple[str, int]]] | tuple[None, list]:
     """Sagittal reformats through each leg's labels (patient's right first), with the labels
-    (``mode``); (PNG bytes, [(side, x index)]), or (None, []) without labels."""
+    (``mode``); (PNG bytes, [(side, x index)]), or (None, []) without labels. ``window``,
+    ``box``: as :func:`window_and_box` (computed when not given)."""
     _check_shapes(volume_ras, labels_ras)
     columns = sagittal_columns(labels_ras)
     if not columns:
         return None, []
-    low, high = display_range(volume_ras)
-    box = in_plane_box(volume_ras, labels_ras, low + 0.1 * (high - low))
+    (low, high), box = window_and_box(volume_ras, labels_ras, window, box)
     volume_ras, labels_ras = volume_ras[:, box[1]], labels_ras[:, box[1]]
     width_mm = volume_ras.shape[1] * float(zooms_mm[1])
     scale = px_per_mm(width_mm, DETAIL_TARGET_PX // 2, DETAIL_MIN_PX_PER_MM, DETAIL_MAX_PX)
