@@ -739,3 +739,18 @@ def test_window_and_box_given_or_computed_draw_the_same_figures():
     assert (plotting.axial_mosaic(volume, labels, zooms, [1, 3, 5])
             == plotting.axial_mosaic(volume, labels, zooms, [1, 3, 5], window=window,
                                      box=box))
+
+
+def test_axial_pairs_drawn_together_equal_each_pair_drawn_alone():
+    rng = np.random.default_rng(21)
+    volume = rng.normal(100, 20, (28, 24, 7)).astype(np.float32)
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[4:20, 5:18, 1:6] = 55
+    labels[6:10, 7:11, 2:5] = 57
+    zooms = (1.5, 1.5, 5.0)
+    plotting._TEXT_CACHE.clear()
+    together = plotting.axial_pairs(volume, labels, zooms, [1, 3, 5])
+    assert sorted(together) == [(k, m) for k in (1, 3, 5) for m in ("filled", "outline")]
+    plotting._TEXT_CACHE.clear()
+    for (k, mode), png in together.items():
+        assert png == plotting.axial_pair(volume, labels, zooms, k, mode)

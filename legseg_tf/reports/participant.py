@@ -709,16 +709,14 @@ def slice_figures(s: ImageSummary, volume: np.ndarray, anchor: str,
     ]
     figures = []
     filled = []
+    pairs = plotting.axial_pairs(volume, s.labels_ras, s.zooms_mm, picks,
+                                 ("outline", "filled"), box, (low, high))
     for k in picks:
         figures.append(html.zoom_figure(
-            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "outline", box,
-                                (low, high)),
-            f"axial slice {k} of {relpath}: image and label outlines",
+            pairs[k, "outline"], f"axial slice {k} of {relpath}: image and label outlines",
             _figure_id(anchor, f"z{k}"), 'data-overlay="outline" data-view="axial"'))
         filled.append(html.zoom_figure(
-            plotting.axial_pair(volume, s.labels_ras, s.zooms_mm, k, "filled", box,
-                                (low, high)),
-            f"axial slice {k} of {relpath}: image and filled labels",
+            pairs[k, "filled"], f"axial slice {k} of {relpath}: image and filled labels",
             _figure_id(anchor, f"z{k}-filled"), 'data-overlay="filled" data-view="axial"'))
     parts.append(f'<div class="figures">{"".join(figures)}</div>')
     parts.append(

@@ -370,6 +370,31 @@ def compose(panels: list[Panel], columns: int | None = None) -> bytes:
     """Panels on a white grid (``columns`` per row, default all in one row), each with its
     orientation letters in the margin and its title above; PNG bytes at natural size
     (one array pixel = one image pixel)."""
+    return compose_all([(panels, columns)])[0]
+
+
+def compose_all(figures: list[tuple[list[Panel], int | None]]) -> list[bytes]:
+    """:func:`compose` of each (panels, columns), the texts of all figures drawn together
+    (one matplotlib figure per canvas height) before the figures are put together."""
+    layouts = [_grid(panels, columns) for panels, columns in figures]
+    _prepare_texts([(texts, height) for _, texts, _, height in layouts])
+    pngs = []
+    for (panels, _), (places, texts, width, height) in zip(figures, layouts):
+        # The letters and titles stay in the margins: the panels are pasted over the text
+        # layer as they are, never resampled (drawing them through matplotlib was far slower).
+        canvas = _cached_text_layer(texts, width, height)
+        if canvas is None:
+            canvas = text_layer(texts, width, height)
+        for panel, (x0, y0, w, h) in zip(panels, places):
+            canvas[y0:y0 + h, x0:x0 + w] = panel.rgb
+        pngs.append(png_bytes(canvas))
+    return pngs
+
+
+def _grid(panels: list[Panel], columns: int | None
+          ) -> tuple[list[tuple[int, int, int, int]], list[_Text], int, int]:
+    """:func:`compose`'s layout: each panel's (x0, y0, width, height) in the canvas, the
+    texts, and the canvas width and height (pixels)."""
     if not panels:
         raise ValueError("no panel to draw")
     columns = max(1, min(columns or len(panels), len(panels)))
@@ -392,14 +417,7 @@ def compose(panels: list[Panel], columns: int | None = None) -> bytes:
             _Text(x0 + w / 2, y0 + h + 1, bottom, "center", "top", _LETTER_STYLE),
             _Text(x0, y0 - 2, panel.title, "left", "bottom", _TITLE_STYLE),
         ]
-    # The letters and titles stay in the margins: the panels are pasted over the text layer
-    # as they are, never resampled (drawing them through matplotlib was far slower).
-    canvas = _cached_text_layer(texts, width, height)
-    if canvas is None:
-        canvas = text_layer(texts, width, height)
-    for panel, (x0, y0, w, h) in zip(panels, places):
-        canvas[y0:y0 + h, x0:x0 + w] = panel.rgb
-    return png_bytes(canvas)
+    return places, texts, width, height
 
 
 class _Text(NamedTuple):
@@ -452,6 +470,20 @@ def _text_key(t: _Text, height: int) -> tuple:
     involves the figure height), so the key holds the canvas height and the anchor's y."""
     x = t.x + 0.5
     return (t.text, t.ha, t.va, t.style, x - math.floor(x), height, t.y)
+
+
+def _prepare_texts(figures: list[tuple[list[_Text], int]]) -> None:
+    """Draw the texts of several figures (texts, canvas height) not cached yet, all those of
+    one height on one matplotlib figure (:func:`_draw_texts`); what cannot be vouched for
+    is left to :func:`_cached_text_layer`."""
+    by_height: dict[int, dict[tuple, _Text]] = {}
+    for texts, height in figures:
+        for t in texts:
+            key = _text_key(t, height)
+            if t.text and key not in _TEXT_CACHE:
+                by_height.setdefault(height, {}).setdefault(key, t)
+    for height, missing in by_height.items():
+        _draw_texts(list(missing.items()), height)
 
 
 def _cached_text_layer(texts: list[_Text], width: int, height: int) -> np.ndarray | None:
@@ -524,8 +556,9 @@ def _draw_texts(items: list[tuple[tuple, _Text]], height: int) -> bool:
     if layer.shape[:2] != (height, total):
         return False
     found = {}
+    inked = layer.min(axis=2) < 255
     for (key, _), (start, end, anchor) in zip(items, bands):
-        ink = (layer[:, start:end] != 255).any(axis=2)
+        ink = inked[:, start:end]
         if ink[:, 0].any() or ink[:, -1].any():
             logger.debug("text %r reaches the edge of its band", key[0])
             return False
@@ -628,20 +661,38 @@ def axial_pair(
     (``mode``), large enough to judge a one-voxel boundary (:data:`DETAIL_MIN_PX_PER_MM`);
     PNG bytes at natural size. ``box``: in-plane crop (default: :func:`in_plane_box`);
     ``window``: grey-level window (default: :func:`display_range` of the volume)."""
+    return axial_pairs(volume_ras, labels_ras, zooms_mm, [k], (mode,), box, window)[k, mode]
+
+
+def axial_pairs(
+    volume_ras: np.ndarray,
+    labels_ras: np.ndarray,
+    zooms_mm,
+    slices: list[int],
+    modes: tuple[str, ...] = OVERLAY_MODES,
+    box: tuple[slice, slice, slice] | None = None,
+    window: tuple[float, float] | None = None,
+) -> dict[tuple[int, str], bytes]:
+    """:func:`axial_pair` of every slice in ``slices`` and overlay in ``modes``, by
+    (slice, mode); each slice's image panel is drawn once and the titles of all together."""
     _check_shapes(volume_ras, labels_ras)
     (low, high), box = window_and_box(volume_ras, labels_ras, window, box)
     volume_ras, labels_ras = volume_ras[box], labels_ras[box]
     scale = px_per_mm(volume_ras.shape[0] * float(zooms_mm[0]), DETAIL_TARGET_PX,
                       DETAIL_MIN_PX_PER_MM, DETAIL_MAX_PX)
     repeats = repeats_for((zooms_mm[1], zooms_mm[0]), scale)
-    image, labels = axial_view(volume_ras, k), axial_view(labels_ras, k)
     letters = ("R", "L", "A", "P")
-    return compose([
-        Panel(render_panel(image, None, (low, high), repeats, None), f"slice {k}: image",
-              letters),
-        Panel(render_panel(image, labels, (low, high), repeats, mode),
-              f"slice {k}: labels ({mode})", letters),
-    ])
+    keys, figures = [], []
+    for k in slices:
+        image, labels = axial_view(volume_ras, k), axial_view(labels_ras, k)
+        alone = Panel(render_panel(image, None, (low, high), repeats, None),
+                      f"slice {k}: image", letters)
+        for mode in modes:
+            overlay = Panel(render_panel(image, labels, (low, high), repeats, mode),
+                            f"slice {k}: labels ({mode})", letters)
+            keys.append((k, mode))
+            figures.append(([alone, overlay], None))
+    return dict(zip(keys, compose_all(figures)))
 
 
 def coronal_figure(
