@@ -551,12 +551,14 @@ def _draw_texts(items: list[tuple[tuple, _Text]], height: int) -> bool:
     total = math.ceil(start / _DPI) * _DPI
     figure.set_size_inches(total / _DPI, height / _DPI)
     figure.canvas.draw()
-    layer = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+    rgba = np.asarray(figure.canvas.buffer_rgba())
     plt.close(figure)
-    if layer.shape[:2] != (height, total):
+    if rgba.shape != (height, total, 4):
         return False
     found = {}
-    inked = layer.min(axis=2) < 255
+    layer = rgba[..., :3]
+    # opaque white is 0xFFFFFFFF (text blends onto it and leaves it opaque): one compare per pixel
+    inked = rgba.view(np.uint32)[..., 0] != np.uint32(0xFFFFFFFF)
     for (key, _), (start, end, anchor) in zip(items, bands):
         ink = inked[:, start:end]
         if ink[:, 0].any() or ink[:, -1].any():
