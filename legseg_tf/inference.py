@@ -21,7 +21,7 @@ import numpy as np
 
 from legseg_tf import postprocessing, sliding_window
 from legseg_tf.config import PRECISIONS, InferenceConfig
-from legseg_tf.device import default_budget_gb, process_memory_gb
+from legseg_tf.device import default_budget_gb, process_memory_gb, release_freed_memory
 from legseg_tf.masking import bounding_box
 from legseg_tf.normalization import uniform_normalise
 
@@ -127,25 +127,25 @@ def merge_buffer_bytes(part_shape: tuple[int, ...], patch: tuple[int, ...], n_cl
     Gaussian merge: the zero-padded copy, the batch of normalised tiles and its outputs, the
     labels and the winner's probability of the part; for several tiles the float32
     accumulator and weight sum, one tile deep along the first tiled axis
-    (:func:`legseg_tf.sliding_window.blend_tiles`); for one tile its weighted copy; with
-    probabilities saved, two part-sized copies of them. QMRITools merge: one boolean mask per
-    class and the labels.
+    (:func:`legseg_tf.sliding_window.blend_tiles`, which weights the outputs in place); for
+    one tile its weighted copy; with probabilities saved, two part-sized copies of them.
+    QMRITools merge: one boolean mask per class and the labels.
     """
     part = math.prod(part_shape)
     padded_shape = [max(s, p) for s, p in zip(part_shape, patch)]
     padded = math.prod(padded_shape)
     tile = math.prod(patch) * config.batch_size
     total = 4.0 * padded if padded != part else 0.0
-    total += 8.0 * tile + 4.0 * n_classes * (tile + math.prod(patch))
+    total += 8.0 * tile + 4.0 * n_classes * tile
     if config.merge == "qmritools":
-        return total + (n_classes + 2.0) * padded
+        return total + 4.0 * n_classes * math.prod(patch) + (n_classes + 2.0) * padded
     total += 8.0 * part  # int16 labels (part and crop) + float32 winner's probability
     tiled = [a for a, (n, p) in enumerate(zip(padded_shape, patch)) if n > p]
     if tiled:
         window = padded // padded_shape[tiled[0]] * patch[tiled[0]]
         total += 4.0 * (n_classes + 1) * window
     else:
-        total += 4.0 * n_classes * part
+        total += 4.0 * n_classes * (math.prod(patch) + part)
     if config.save_probabilities:
         total += 2 * 4.0 * n_classes * part
     return total
@@ -328,7 +328,8 @@ def make_predict(model, timer: list[float] | None = None, precision: str = "floa
     forward = forward_function(model, precision)
 
     def predict(tiles: np.ndarray) -> np.ndarray:
-        normalised = np.stack([uniform_normalise(tile) for tile in tiles]).astype(np.float32)
+        normalised = np.stack([uniform_normalise(tile) for tile in tiles]).astype(
+            np.float32, copy=False)
         started = time.perf_counter()
         output = forward(normalised)
         if isinstance(output, dict):
@@ -432,6 +433,10 @@ def apply_segmentation_network(
         probabilities = np.zeros((*volume.shape, n_classes), dtype=np.float32)
         probabilities[..., 0] = 1.0
         probabilities[box] = crop_probabilities
+    del crop_labels, crop_probabilities
+    if config.merge != "qmritools":
+        del blended
+    release_freed_memory()  # the merger's tile-sized buffers: not retained for the next part
     _RETAINED.add(resident_before, labels.nbytes + getattr(probabilities, "nbytes", 0))
     logger.debug("part %s: patch %s, %d tile(s), %.2f s in the network",
                  volume.shape, patch, n_tiles, timer[0])

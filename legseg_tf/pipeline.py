@@ -18,6 +18,7 @@ from legseg_tf import derivatives, input_checks, nifti_io, resampling, side
 from legseg_tf.labels import abbreviation_of
 from legseg_tf.errors import ExitCode, NoModelError, UsageError, is_output_full
 from legseg_tf.config import RunConfig
+from legseg_tf.device import release_freed_memory
 from legseg_tf.results import ImageResult, InputImage
 from legseg_tf.segmentation_report import GridReport
 from legseg_tf.segmenter import Segmenter, load_segmenter
@@ -206,6 +207,10 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
         volume = nifti_io.ras_to_qmri(volume_ras)
         input_checks.check_input(volume, image.relpath)
         midline = side.midline_column(geometry.ras_affine, volume_ras.shape)
+        # one full-size copy of the image while the networks run: the reports' RAS array is
+        # rebuilt from ``volume`` afterwards (an exact transpose and flip)
+        del volume_ras
+        release_freed_memory()
         prior = {"body_part": image.body_part} if image.body_part else {}
         spacing = nifti_io.qmri_spacing(geometry)
         grid = _segmentation_grid(volume, spacing, midline, segmenter)
@@ -218,6 +223,9 @@ def segment_image(image: InputImage, config: RunConfig, segmenter: Segmenter,
         result.body_mask = None  # QC was its last user
         if grid.resampled:
             result = _to_input_grid(result, volume.shape, spacing, grid)
+        volume_ras = nifti_io.qmri_to_ras(volume)
+        del volume, grid
+        release_freed_memory()
         report = result.report.to_dict()
         labels_ras = nifti_io.qmri_to_ras(result.labels)
         written.append(nifti_io.save_labels(labels_ras, geometry, dseg))

@@ -50,6 +50,7 @@ from legseg_tf.body_position import (
     majority_side,
 )
 from legseg_tf.config import InferenceConfig
+from legseg_tf.device import release_freed_memory
 from legseg_tf.errors import NoModelError
 from legseg_tf.labels import rename_train_labels, train_label_map
 from legseg_tf.masking import MaskConfig, apply_mask, body_mask
@@ -279,9 +280,13 @@ class QMRIToolsSegmenter:
         decision, cut = choice.decision, choice.cut
         parts = split_parts(masked, decision.side, cut, location.ranges, self.split_config.overlap)
         timings["split"] = time.perf_counter() - clock
+        # the parts hold what the networks need: the full-size masked copy goes before them
+        del masked
+        release_freed_memory()
 
         clock = time.perf_counter()
         own_side_cut = cut if decision.side == "Both" else None
+        n_parts = len(parts)
         outputs = self._run_networks(parts, own_side_cut)
         report.parts = outputs.parts
         timings["networks"] = time.perf_counter() - clock
@@ -294,7 +299,7 @@ class QMRIToolsSegmenter:
                 label_map = sorted(int(v) for v in np.unique(labels) if v)
                 probabilities = merge_probabilities(outputs.probability_crops, volume.shape,
                                                     label_map)
-            elif parts:
+            elif n_parts:
                 report.warnings.append("the networks returned no probabilities to save")
         timings["merge"] = time.perf_counter() - clock
         used = list(outputs.models)
@@ -378,9 +383,13 @@ class QMRIToolsSegmenter:
         return _SideChoice(decision, cut, side_report, split_report, warnings)
 
     def _run_networks(self, parts: list[Part], own_side_cut: int | None) -> _NetworkOutputs:
-        """Region network on every part: final-label crops, probability crops, models used."""
+        """Region network on every part: final-label crops, probability crops, models used.
+
+        ``parts`` is emptied as they run: a part's crop is freed before the next part's
+        tiles are sized against the memory budget."""
         outputs = _NetworkOutputs()
-        for part in parts:
+        while parts:
+            part = parts.pop(0)
             network = self.networks[REGION_ROLES[part.region]]
             output = network.predict(part.data)
             train = np.asarray(getattr(output, "labels", output))
@@ -412,6 +421,8 @@ class QMRIToolsSegmenter:
             ))
             if network.describe() not in outputs.models:
                 outputs.models.append(network.describe())
+            del part, output, train, final, probabilities
+            release_freed_memory()
         return outputs
 
     def _classify_side(self, masked: np.ndarray) -> str | None:

@@ -1,7 +1,9 @@
 """legseg's own sliding-window patch merger: network-agnostic, pure NumPy bookkeeping.
 
 Volumes are (z, y, x) arrays; a ``predict`` callable maps a float32 batch of tiles
-(b, pz, py, px, 1) to per-class outputs (b, pz, py, px, C). Two ways of merging tiles:
+(b, pz, py, px, 1) to per-class outputs (b, pz, py, px, C). The Gaussian merge of several tiles
+weights a writeable output array in place (a read-only one is copied first), so ``predict``
+must return arrays it does not use again. Two ways of merging tiles:
 
 * :func:`blend_tiles` (default, "gaussian"; :func:`predict_probabilities` when every class's
   blend is wanted): evenly spaced tiles (first at 0, last flush with the border, nnU-Net's
@@ -233,6 +235,8 @@ class _StreamingBlend:
     def run(self, predict, padded, tiles, batch_size) -> Blended:
         for batch in _batches(tiles, batch_size):
             outputs = _run(predict, padded, batch, self.patch)
+            if not outputs.flags.writeable:
+                outputs = outputs.copy()
             if self.accumulator is None:
                 n_classes = outputs.shape[-1]
                 self.accumulator = np.zeros((*self.window_shape, n_classes), dtype=np.float32)
@@ -244,7 +248,9 @@ class _StreamingBlend:
                 local[self.axis] = slice(tile[self.axis].start - self.window_start,
                                          tile[self.axis].stop - self.window_start)
                 local = tuple(local)
-                self.accumulator[local] += output * self.weights[..., None]
+                # weighted in place: the same float32 products, no tile-sized temporary
+                np.multiply(output, self.weights[..., None], out=output)
+                self.accumulator[local] += output
                 self.weight_sum[local] += self.weights
         self._finish(self.window_start + self.patch[self.axis])
         return Blended(self.labels, self.top, self.accumulator.shape[-1], len(tiles),
@@ -260,8 +266,10 @@ class _StreamingBlend:
         kept = depth - shift
         for array in (self.accumulator, self.weight_sum):
             moved = np.moveaxis(array, self.axis, 0)
-            if kept > 0:
-                moved[:kept] = moved[shift:shift + kept].copy()
+            # one slab at a time, front to back: slab i is read from shift + i > i before
+            # anything overwrites it, so no copy of the kept part of the window is needed
+            for index in range(max(kept, 0)):
+                moved[index] = moved[shift + index]
             moved[max(kept, 0):] = 0
         self.window_start = start
 

@@ -200,6 +200,22 @@ def test_multi_tile_blend_is_bit_identical_to_the_full_accumulator(shape, patch,
     np.testing.assert_array_equal(lean.top, blended.top)
 
 
+def test_read_only_outputs_are_blended_bit_identically_and_left_unchanged():
+    volume = _volume((21, 40, 36), 3)
+    patch, network, kept = (8, 16, 16), _random_softmax(4), []
+
+    def read_only(batch):
+        output = network(batch)
+        output.setflags(write=False)
+        kept.append((output, output.copy()))
+        return output
+
+    reference, _ = old_predict_probabilities(volume, _random_softmax(4), patch)
+    blended = sw.blend_tiles(volume, read_only, patch, keep_probabilities=True)
+    np.testing.assert_array_equal(blended.probabilities, reference)
+    assert len(kept) > 1 and all(np.array_equal(a, b) for a, b in kept)
+
+
 def test_a_part_tiled_along_z_accumulates_one_tile_deep():
     import hashlib
     import tracemalloc
@@ -213,6 +229,7 @@ def test_a_part_tiled_along_z_accumulates_one_tile_deep():
         key = hashlib.sha1(batch.tobytes()).hexdigest()
         if key not in outputs:
             outputs[key] = network(batch)
+            outputs[key].setflags(write=False)   # reused: the merger must not weight it
         return outputs[key]
 
     sw.blend_tiles(volume, recorded, patch)
