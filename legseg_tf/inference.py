@@ -356,7 +356,8 @@ def _patch_within_budget(shape, model, n_classes: int, config: InferenceConfig,
         buffer_bytes=lambda p: merge_buffer_bytes(shape, p, n_classes, config),
         minimum=config.min_patch)
     logger.debug("part %s: budget %.2f GB, %.2f GB in use, patch %s (activations about "
-                 "%.2f GB, merge buffers %.2f GB)", shape, budget_gb, fixed_gb, patch,
+                 "%.2f GB, merge buffers %.2f GB)", shape, budget_gb, fixed_gb * 1024**3 / 1e9,
+                 patch,
                  per_voxel * math.prod(patch) / 1e9,
                  merge_buffer_bytes(shape, patch, n_classes, config) / 1e9)
     return patch  # type: ignore[return-value]

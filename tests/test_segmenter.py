@@ -448,3 +448,38 @@ def test_probabilities_follow_the_final_labels_and_stay_on_their_side():
     assert np.allclose(left_p[result.labels == VL_L], 0.9)
     without = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(volume, (5.0, 1, 1))
     assert without.probabilities is None and without.label_map is None
+
+
+def test_the_networks_run_without_the_masked_copy_or_the_parts_already_run(monkeypatch):
+    """Memory: the full-size masked copy is freed once the parts are cut, and each part's crop
+    once its network has run, so the memory budget sizes the next part's tiles without them."""
+    import weakref
+
+    from legseg_tf import segmenter as module
+
+    masked_refs, part_refs = [], []
+    real_apply, real_split = module.apply_mask, module.split_parts
+
+    def recording_apply(volume, mask):
+        masked = real_apply(volume, mask)
+        masked_refs.append(weakref.ref(masked))
+        return masked
+
+    def recording_split(*args, **kwargs):
+        parts = real_split(*args, **kwargs)
+        part_refs.extend(weakref.ref(part.data) for part in parts)
+        return parts
+
+    monkeypatch.setattr(module, "apply_mask", recording_apply)
+    monkeypatch.setattr(module, "split_parts", recording_split)
+    alive = []
+
+    def predict(part):
+        alive.append((masked_refs[0]() is not None, [ref() is not None for ref in part_refs]))
+        return np.where(part > 0, VASTUS_LATERALIS, 0).astype(np.int32)
+
+    network = RegionNetwork("upper_leg", "fake", "0" * 64, "N5_UpperLeg", predict)
+    result = QMRIToolsSegmenter("upper", {"upper_leg": network}).segment(
+        big_right_small_left(), (5.0, 1, 1))
+    assert result.report.side.decision == "Both" and len(result.report.parts) == 2
+    assert alive == [(False, [True, True]), (False, [False, True])]
