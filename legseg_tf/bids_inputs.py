@@ -403,13 +403,46 @@ def session_files(bids_dir: Path, subject: str, session: str | None) -> list[Ses
         return []
     from bids.layout import Query
 
-    others = re.compile("^/sub-(?!" + re.escape(subject) + "(/|$))")
-    scan = DatasetScan(invalid_json=_invalid_json(bids_dir, subject))
-    layout = _layout(bids_dir, [others, *scan.ignore_patterns()])
+    layout = _subject_layout(bids_dir, subject)
     found = layout.get(return_type="object", subject=subject, extension=NIFTI_EXTENSIONS,
                        session=session if session else Query.NONE)
     return [SessionFile(Path(f.path), dict(f.get_entities()), dict(layout.get_metadata(f.path)))
             for f in sorted(found, key=lambda f: f.path)]
+
+
+#: The last subject's index for :func:`session_files`, with the state of the files it saw:
+#: the sessions of one subject (segmented one after the other) share it.
+_SUBJECT_INDEX: dict[tuple[str, str], tuple[tuple, Any]] = {}
+
+
+def _subject_layout(bids_dir: Path, subject: str):
+    """A pybids index of ``sub-<subject>`` (and the dataset-level files), reused while no
+    file there was added, removed, resized or touched."""
+    key = (str(bids_dir.absolute()), subject)
+    state = _subject_state(bids_dir, subject)
+    cached = _SUBJECT_INDEX.get(key)
+    if cached is not None and cached[0] == state:
+        return cached[1]
+    others = re.compile("^/sub-(?!" + re.escape(subject) + "(/|$))")
+    scan = DatasetScan(invalid_json=_invalid_json(bids_dir, subject))
+    layout = _layout(bids_dir, [others, *scan.ignore_patterns()])
+    _SUBJECT_INDEX.clear()
+    _SUBJECT_INDEX[key] = (state, layout)
+    return layout
+
+
+def _subject_state(bids_dir: Path, subject: str) -> tuple:
+    """(path, size, mtime in ns) of every entry at the dataset's top level and under
+    ``sub-<subject>``, sorted."""
+    entries = [*bids_dir.iterdir(), *(bids_dir / f"sub-{subject}").rglob("*")]
+    state = []
+    for path in entries:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        state.append((str(path), info.st_size, info.st_mtime_ns))
+    return tuple(sorted(state))
 
 
 def _invalid_json(bids_dir: Path, subject: str) -> dict[str, str]:

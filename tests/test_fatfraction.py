@@ -268,3 +268,32 @@ def test_session_index_holds_only_the_subject_and_skips_broken_sidecars(tmp_path
     [image] = session_files(bids, "1", None)
     assert image.metadata == {} and image.path.name == "sub-1_echo-1_MEGRE.nii.gz"
     assert ff.find_fat_water(bids, "10", None).method == "dixon"
+
+
+def test_sessions_of_a_subject_share_one_index_until_its_files_change(tmp_path, monkeypatch):
+    """The sessions of a subject are looked up in one pybids index; a file added, removed or
+    rewritten under the subject (or at the top level) makes the next lookup index again."""
+    from legseg_tf import bids_inputs
+
+    bids = _dataset(tmp_path, {
+        "sub-01/ses-a/anat/sub-01_ses-a_acq-water_T1w.nii.gz": None,
+        "sub-01/ses-b/anat/sub-01_ses-b_acq-water_T1w.nii.gz": None,
+    })
+    built = []
+    original = bids_inputs._layout
+    monkeypatch.setattr(bids_inputs, "_layout",
+                        lambda *args, **kwargs: built.append(args) or original(*args, **kwargs))
+    [a] = session_files(bids, "01", "a")
+    [b] = session_files(bids, "01", "b")
+    assert (a.entities["session"], b.entities["session"]) == ("a", "b") and len(built) == 1
+    write_nifti(bids / "sub-01/ses-b/anat/sub-01_ses-b_acq-fat_T1w.nii.gz",
+                np.zeros((16, 12, 4), np.float32), AFFINE, {"EchoTime": 0.002})
+    found = session_files(bids, "01", "b")
+    assert len(built) == 2 and [f.path.name for f in found] == [
+        "sub-01_ses-b_acq-fat_T1w.nii.gz", "sub-01_ses-b_acq-water_T1w.nii.gz"]
+    assert found[0].metadata == {"EchoTime": 0.002}
+    (bids / "sub-01/ses-b/anat/sub-01_ses-b_acq-fat_T1w.json").write_text('{"EchoTime": 0.003}')
+    assert session_files(bids, "01", "b")[0].metadata == {"EchoTime": 0.003}
+    session_files(bids, "02", None)   # no such subject: nothing indexed
+    session_files(bids, "01", "a")
+    assert len(built) == 3
