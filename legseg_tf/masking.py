@@ -50,6 +50,10 @@ class MaskConfig:
 BOX = np.ones((3, 3, 3), dtype=bool)
 
 
+#: Values converted to float64 at a time by :func:`otsu_threshold`.
+_BLOCK = 1 << 20
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu threshold of ``values`` (maximal between-class variance of a histogram).
 
@@ -61,13 +65,19 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
         The threshold: values strictly above it are foreground. For constant input, that
         constant.
     """
-    values = np.asarray(values, dtype=np.float64).ravel()
+    values = np.asarray(values).ravel()
     if values.size == 0:
         raise ValueError("otsu_threshold needs at least one value")
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return lo
-    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    # the float64 histogram, converted block by block instead of as one float64 copy (float32
+    # input would otherwise get float32 bin edges)
+    counts = np.zeros(bins, dtype=np.int64)
+    for start in range(0, values.size, _BLOCK):
+        block_counts, edges = np.histogram(values[start:start + _BLOCK].astype(np.float64),
+                                           bins=bins, range=(lo, hi))
+        counts += block_counts
     centres = 0.5 * (edges[:-1] + edges[1:])
     weight_low = np.cumsum(counts)[:-1].astype(np.float64)
     weight_high = values.size - weight_low
@@ -95,18 +105,27 @@ def normalize_data(volume: np.ndarray, bins: int = 256) -> np.ndarray:
     data = np.asarray(volume, dtype=np.float32)
     if data.size == 0:
         raise ValueError("cannot normalise an empty volume")
+    # in place where the result is the same, so that a large volume needs few full copies
     shifted = data - data.min()
     nonzero = shifted[shifted > 0]
     if nonzero.size == 0:
         return np.zeros_like(shifted)
-    provisional = shifted * np.float32(100.0 / np.median(nonzero))
-    top = float(np.percentile(provisional, 99))
-    scaled = np.clip(provisional / top, 0.0, 1.0) if top > 0 else provisional
+    median_nonzero = np.median(nonzero, overwrite_input=True)
+    del nonzero
+    scaled = shifted * np.float32(100.0 / median_nonzero)
+    top = float(np.percentile(scaled, 99))
+    if top > 0:
+        scaled /= top
+        np.clip(scaled, 0.0, 1.0, out=scaled)
     foreground = scaled > otsu_threshold(scaled, bins=bins)
-    reference = shifted[foreground & (shifted > 0)]
-    if reference.size == 0:
-        reference = nonzero
-    return (shifted * np.float32(100.0 / np.median(reference))).astype(np.float32)
+    del scaled
+    foreground &= shifted > 0
+    reference = shifted[foreground]
+    del foreground
+    median = np.median(reference, overwrite_input=True) if reference.size else median_nonzero
+    del reference
+    shifted *= np.float32(100.0 / median)
+    return shifted
 
 
 def bounding_box(mask: np.ndarray, padding: int = 0) -> tuple[slice, ...] | None:
@@ -239,7 +258,9 @@ def body_mask(volume: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarr
         raise ValueError(f"body_mask expects a 3-D (z, y, x) volume, got shape {volume.shape}")
     normalised = normalize_data(volume, bins=config.otsu_bins)
     top = config.upper_factor * float(normalised.max())
-    raw = (normalised >= config.threshold) & (normalised < top)
+    raw = normalised >= config.threshold
+    raw &= normalised < top
+    del normalised  # not held while the mask is cleaned
     return clean_mask(raw, config)
 
 
