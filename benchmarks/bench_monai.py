@@ -19,8 +19,12 @@ cropped to their bounding box as ``apply_segmentation_network`` does. Two config
   ``int(roi * (1 - overlap))`` and clamps the last tile to the border. Per axis, MONAI gets the
   overlap whose step reproduces legseg's tile starts (checked against MONAI's own
   ``dense_patch_slices``; the run stops when no step can).
-* ``default``: legseg's own patch from the memory budget (one tile per part here), MONAI with
-  the same ``roi_size``.
+* ``default``: legseg's own patch from the memory budget in this process, MONAI with the same
+  ``roi_size``. PyTorch and MONAI make this process 0.25 GB larger than the app's, so its
+  budget may give smaller tiles than the app's (32 x 144 x 160, two tiles per part of the
+  thigh, instead of one);
+* ``one-tile``: the part rounded up to the network's stride, one tile per part (the app's own
+  choice for the thigh under its default budget; legseg's single-tile path).
 
 Methods (all with ``sw_batch_size`` / ``batch_size`` 1):
 
@@ -317,7 +321,7 @@ def measure(title: str, model, stride, parts, patches, overlap: float, repeats: 
                 bench.run(method)
     print(f"\n{title}: medians of {repeats} rounds; merger = wall - predictor callable; "
           "agreement with legseg+p (labels identical, max |probability difference|)")
-    print(f"{'config':<8} {'part (z,y,x)':<13} {'patch':<10} {'tiles':>5} {'method':<9} "
+    print(f"{'config':<9} {'part (z,y,x)':<13} {'patch':<10} {'tiles':>5} {'method':<9} "
           f"{'wall s':>7} {'network s':>9} {'norm+adapt s':>12} {'merger s':>8} "
           f"{'peak dRSS MB':>12} {'labels same':>11} {'max |dp|':>9}")
     for bench in benches:
@@ -326,7 +330,7 @@ def measure(title: str, model, stride, parts, patches, overlap: float, repeats: 
             wall, network, callable_ = (_median(rows, k) for k in ("wall", "network", "callable"))
             merger = statistics.median(r["wall"] - r["callable"] for r in rows)
             same, diff = bench.agreement(method)
-            print(f"{bench.config:<8} {'x'.join(map(str, bench.part.shape)):<13} "
+            print(f"{bench.config:<9} {'x'.join(map(str, bench.part.shape)):<13} "
                   f"{'x'.join(map(str, bench.patch)):<10} {bench.n_tiles:>5d} {method:<9} "
                   f"{wall:>7.3f} {network:>9.3f} {callable_ - network:>12.3f} {merger:>8.3f} "
                   f"{_median(rows, 'rss') / 1e6:>12.0f} {same:>11.6%} "
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow and torch threads")
     parser.add_argument("--skip-default", action="store_true",
-                        help="leave out legseg's default patch")
+                        help="leave out legseg's default patch and the one-tile patch")
     parser.add_argument("--skip-network", action="store_true",
                         help="only the stand-in network (the merger's own cost)")
     args = parser.parse_args(argv)
@@ -391,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             apply_segmentation_network(part, model, N_CLASSES, config, stride,
                                        largest_component=False).patch for part in parts]))
         print(f"legseg's default patches (memory budget, this process): {patches[-1][1]}")
+        # one tile per part (the part rounded up to the stride): what the budget gives in the
+        # app's own process, which has not imported PyTorch and MONAI (0.25 GB less resident)
+        patches.append(("one-tile", [tuple(-(-n // t) * t for n, t in zip(part.shape, stride))
+                                     for part in parts]))
     measure("1. merger only (stand-in network: a precomputed softmax per tile shape)",
             StandIn(), stride, parts, patches, args.overlap, args.stand_in_repeats)
     if not args.skip_network:
