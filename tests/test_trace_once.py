@@ -262,3 +262,14 @@ def test_multi_tile_parts_through_the_network_give_the_old_labels(tiny_unet):
     top = old.max(axis=-1)[new.labels > 0]
     assert new.confidence == {"mean_max_probability": round(float(top.mean()), 4),
                               "voxels": int(top.size)}
+
+
+def test_the_forward_pass_is_traced_without_autograph(tiny_unet):
+    """AutoGraph would convert the traced function and everything it calls, the logging
+    module behind its debug line included (3-4 s per trace, measured); a Keras network has
+    no Python control flow on tensors to convert."""
+    model, _ = tiny_unet
+    forward = inference.forward_function(model)
+    assert forward.traced._autograph is False
+    out = forward(np.zeros((1, 8, 32, 32, 1), np.float32))
+    assert out.shape == (1, 8, 32, 32, N_CLASSES) and inference.tracing_count(model) >= 1
