@@ -106,7 +106,7 @@ def _worker(mode: str, volume_path: Path, threads: int | None) -> dict:
         "forward_s": round(tally.forward_s, 2),
         "overhead": round(1.0 - tally.forward_s / wall, 3),
         "tiles": tally.tiles,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
         "labels": int(len(np.unique(result.labels)) - 1),
         "mem_gb": inference.mem_gb,
         "stages_s": dict(result.report.timings_s),

@@ -45,16 +45,18 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VOLUME = REPO.parent / "shared" / "data" / "qmritools" / "scripts_test_data" / "test.nii.gz"
 FEATURES = {"small": (8, 16, 32, 48, 64), "qmritools": (32, 64, 128, 192, 320)}
 N_CLASSES = 22  # N5_UpperLeg: 21 structures + background
+GIB = 1024**3  # legseg_tf.device.process_memory_gb reads GiB; printed figures are GB (1e9)
 DEFAULT_SIZES = "20x160x160,31x320x320,60x384x384,120x512x512"
 
 
 def _run_timed(command: list[str], **kwargs) -> tuple[float, int, float]:
-    """Run ``command``; (wall s, exit code, peak RSS GB of the child from ``wait4``)."""
+    """Run ``command``; (wall s, exit code, peak RSS of the child in GB (1e9 bytes) from
+    ``wait4``, whose ``ru_maxrss`` is in KiB)."""
     started = time.time()
     process = subprocess.Popen(command, **kwargs)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    return time.time() - started, process.returncode, usage.ru_maxrss / 1024**2
+    return time.time() - started, process.returncode, usage.ru_maxrss * 1024 / 1e9
 
 
 # --------------------------------------------------------------------- participant process ----
@@ -182,7 +184,7 @@ def _scaling_worker(shape: tuple[int, int, int], net: str, mem_gb: float | None,
     tally = {"forward_s": 0.0, "tiles": 0, "patches": [], "in_use_gb": []}
 
     def predict(part):
-        tally["in_use_gb"].append(fixed_memory_gb())
+        tally["in_use_gb"].append(fixed_memory_gb() * GIB / 1e9)
         out = apply_segmentation_network(part, model, N_CLASSES, inference, stride,
                                          largest_component=False)
         tally["forward_s"] += out.forward_s
@@ -198,7 +200,7 @@ def _scaling_worker(shape: tuple[int, int, int], net: str, mem_gb: float | None,
     return {"shape": list(shape), "wall_s": wall, "forward_s": tally["forward_s"],
             "tiles": tally["tiles"], "patches": tally["patches"],
             "in_use_gb": max(tally["in_use_gb"] or [0.0]),
-            "peak_rss_gb": process_memory_gb()[1], "mem_gb": mem_gb}
+            "peak_rss_gb": process_memory_gb()[1] * GIB / 1e9, "mem_gb": mem_gb}
 
 
 def scaling(sizes, net: str, mem_gb: float | None, threads: int | None) -> list[dict]:

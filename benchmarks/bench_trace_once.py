@@ -213,7 +213,7 @@ def _worker(mode: str, volume_path: Path, threads: int | None, net: str) -> dict
             "labels_sha1": hashlib.sha1(np.ascontiguousarray(result.labels).tobytes()).hexdigest(),
         })
     return {"mode": mode, "rows": rows,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 #: DEFAULT_ROOM_GB, when a process already holds more, e.g. a notebook with data loaded).
 AVAILABLE_FRACTION = 0.75
 DEFAULT_BUDGET_GB = 2.5
+#: GB (1e9 bytes: budgets, ``--mem-gb``) in one GiB (2**30 bytes: the memory readings).
+GB_PER_GIB = 1024**3 / 1e9
 DEFAULT_ROOM_GB = 0.75
 #: How to install TensorFlow: the ``cpu``/``gpu`` extras of pyproject.toml.
 TENSORFLOW_INSTALL = 'pip install "legseg[cpu]" (or "legseg[gpu]" for NVIDIA GPUs)'
@@ -122,9 +124,9 @@ def cgroup_memory_left(root: Path = Path("/sys/fs/cgroup"),
 def available_memory_gb(meminfo: Path = Path("/proc/meminfo"),
                         cgroup: Path = Path("/sys/fs/cgroup"),
                         proc_cgroup: Path = Path("/proc/self/cgroup")) -> float:
-    """Memory this process may still use, in GB: MemAvailable of ``meminfo``, capped by the
-    tightest cgroup limit (:func:`cgroup_memory_left`: a SLURM job, ``docker run --memory``);
-    8 GB assumed where nothing can be read."""
+    """Memory this process may still use, in GiB (2**30 bytes): MemAvailable of ``meminfo``,
+    capped by the tightest cgroup limit (:func:`cgroup_memory_left`: a SLURM job, ``docker run
+    --memory``); 8 GiB assumed where nothing can be read."""
     available = None
     try:
         with open(meminfo, encoding="ascii") as handle:
@@ -141,8 +143,8 @@ def available_memory_gb(meminfo: Path = Path("/proc/meminfo"),
 
 
 def process_memory_gb(status: Path = Path("/proc/self/status")) -> tuple[float, float]:
-    """``(resident, peak resident)`` memory of this process in GB (VmRSS and VmHWM of
-    ``/proc/self/status``); ``(0.0, 0.0)`` where they cannot be read."""
+    """``(resident, peak resident)`` memory of this process in GiB (2**30 bytes; VmRSS and
+    VmHWM of ``/proc/self/status``); ``(0.0, 0.0)`` where they cannot be read."""
     values = {}
     try:
         with open(status, encoding="ascii", errors="replace") as handle:
@@ -180,10 +182,11 @@ def release_freed_memory() -> None:
 def default_budget_gb() -> float:
     """Whole-process memory budget when ``--mem-gb`` is not given: what this process holds
     now plus AVAILABLE_FRACTION of the memory still available (:func:`available_memory_gb`),
-    at most DEFAULT_BUDGET_GB, or the memory held plus DEFAULT_ROOM_GB if that is more."""
-    resident, _ = process_memory_gb()
+    at most DEFAULT_BUDGET_GB, or the memory held plus DEFAULT_ROOM_GB if that is more; in GB
+    (1e9 bytes, as ``--mem-gb``), while the memory readings are in GiB."""
+    resident = process_memory_gb()[0] * GB_PER_GIB
     cap = max(DEFAULT_BUDGET_GB, resident + DEFAULT_ROOM_GB)
-    return min(resident + AVAILABLE_FRACTION * available_memory_gb(), cap)
+    return min(resident + AVAILABLE_FRACTION * available_memory_gb() * GB_PER_GIB, cap)
 
 
 class DeviceError(RuntimeError):

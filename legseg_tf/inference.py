@@ -216,7 +216,7 @@ _RETAINED = _RetainedMemory()
 
 
 def fixed_memory_gb() -> float:
-    """Memory this process holds that the next tile cannot reuse, in GB: the resident set
+    """Memory this process holds that the next tile cannot reuse, in GiB: the resident set
     (TensorFlow runtime, loaded models, the image and its intermediate arrays) less what
     earlier parts left for reuse."""
     resident, _ = process_memory_gb()

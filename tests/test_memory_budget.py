@@ -27,10 +27,12 @@ def test_the_default_budget_is_capped_and_covers_the_memory_in_use(monkeypatch):
     monkeypatch.setattr(device, "process_memory_gb", lambda: (0.8, 0.9))
     assert device.default_budget_gb() == device.DEFAULT_BUDGET_GB     # capped
     monkeypatch.setattr(device, "available_memory_gb", lambda: 1.0)
-    assert device.default_budget_gb() == pytest.approx(0.8 + 0.75)   # a small container
+    # a small container; readings in GiB, the budget in GB (1e9 bytes)
+    assert device.default_budget_gb() == pytest.approx((0.8 + 0.75) * 1024**3 / 1e9)
     monkeypatch.setattr(device, "available_memory_gb", lambda: 20.0)
     monkeypatch.setattr(device, "process_memory_gb", lambda: (6.0, 6.0))   # data loaded
-    assert device.default_budget_gb() == pytest.approx(6.0 + device.DEFAULT_ROOM_GB)
+    assert device.default_budget_gb() == pytest.approx(6.0 * 1024**3 / 1e9
+                                                       + device.DEFAULT_ROOM_GB)
 
 
 @pytest.fixture(scope="module")
