@@ -724,12 +724,18 @@ def test_reformat_positions_are_the_mean_voxel_coordinates():
             assert centre is None
 
 
+def _nested_labels_phantom(seed, shape, outer, inner):
+    """A noisy (x, y, z) volume with label 57 (box ``inner``) inside label 55 (``outer``)."""
+    volume = np.random.default_rng(seed).normal(100, 20, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint16)
+    labels[outer] = 55
+    labels[inner] = 57
+    return volume, labels
+
+
 def test_window_and_box_given_or_computed_draw_the_same_figures():
-    rng = np.random.default_rng(9)
-    volume = rng.normal(100, 20, (30, 26, 9)).astype(np.float32)
-    labels = np.zeros(volume.shape, np.uint16)
-    labels[5:20, 6:18, 1:8] = 55
-    labels[8:12, 8:12, 2:6] = 57
+    volume, labels = _nested_labels_phantom(9, (30, 26, 9), np.s_[5:20, 6:18, 1:8],
+                                            np.s_[8:12, 8:12, 2:6])
     window, box = plotting.window_and_box(volume, labels)
     zooms = (1.5, 1.5, 4.0)
     assert (plotting.coronal_figure(volume, labels, zooms)
@@ -742,11 +748,8 @@ def test_window_and_box_given_or_computed_draw_the_same_figures():
 
 
 def test_axial_pairs_drawn_together_equal_each_pair_drawn_alone():
-    rng = np.random.default_rng(21)
-    volume = rng.normal(100, 20, (28, 24, 7)).astype(np.float32)
-    labels = np.zeros(volume.shape, np.uint16)
-    labels[4:20, 5:18, 1:6] = 55
-    labels[6:10, 7:11, 2:5] = 57
+    volume, labels = _nested_labels_phantom(21, (28, 24, 7), np.s_[4:20, 5:18, 1:6],
+                                            np.s_[6:10, 7:11, 2:5])
     zooms = (1.5, 1.5, 5.0)
     plotting._TEXT_CACHE.clear()
     together = plotting.axial_pairs(volume, labels, zooms, [1, 3, 5])
