@@ -210,7 +210,11 @@ def _shape(region: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, 
     if ys.size < 5:
         return 0.0, np.inf
     points = np.column_stack([ys * dy, xs * dx])
-    corners = np.concatenate([points + [sy * dy / 2, sx * dx / 2]
+    # the hull's corners come from the first and last pixel of each row: a pixel between
+    # them has its corners on the segments joining theirs
+    ends = np.flatnonzero(np.diff(ys, prepend=-1, append=ys[-1] + 1) != 0)
+    rows = np.unique(np.concatenate([ends[:-1], ends[1:] - 1]))
+    corners = np.concatenate([points[rows] + [sy * dy / 2, sx * dx / 2]
                               for sy in (-1, 1) for sx in (-1, 1)])
     try:
         hull_area = ConvexHull(corners).volume

@@ -346,3 +346,27 @@ def test_ucl_calf_called_knee_and_thigh_from_mid_calf_up_stays_calf():
     assert rec.levels == ["Lower"] * 10 and rec.warnings
     assert reconciled_ranges(rec.levels, np.arange(10), ("LowerLegs", "UpperLegs"),
                              rec.excluded) == {"LowerLegs": (0, 9)}
+
+
+def test_shape_from_row_ends_equals_the_hull_of_every_pixel_corner():
+    """Solidity from the first and last pixel of each row equals that from the corners of
+    every pixel (SciPy's Qhull on all of them), for blobs with notches and holes."""
+    from scipy.spatial import ConvexHull
+
+    from legseg_tf.anatomy import _shape
+
+    rng = np.random.default_rng(12)
+    yy, xx = np.mgrid[:40, :50]
+    for _ in range(40):
+        cy, cx, ry, rx = rng.uniform(15, 25), rng.uniform(15, 35), *rng.uniform(3, 14, 2)
+        region = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        region &= rng.random(region.shape) > 0.15          # notches and holes
+        spacing = tuple(rng.uniform(0.5, 2.0, 2))
+        ys, xs = np.nonzero(region)
+        if ys.size < 5:
+            continue
+        points = np.column_stack([ys * spacing[0], xs * spacing[1]])
+        corners = np.concatenate([points + [sy * spacing[0] / 2, sx * spacing[1] / 2]
+                                  for sy in (-1, 1) for sx in (-1, 1)])
+        expected = ys.size * spacing[0] * spacing[1] / ConvexHull(corners).volume
+        assert _shape(region, spacing)[0] == pytest.approx(expected, rel=1e-12)
