@@ -150,15 +150,23 @@ def run_participant(config: RunConfig, segmenter: Segmenter | None = None) -> in
     derivatives.ensure_dataset_files(config.output_dir, config.bids_dir)
 
     results: list[ImageResult] = []
-    for image in images:
-        if image not in pending:
-            dseg = derivatives.dseg_path(config.output_dir, image)
-            logger.info("%s exists; skipping (use --overwrite to replace it)", dseg)
-            results.append(ImageResult(image, "skipped", dseg_path=dseg,
-                                       sidecar_path=derivatives.sidecar_path(dseg)))
-            continue
-        results.append(segment_image(image, config, segmenter, device))
-    _participant_reports(results, config)
+    # subject by subject: a subject's reports are written as soon as its images are done, and
+    # its arrays let go, so that a run over many participants holds one subject's images
+    for _, subject_images in groupby(sorted(images, key=lambda im: im.subject),
+                                     key=lambda im: im.subject):
+        mine: list[ImageResult] = []
+        for image in subject_images:
+            if image not in pending:
+                dseg = derivatives.dseg_path(config.output_dir, image)
+                logger.info("%s exists; skipping (use --overwrite to replace it)", dseg)
+                mine.append(ImageResult(image, "skipped", dseg_path=dseg,
+                                        sidecar_path=derivatives.sidecar_path(dseg)))
+                continue
+            mine.append(segment_image(image, config, segmenter, device))
+        _participant_reports(mine, config)
+        for result in mine:
+            result.labels_ras = result.volume_ras = None
+        results += mine
     failed = [r for r in results if r.status == "failed"]
     done = sum(r.status == "done" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
