@@ -20,9 +20,9 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 #: DEFAULT_ROOM_GB, when a process already holds more, e.g. a notebook with data loaded).
 AVAILABLE_FRACTION = 0.75
 DEFAULT_BUDGET_GB = 2.5
+DEFAULT_ROOM_GB = 0.75
 #: GB (1e9 bytes: budgets, ``--mem-gb``) in one GiB (2**30 bytes: the memory readings).
 GB_PER_GIB = 1024**3 / 1e9
-DEFAULT_ROOM_GB = 0.75
 #: How to install TensorFlow: the ``cpu``/``gpu`` extras of pyproject.toml.
 TENSORFLOW_INSTALL = 'pip install "legseg[cpu]" (or "legseg[gpu]" for NVIDIA GPUs)'
 

@@ -21,7 +21,12 @@ import numpy as np
 
 from legseg_tf import postprocessing, sliding_window
 from legseg_tf.config import PRECISIONS, InferenceConfig
-from legseg_tf.device import default_budget_gb, process_memory_gb, release_freed_memory
+from legseg_tf.device import (
+    GB_PER_GIB,
+    default_budget_gb,
+    process_memory_gb,
+    release_freed_memory,
+)
 from legseg_tf.masking import bounding_box
 from legseg_tf.normalization import uniform_normalise
 
@@ -356,8 +361,7 @@ def _patch_within_budget(shape, model, n_classes: int, config: InferenceConfig,
         buffer_bytes=lambda p: merge_buffer_bytes(shape, p, n_classes, config),
         minimum=config.min_patch)
     logger.debug("part %s: budget %.2f GB, %.2f GB in use, patch %s (activations about "
-                 "%.2f GB, merge buffers %.2f GB)", shape, budget_gb, fixed_gb * 1024**3 / 1e9,
-                 patch,
+                 "%.2f GB, merge buffers %.2f GB)", shape, budget_gb, fixed_gb * GB_PER_GIB, patch,
                  per_voxel * math.prod(patch) / 1e9,
                  merge_buffer_bytes(shape, patch, n_classes, config) / 1e9)
     return patch  # type: ignore[return-value]

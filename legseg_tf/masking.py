@@ -47,9 +47,6 @@ class MaskConfig:
     otsu_bins: int = 256
 
 
-BOX = np.ones((3, 3, 3), dtype=bool)
-
-
 #: Values converted to float64 at a time by :func:`otsu_threshold`.
 _BLOCK = 1 << 20
 

@@ -262,9 +262,7 @@ class QMRIToolsSegmenter:
         empty = np.zeros(volume.shape, dtype=np.uint16)
         if not mask.any():
             report.warnings.append("the body mask is empty: nothing to segment")
-            result = self._result(empty, report, timings, used=[])
-            result.body_mask = mask
-            return result
+            return self._result(empty, report, timings, used=[], body_mask=mask)
 
         clock = time.perf_counter()
         location = self._locate(masked, spacing_zyx, body_part)
@@ -305,9 +303,8 @@ class QMRIToolsSegmenter:
         used = list(outputs.models)
         if self.classifier is not None and self.classifier_model:
             used.insert(0, dict(self.classifier_model))
-        result = self._result(labels, report, timings, used)
+        result = self._result(labels, report, timings, used, body_mask=mask)
         result.probabilities, result.label_map = probabilities, label_map
-        result.body_mask = mask
         return result
 
     def _locate(
@@ -434,13 +431,14 @@ class QMRIToolsSegmenter:
         return majority_side([str(s) for s in sides])
 
     @staticmethod
-    def _result(labels, report: SegmentationReport, timings, used) -> SegmentationResult:
+    def _result(labels, report: SegmentationReport, timings, used,
+                body_mask: np.ndarray | None = None) -> SegmentationResult:
         """Result with the report's timings filled in (its warnings are logged)."""
         for message in report.warnings:
             logger.warning("%s", message)
         report.timings_s = {k: round(v, 3) for k, v in timings.items()}
         return SegmentationResult(labels=labels.astype(np.uint16, copy=False), report=report,
-                                  models=list(used))
+                                  models=list(used), body_mask=body_mask)
 
 
 @dataclass(frozen=True)
