@@ -197,6 +197,8 @@ def blend_tiles(
             weights = gaussian_importance_map(patch)[crop][..., None]
             output = output * weights
             output /= weights
+        elif keep_probabilities and not output.flags.writeable:
+            output = output.copy()   # the caller owns the probabilities it is given
         labels, top = _winners(output)
         return Blended(labels, top, output.shape[-1], 1, output if keep_probabilities else None)
     return _StreamingBlend(volume.shape, padded.shape, patch, starts, gaussian,

@@ -103,7 +103,10 @@ def test_the_traced_forward_pass_is_bit_identical_to_predict_on_batch(tiny_unet)
     rng = np.random.default_rng(3)
     for shape in ((1, 4, 16, 16, 1), (3, 8, 32, 48, 1)):
         batch = rng.normal(size=shape).astype(np.float32)
-        np.testing.assert_array_equal(forward(batch), model.predict_on_batch(batch))
+        output = forward(batch)
+        np.testing.assert_array_equal(output, model.predict_on_batch(batch))
+        # the tensor's buffer itself, read-only: no second copy of every class's output
+        assert not output.flags.owndata and not output.flags.writeable
 
 
 def test_a_single_tile_part_needs_no_accumulator_and_blends_bit_identically():
@@ -214,6 +217,29 @@ def test_read_only_outputs_are_blended_bit_identically_and_left_unchanged():
     blended = sw.blend_tiles(volume, read_only, patch, keep_probabilities=True)
     np.testing.assert_array_equal(blended.probabilities, reference)
     assert len(kept) > 1 and all(np.array_equal(a, b) for a, b in kept)
+
+
+@pytest.mark.parametrize("gaussian", [True, False])
+def test_a_read_only_single_tile_gives_probabilities_the_caller_owns(gaussian):
+    volume = _volume((7, 14, 15), 6)
+    patch, network, kept = (8, 16, 16), _random_softmax(5), []
+
+    def read_only(batch):
+        output = network(batch)
+        output.setflags(write=False)
+        kept.append((output, output.copy()))
+        return output
+
+    reference, n_tiles = old_predict_probabilities(volume, _random_softmax(5), patch,
+                                                   gaussian=gaussian)
+    blended = sw.blend_tiles(volume, read_only, patch, gaussian=gaussian,
+                             keep_probabilities=True)
+    assert n_tiles == blended.n_tiles == 1
+    np.testing.assert_array_equal(blended.probabilities, reference)
+    np.testing.assert_array_equal(blended.labels, np.argmax(reference, axis=-1))
+    assert blended.probabilities.flags.writeable
+    blended.probabilities[...] = 0   # the network's output it came from stays as it was
+    assert len(kept) == 1 and np.array_equal(*kept[0])
 
 
 def test_a_part_tiled_along_z_accumulates_one_tile_deep():
