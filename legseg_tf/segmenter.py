@@ -272,7 +272,8 @@ class QMRIToolsSegmenter:
         timings["classify"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        choice = self._decide_side(location.classifier_side, mask, masked, midline_column)
+        choice = self._decide_side(location.classifier_side, mask, masked, midline_column,
+                                   location.middle)
         report.side, report.split = choice.side_report, choice.split_report
         report.warnings.extend(choice.warnings)
         decision, cut = choice.decision, choice.cut
@@ -314,14 +315,15 @@ class QMRIToolsSegmenter:
         """Classifier side vote and the slice range of every region, cross-checked with the
         bones (:mod:`legseg_tf.anatomy`): where they disagree confidently the bones win."""
         nz = masked.shape[0]
-        anatomy = anatomy_levels(masked, spacing_zyx, cut=find_middle(masked, self.split_config))
+        middle = find_middle(masked, self.split_config)
+        anatomy = anatomy_levels(masked, spacing_zyx, cut=middle)
         anatomy_report = {**anatomy.to_report(), "body_part_examined": body_part}
         if not self.plan.needs_positions:
             classifier_side = self._classify_side(masked) if self.classifier else None
             return _Location(
                 classifier_side, {region: (0, nz - 1) for region in self.plan.regions},
                 anatomy_report, None,
-                tuple(single_region_check(self.plan.regions[0], anatomy, body_part)))
+                tuple(single_region_check(self.plan.regions[0], anatomy, body_part)), middle)
         classification = classify_body(masked, self.classifier, self.plan.regions,
                                        self.classifier_config)
         ranges = dict(classification.ranges)
@@ -339,7 +341,7 @@ class QMRIToolsSegmenter:
         if not ranges:
             warnings.append(f"the classifier found none of {list(self.plan.regions)} in this volume")
         return _Location(classification.side, ranges, anatomy_report,
-                         classification.to_report(), tuple(warnings))
+                         classification.to_report(), tuple(warnings), middle)
 
     def _decide_side(
         self,
@@ -347,11 +349,13 @@ class QMRIToolsSegmenter:
         mask: np.ndarray,
         masked: np.ndarray,
         midline_column: float | None,
+        middle: int,
     ) -> _SideChoice:
-        """Cut column and the side decision (classifier vote cross-checked with geometry)."""
+        """Cut column and the side decision (classifier vote cross-checked with geometry);
+        ``middle`` is :func:`find_middle` of ``masked``."""
         nx = masked.shape[2]
         if self.plan.find_middle:
-            cut = find_middle(masked, self.split_config)
+            cut = middle
         else:
             cut = max(1, min(nx - 1, int(np.rint(0.5 * nx))))
         midline, midline_warning = resolve_midline(midline_column, nx)
@@ -444,13 +448,15 @@ class QMRIToolsSegmenter:
 @dataclass(frozen=True)
 class _Location:
     """Where the regions are: the classifier's side vote, region -> (first, last) slice, the
-    anatomy and positions report entries, and warnings."""
+    anatomy and positions report entries, warnings, and the valley column between the legs
+    (:func:`find_middle`)."""
 
     classifier_side: str | None
     ranges: dict[str, tuple[int, int]]
     anatomy: dict
     positions: dict | None
     warnings: tuple[str, ...]
+    middle: int
 
 
 @dataclass(frozen=True)
