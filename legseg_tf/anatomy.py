@@ -203,28 +203,59 @@ def tissue_mask(image: np.ndarray, threshold: float, spacing_yx: tuple[float, fl
     return out
 
 
-def _shape(region: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, float]:
-    """(solidity, axis ratio) of a filled 2-D region, in mm."""
+def _shape(region: np.ndarray, spacing_yx: tuple[float, float],
+           limits: tuple[float, float] | None = None) -> tuple[float, float]:
+    """(solidity, axis ratio) of a filled 2-D region, in mm.
+
+    With ``limits`` = (minimum solidity, maximum axis ratio), a region that fails either is
+    told so as cheaply as possible: the returned pair then fails the same test (and is not
+    otherwise meaningful). The axis ratio comes first; the solidity is first bounded from
+    above by the area of the region's extreme corners in eight directions, a polygon inside
+    the convex hull, and the hull itself is computed only when that bound passes.
+    """
     ys, xs = np.nonzero(region)
     dy, dx = spacing_yx
     if ys.size < 5:
         return 0.0, np.inf
     points = np.column_stack([ys * dy, xs * dx])
+    cov = np.cov(points.T) + np.eye(2) * (dy * dx / 12.0)
+    eig = np.sort(np.linalg.eigvalsh(cov))
+    ratio = float(np.sqrt(eig[1] / eig[0])) if eig[0] > 0 else np.inf
+    if limits is not None and ratio > limits[1]:
+        return 0.0, ratio
     # the hull's corners come from the first and last pixel of each row: a pixel between
     # them has its corners on the segments joining theirs
     ends = np.flatnonzero(np.diff(ys, prepend=-1, append=ys[-1] + 1) != 0)
     rows = np.unique(np.concatenate([ends[:-1], ends[1:] - 1]))
     corners = np.concatenate([points[rows] + [sy * dy / 2, sx * dx / 2]
                               for sy in (-1, 1) for sx in (-1, 1)])
+    area = ys.size * dy * dx
+    if limits is not None:
+        inscribed = _extreme_polygon_area(corners)
+        # area / hull <= area / inscribed: below the minimum already (with a margin for
+        # rounding far above float64's), the hull cannot lift it
+        if inscribed > 0 and area / inscribed < limits[0] * (1.0 - 1e-9):
+            return area / inscribed, ratio
     try:
         hull_area = ConvexHull(corners).volume
     except QhullError:
         return 0.0, np.inf
-    solidity = ys.size * dy * dx / hull_area if hull_area > 0 else 0.0
-    cov = np.cov(points.T) + np.eye(2) * (dy * dx / 12.0)
-    eig = np.sort(np.linalg.eigvalsh(cov))
-    ratio = float(np.sqrt(eig[1] / eig[0])) if eig[0] > 0 else np.inf
+    solidity = area / hull_area if hull_area > 0 else 0.0
     return float(solidity), ratio
+
+
+#: Eight directions (y, x) in counter-clockwise order of angle.
+_DIRECTIONS = np.array([(0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1)],
+                       dtype=float)
+
+
+def _extreme_polygon_area(points: np.ndarray) -> float:
+    """Area of the polygon through the points of ``points`` (n, 2) that lie farthest in eight
+    directions, in angular order: its corners are on the convex hull, in the hull's order, so
+    it lies inside the hull (area <= the hull's)."""
+    corners = points[np.argmax(points @ _DIRECTIONS.T, axis=0)]
+    y, x = corners[:, 0], corners[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def _depth_map(leg: np.ndarray, spacing_yx: tuple[float, float]) -> np.ndarray:
@@ -335,7 +366,8 @@ def _find_bones_in_box(
             continue
         if not leg[box][filled].all():
             continue
-        solidity, ratio = _shape(filled, spacing_yx)
+        solidity, ratio = _shape(filled, spacing_yx,
+                                 (config.min_solidity, config.max_axis_ratio))
         if solidity < config.min_solidity or ratio > config.max_axis_ratio:
             continue
         rim = ndimage.binary_dilation(full, structure=disc) & ~full
@@ -433,7 +465,7 @@ def _legs(tissue: np.ndarray, cut: int) -> list[tuple[str, np.ndarray]]:
         labels, count = ndimage.label(half)
         if not count:
             continue
-        sizes = ndimage.sum(half, labels, index=np.arange(1, count + 1))
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
         legs.append((side, labels == int(np.argmax(sizes)) + 1))
     return legs
 

@@ -370,3 +370,41 @@ def test_shape_from_row_ends_equals_the_hull_of_every_pixel_corner():
                                   for sy in (-1, 1) for sx in (-1, 1)])
         expected = ys.size * spacing[0] * spacing[1] / ConvexHull(corners).volume
         assert _shape(region, spacing)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_shape_limits_reject_exactly_what_the_full_measures_reject():
+    """With limits, ``_shape`` may stop early (axis ratio first, then a polygon inside the
+    hull bounding the solidity from above), but accepts and rejects exactly the regions the
+    full measures do, and returns the full measures of those it accepts."""
+    from scipy.spatial import ConvexHull
+
+    from legseg_tf.anatomy import _extreme_polygon_area, _shape
+
+    rng = np.random.default_rng(13)
+    yy, xx = np.mgrid[:40, :50]
+    limits = (0.8, 2.5)
+    verdicts = set()
+    for _ in range(300):
+        cy, cx, ry, rx = rng.uniform(15, 25), rng.uniform(15, 35), *rng.uniform(2, 16, 2)
+        angle = rng.uniform(0, np.pi)
+        u = (yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
+        v = -(yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
+        region = (u / ry) ** 2 + (v / rx) ** 2 <= 1
+        if rng.random() < 0.5:                               # C shapes, crescents, holes
+            region &= ((u - rng.uniform(-ry, ry)) / ry) ** 2 + (v / (0.6 * rx)) ** 2 > 1
+        region &= rng.random(region.shape) > rng.uniform(0, 0.3)
+        spacing = tuple(rng.uniform(0.5, 2.0, 2))
+        full = _shape(region, spacing)
+        quick = _shape(region, spacing, limits)
+        rejected = full[0] < limits[0] or full[1] > limits[1]
+        assert (quick[0] < limits[0] or quick[1] > limits[1]) == rejected
+        if not rejected:
+            assert quick == full
+        verdicts.add((rejected, full[1] > limits[1]))
+        ys, xs = np.nonzero(region)
+        if ys.size >= 5:
+            corners = np.column_stack([ys * spacing[0], xs * spacing[1]])
+            hull = ConvexHull(corners).volume
+            assert _extreme_polygon_area(corners) <= hull * (1 + 1e-12)
+    # accepted, rejected for the solidity alone, and for the axis ratio
+    assert verdicts == {(False, False), (True, False), (True, True)}
