@@ -82,6 +82,26 @@ def test_enclosed_holes_are_filled_but_open_cavities_are_not():
     assert not fill_holes(tube)[4, 4, 4]
 
 
+@pytest.mark.parametrize("shape,fraction,holes", [
+    ((12, 40, 44), 0.35, True), ((6, 30, 20), 0.55, False), ((1, 25, 25), 0.3, False),
+    ((9, 9, 9), 0.0, False)])
+def test_fill_holes_equals_scipys_propagation_from_a_zero_shell(shape, fraction, holes):
+    """Random masks full of cavities, diagonal leaks and pockets open to the border: the
+    labelling gives exactly SciPy's hole filling (face structure) of the zero-padded mask
+    (one slice has none: every pocket touches the shell above or below)."""
+    from scipy import ndimage
+
+    from legseg_tf.postprocessing import face_structure
+
+    rng = np.random.default_rng(int(fraction * 100) + shape[0])
+    mask = ndimage.binary_opening(rng.random(shape) > fraction, np.ones((1, 2, 2), bool))
+    expected = ndimage.binary_fill_holes(np.pad(mask, 1), structure=face_structure(3))
+    filled = fill_holes(mask)
+    assert filled.dtype == bool and filled.shape == mask.shape
+    np.testing.assert_array_equal(filled, expected[1:-1, 1:-1, 1:-1])
+    assert (filled & ~mask).any() == holes
+
+
 def test_smooth_mask_removes_single_voxel_spike_and_keeps_block():
     mask = np.zeros((20, 20, 20), dtype=bool)
     mask[5:15, 5:15, 5:15] = True
