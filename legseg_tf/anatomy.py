@@ -537,11 +537,36 @@ def slice_level(
     return SliceLevel(level, confidence, tuple(readings), "bones")
 
 
+def tissue_threshold(volume: np.ndarray, config: AnatomyConfig = AnatomyConfig(),
+                     mask: np.ndarray | None = None) -> float | None:
+    """Intensity above which :func:`anatomy_levels` calls a pixel tissue:
+    ``config.tissue_fraction`` x the 98th percentile of the positive voxels of ``volume``
+    (within ``mask`` when given); None when there is no positive voxel."""
+    volume = np.asarray(volume, dtype=np.float32)
+    inside = volume > 0
+    if mask is not None:
+        inside &= _mask_like(mask, volume)
+    positive = volume[inside]
+    if positive.size == 0:
+        return None
+    return config.tissue_fraction * float(np.percentile(positive, 98))
+
+
+def _mask_like(mask: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != volume.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.shape}")
+    return mask
+
+
 def anatomy_levels(
     volume: np.ndarray,
     spacing_zyx: tuple[float, float, float],
     cut: int | None = None,
     config: AnatomyConfig = AnatomyConfig(),
+    *,
+    mask: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> AnatomyResult:
     """Per-slice anatomical level of a (z, y, x) volume.
 
@@ -549,8 +574,11 @@ def anatomy_levels(
         volume: (z, y, x) intensities in the QMRITools layout (body-masked or not).
         spacing_zyx: (dz, dy, dx) voxel size in mm.
         cut: left/right cut column (columns < cut: right leg); default
-            :func:`legseg_tf.split.find_middle` of the volume.
+            :func:`legseg_tf.split.find_middle` of the (masked) volume.
         config: detector thresholds.
+        mask: (z, y, x) body mask: the volume is read as if zero outside it (one slice at a
+            time, so no masked copy of the volume is made); None = as given.
+        threshold: :func:`tissue_threshold` of the (masked) volume, if already known.
 
     Returns:
         :class:`AnatomyResult` with one :class:`SliceLevel` per slice.
@@ -560,17 +588,24 @@ def anatomy_levels(
         raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
     if len(spacing_zyx) != 3 or any(not s > 0 for s in spacing_zyx):
         raise ValueError(f"spacing_zyx must be three positive sizes, got {spacing_zyx}")
+    if mask is not None:
+        mask = _mask_like(mask, volume)
     if cut is None:
+        from legseg_tf.masking import apply_mask
         from legseg_tf.split import find_middle
 
-        cut = find_middle(volume)
+        cut = find_middle(volume if mask is None else apply_mask(volume, mask))
     spacing_yx = (float(spacing_zyx[1]), float(spacing_zyx[2]))
-    positive = volume[volume > 0]
-    if positive.size == 0:
+    if threshold is None:
+        threshold = tissue_threshold(volume, config, mask)
+    if threshold is None:
         return AnatomyResult(tuple(SliceLevel(None, 0.0) for _ in range(volume.shape[0])),
                              int(cut), config)
-    threshold = config.tissue_fraction * float(np.percentile(positive, 98))
-    slices = tuple(slice_level(volume[z], spacing_yx, int(cut), threshold, config)
+
+    def image(z: int) -> np.ndarray:
+        return volume[z] if mask is None else np.where(mask[z], volume[z], np.float32(0))
+
+    slices = tuple(slice_level(image(z), spacing_yx, int(cut), threshold, config)
                    for z in range(volume.shape[0]))
     return AnatomyResult(slices, int(cut), config)
 

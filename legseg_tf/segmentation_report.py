@@ -115,7 +115,8 @@ class SegmentationReport:
         side: the side decision.
         split: the left/right cut.
         parts: one entry per part segmented.
-        timings_s: seconds per stage (mask, classify, split, networks, merge).
+        timings_s: seconds per stage (mask, classify, split, networks, merge; for one region
+            also anatomy_wait: the wait for the anatomy check that ran beside the networks).
         warnings: human-readable problems, in the order they arose.
         segmentation_grid: set by the pipeline when the networks ran on a resampled grid.
     """

@@ -30,17 +30,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from legseg_tf import background
 from legseg_tf.anatomy import (
     anatomy_levels,
     reconcile_positions,
     reconciled_ranges,
     single_region_check,
+    tissue_threshold,
 )
 from legseg_tf.body_position import (
     ClassifierConfig,
@@ -172,6 +175,9 @@ class QMRIToolsSegmenter:
         mask_config, classifier_config, split_config, side_config: stage parameters.
         device: the device the networks run on, for the report.
         save_probabilities: also return per-label probabilities (when the networks give them).
+        background_checks: run the anatomy cross-check of a single-region volume (report and
+            warnings only) beside the networks, at the lowest CPU priority
+            (:mod:`legseg_tf.background`); False = before them. Same result either way.
 
     Raises:
         NoModelError: a needed network or the needed classifier is missing.
@@ -190,6 +196,7 @@ class QMRIToolsSegmenter:
         device: str | None = None,
         save_probabilities: bool = False,
         segmentation_spacing: tuple[float, float, float] | None = None,
+        background_checks: bool = True,
     ) -> None:
         if region not in REGION_PLANS:
             raise ValueError(f"unknown region {region!r}; known: {sorted(REGION_PLANS)}")
@@ -221,6 +228,7 @@ class QMRIToolsSegmenter:
         self.save_probabilities = save_probabilities
         #: (dz, dy, dx) mm the networks run at (the pipeline resamples to it); None = native.
         self.segmentation_spacing = segmentation_spacing
+        self.background_checks = background_checks
 
     def segment(
         self,
@@ -265,10 +273,16 @@ class QMRIToolsSegmenter:
             return self._result(empty, report, timings, used=[], body_mask=mask)
 
         clock = time.perf_counter()
-        location = self._locate(masked, spacing_zyx, body_part)
+        middle = find_middle(masked, self.split_config)
+        if self.plan.needs_positions:
+            location, anatomy = self._locate(masked, spacing_zyx, body_part, middle), None
+        else:
+            location, anatomy = self._locate_single_region(volume, mask, masked, spacing_zyx,
+                                                           body_part, middle)
         report.anatomy, report.positions = location.anatomy, location.positions
         report.region_ranges = {name: [int(a), int(b)] for name, (a, b) in location.ranges.items()}
         report.warnings.extend(location.warnings)
+        anatomy_warnings_at = len(report.warnings)
         timings["classify"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -289,6 +303,11 @@ class QMRIToolsSegmenter:
         outputs = self._run_networks(parts, own_side_cut)
         report.parts = outputs.parts
         timings["networks"] = time.perf_counter() - clock
+        if anatomy is not None:
+            clock = time.perf_counter()
+            report.anatomy, warnings = anatomy.result()
+            report.warnings[anatomy_warnings_at:anatomy_warnings_at] = warnings
+            timings["anatomy_wait"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         labels = merge_parts(outputs.crops, volume.shape) if outputs.crops else empty
@@ -308,22 +327,40 @@ class QMRIToolsSegmenter:
         result.probabilities, result.label_map = probabilities, label_map
         return result
 
+    def _locate_single_region(
+        self, volume: np.ndarray, mask: np.ndarray, masked: np.ndarray,
+        spacing_zyx: tuple[float, float, float], body_part: str | None, middle: int,
+    ) -> tuple[_Location, Future]:
+        """The whole volume for the one region, the classifier's side vote, and the anatomy
+        cross-check started (:meth:`_single_region_anatomy`; beside the networks with
+        ``background_checks``): its future gives the report entry and warnings."""
+        classifier_side = self._classify_side(masked) if self.classifier else None
+        run = background.submit if self.background_checks else background.run_now
+        # the check reads the volume through the mask slice by slice: it holds no masked
+        # copy while the networks run (the parts are sized against the memory in use)
+        anatomy = run(self._single_region_anatomy, volume, mask, spacing_zyx, body_part,
+                      middle, tissue_threshold(masked))
+        ranges = {region: (0, masked.shape[0] - 1) for region in self.plan.regions}
+        return _Location(classifier_side, ranges, None, None, (), middle), anatomy
+
+    def _single_region_anatomy(
+        self, volume: np.ndarray, mask: np.ndarray, spacing_zyx: tuple[float, float, float],
+        body_part: str | None, middle: int, threshold: float | None,
+    ) -> tuple[dict, tuple[str, ...]]:
+        """Anatomy report entry and warnings of a single-region volume (nothing else
+        depends on them)."""
+        anatomy = anatomy_levels(volume, spacing_zyx, cut=middle, mask=mask, threshold=threshold)
+        return ({**anatomy.to_report(), "body_part_examined": body_part},
+                tuple(single_region_check(self.plan.regions[0], anatomy, body_part)))
+
     def _locate(
-        self, masked: np.ndarray, spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
-        body_part: str | None = None,
+        self, masked: np.ndarray, spacing_zyx: tuple[float, float, float],
+        body_part: str | None, middle: int,
     ) -> _Location:
         """Classifier side vote and the slice range of every region, cross-checked with the
         bones (:mod:`legseg_tf.anatomy`): where they disagree confidently the bones win."""
-        nz = masked.shape[0]
-        middle = find_middle(masked, self.split_config)
         anatomy = anatomy_levels(masked, spacing_zyx, cut=middle)
         anatomy_report = {**anatomy.to_report(), "body_part_examined": body_part}
-        if not self.plan.needs_positions:
-            classifier_side = self._classify_side(masked) if self.classifier else None
-            return _Location(
-                classifier_side, {region: (0, nz - 1) for region in self.plan.regions},
-                anatomy_report, None,
-                tuple(single_region_check(self.plan.regions[0], anatomy, body_part)), middle)
         classification = classify_body(masked, self.classifier, self.plan.regions,
                                        self.classifier_config)
         ranges = dict(classification.ranges)
@@ -448,12 +485,12 @@ class QMRIToolsSegmenter:
 @dataclass(frozen=True)
 class _Location:
     """Where the regions are: the classifier's side vote, region -> (first, last) slice, the
-    anatomy and positions report entries, warnings, and the valley column between the legs
-    (:func:`find_middle`)."""
+    anatomy and positions report entries (the anatomy of a single-region volume comes later),
+    warnings, and the valley column between the legs (:func:`find_middle`)."""
 
     classifier_side: str | None
     ranges: dict[str, tuple[int, int]]
-    anatomy: dict
+    anatomy: dict | None
     positions: dict | None
     warnings: tuple[str, ...]
     middle: int
