@@ -133,7 +133,8 @@ def merge_buffer_bytes(part_shape: tuple[int, ...], patch: tuple[int, ...], n_cl
     labels and the winner's probability of the part; for several tiles the float32
     accumulator and weight sum, one tile deep along the first tiled axis
     (:func:`legseg_tf.sliding_window.blend_tiles`, which weights the outputs in place); for
-    one tile its weighted copy; with probabilities saved, two part-sized copies of them.
+    one tile its weighted copy (an upper bound: without saved probabilities it is weighted a
+    few slices at a time); with probabilities saved, two part-sized copies of them.
     QMRITools merge: one boolean mask per class and the labels.
     """
     part = math.prod(part_shape)

@@ -191,8 +191,12 @@ def blend_tiles(
         # One tile covers the whole volume: no accumulator, no weight sum, nothing outside the
         # crop. Weighting and dividing by the same weights changes the softmax only by float
         # rounding (<= 1 ulp); it is kept so that labels (arg-max ties) and probabilities stay
-        # bit-identical to blending the one tile.
+        # bit-identical to blending the one tile (without saved probabilities a few slices at
+        # a time, in a small scratch array).
         output = _run(predict, padded, tiles, patch)[0][crop]
+        if gaussian and not keep_probabilities:
+            labels, top = _weighted_winners(output, gaussian_importance_map(patch)[crop])
+            return Blended(labels, top, output.shape[-1], 1)
         if gaussian:
             weights = gaussian_importance_map(patch)[crop][..., None]
             output = output * weights
@@ -203,6 +207,39 @@ def blend_tiles(
         return Blended(labels, top, output.shape[-1], 1, output if keep_probabilities else None)
     return _StreamingBlend(volume.shape, padded.shape, patch, starts, gaussian,
                            keep_probabilities).run(predict, padded, tiles, batch_size)
+
+
+#: Bytes of the scratch slab in which :func:`_weighted_winners` weights a single tile.
+SLAB_BYTES = 16 * 2**20
+
+
+def _weighted_winners(output: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_winners` of ``output * weights / weights`` (a single tile's blend, with the
+    accumulator's rounding), a few slices at a time: one slab-sized scratch array instead of
+    a weighted copy of every class's output (the same operations on the same values, so the
+    same labels and winner's values).
+
+    Args:
+        output: (z, y, x, C) network output of the tile (may be read-only).
+        weights: (z, y, x) blending weights.
+    """
+    shape = output.shape[:-1]
+    dtype = np.result_type(output.dtype, weights.dtype)
+    step = max(1, SLAB_BYTES // max(1, dtype.itemsize * math.prod(output.shape[1:])))
+    if step >= shape[0]:   # a small tile: weighted whole
+        weighted = output * weights[..., None]
+        weighted /= weights[..., None]
+        return _winners(weighted)
+    labels = np.empty(shape, dtype=np.int16)
+    top = np.empty(shape, dtype=np.float32)
+    scratch = np.empty((min(step, shape[0]), *output.shape[1:]), dtype=dtype)
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        slab_weights = weights[start:stop, ..., None]
+        slab = np.multiply(output[start:stop], slab_weights, out=scratch[:stop - start])
+        slab /= slab_weights
+        labels[start:stop], top[start:stop] = _winners(slab)
+    return labels, top
 
 
 def _winners(blended: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

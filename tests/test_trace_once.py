@@ -242,6 +242,37 @@ def test_a_read_only_single_tile_gives_probabilities_the_caller_owns(gaussian):
     assert len(kept) == 1 and np.array_equal(*kept[0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slab_bytes", [1, 3 * 30 * 29 * 5 * 4, 2**30])
+def test_a_single_tile_weighted_by_slabs_gives_the_whole_tiles_labels(monkeypatch, dtype,
+                                                                       slab_bytes):
+    """Labels and winner's values of the slab-wise weighting (one slice, three slices, the
+    whole tile at a time) equal those of weighting the whole tile, and the network's output
+    is left as it was."""
+    volume = _volume((7, 30, 29), 8)
+    network = _random_softmax(6, n_classes=5)
+    outputs = []
+
+    def read_only(batch):
+        output = network(batch).astype(dtype)
+        output.setflags(write=False)
+        outputs.append((output, output.copy()))
+        return output
+
+    whole = sw.blend_tiles(volume, read_only, (8, 32, 32), keep_probabilities=True)
+    monkeypatch.setattr(sw, "SLAB_BYTES", slab_bytes)
+    slabs = sw.blend_tiles(volume, read_only, (8, 32, 32))
+    assert slabs.n_tiles == whole.n_tiles == 1 and slabs.probabilities is None
+    np.testing.assert_array_equal(slabs.labels, whole.labels)
+    np.testing.assert_array_equal(slabs.top, whole.top)
+    assert slabs.labels.dtype == np.int16 and slabs.top.dtype == np.float32
+    assert all(np.array_equal(a, b) for a, b in outputs)
+    reference, _ = old_predict_probabilities(volume, _random_softmax(6, n_classes=5),
+                                             (8, 32, 32))
+    if dtype == np.float32:
+        np.testing.assert_array_equal(slabs.labels, np.argmax(reference, axis=-1))
+
+
 def test_a_part_tiled_along_z_accumulates_one_tile_deep():
     import hashlib
     import tracemalloc
