@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from legseg_tf.masking import bounding_box
+from legseg_tf.masking import apply_mask, bounding_box
 
 logger = logging.getLogger(__name__)
 
@@ -559,6 +560,37 @@ def _mask_like(mask: np.ndarray, volume: np.ndarray) -> np.ndarray:
     return mask
 
 
+def slice_reader(
+    volume: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    cut: int,
+    config: AnatomyConfig = AnatomyConfig(),
+    *,
+    mask: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> Callable[[int], SliceLevel]:
+    """``z -> SliceLevel`` of one slice: what :func:`anatomy_levels` maps over the slices
+    (arguments as there, ``cut`` required), for callers that share the slices out."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
+    if len(spacing_zyx) != 3 or any(not s > 0 for s in spacing_zyx):
+        raise ValueError(f"spacing_zyx must be three positive sizes, got {spacing_zyx}")
+    if mask is not None:
+        mask = _mask_like(mask, volume)
+    if threshold is None:
+        threshold = tissue_threshold(volume, config, mask)
+    spacing_yx = (float(spacing_zyx[1]), float(spacing_zyx[2]))
+
+    def read(z: int) -> SliceLevel:
+        if threshold is None:   # no tissue anywhere
+            return SliceLevel(None, 0.0)
+        image = volume[z] if mask is None else np.where(mask[z], volume[z], np.float32(0))
+        return slice_level(image, spacing_yx, int(cut), threshold, config)
+
+    return read
+
+
 def anatomy_levels(
     volume: np.ndarray,
     spacing_zyx: tuple[float, float, float],
@@ -584,30 +616,12 @@ def anatomy_levels(
         :class:`AnatomyResult` with one :class:`SliceLevel` per slice.
     """
     volume = np.asarray(volume, dtype=np.float32)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
-    if len(spacing_zyx) != 3 or any(not s > 0 for s in spacing_zyx):
-        raise ValueError(f"spacing_zyx must be three positive sizes, got {spacing_zyx}")
-    if mask is not None:
-        mask = _mask_like(mask, volume)
-    if cut is None:
-        from legseg_tf.masking import apply_mask
+    if cut is None and volume.ndim == 3:
         from legseg_tf.split import find_middle
 
-        cut = find_middle(volume if mask is None else apply_mask(volume, mask))
-    spacing_yx = (float(spacing_zyx[1]), float(spacing_zyx[2]))
-    if threshold is None:
-        threshold = tissue_threshold(volume, config, mask)
-    if threshold is None:
-        return AnatomyResult(tuple(SliceLevel(None, 0.0) for _ in range(volume.shape[0])),
-                             int(cut), config)
-
-    def image(z: int) -> np.ndarray:
-        return volume[z] if mask is None else np.where(mask[z], volume[z], np.float32(0))
-
-    slices = tuple(slice_level(image(z), spacing_yx, int(cut), threshold, config)
-                   for z in range(volume.shape[0]))
-    return AnatomyResult(slices, int(cut), config)
+        cut = find_middle(volume if mask is None else apply_mask(volume, _mask_like(mask, volume)))
+    read = slice_reader(volume, spacing_zyx, cut, config, mask=mask, threshold=threshold)
+    return AnatomyResult(tuple(read(z) for z in range(volume.shape[0])), int(cut), config)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ TensorFlow's forward pass keeps most but not all of the cores busy (about 1.85 o
 development machine). One worker thread, created on first use and kept for the process, runs
 such work at nice 19, so it takes the cycles the network leaves and yields the rest. The
 segmenter gives it the anatomy cross-check of single-region volumes, whose result only goes
-into the report and its warnings.
+into the report and its warnings, as a :class:`SharedMap` over the slices: when the caller
+needs the result it reads the slices the worker has not reached itself, at its own priority,
+so a worker starved by a busy machine delays an image by one slice at most.
 
 On Linux the priority is set for the worker thread alone; elsewhere it would apply to the
 whole process, so the worker keeps the normal priority there.
@@ -17,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -48,11 +51,55 @@ def submit(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future
         return _EXECUTOR.submit(function, *args, **kwargs)
 
 
-def run_now(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-    """:func:`submit`'s signature, but run here and now (the serial reference)."""
-    future: Future = Future()
-    try:
-        future.set_result(function(*args, **kwargs))
-    except BaseException as error:  # noqa: BLE001 - handed to the caller as submit would
-        future.set_exception(error)
-    return future
+class SharedMap:
+    """``function`` over ``items`` on the worker, finished by the caller.
+
+    The worker takes the items one at a time, in order; :meth:`finish` (the caller's thread)
+    takes every item not yet started, then waits for the one the worker is on. Each item is
+    processed exactly once; results come in the order of ``items``.
+
+    Args:
+        function: one item -> its result.
+        items: what to map over.
+        beside: False = process every item here and now (the serial reference).
+    """
+
+    def __init__(self, function: Callable[[Any], Any], items: Iterable[Any], *,
+                 beside: bool = True) -> None:
+        self._function = function
+        self._items = list(items)
+        self._results: list[Any] = [None] * len(self._items)
+        self._next = 0
+        self._lock = threading.Lock()
+        self._future: Future | None = None
+        if beside:
+            self._future = submit(self._work)
+        else:
+            self._work()
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._next >= len(self._items):
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _work(self) -> None:
+        while (index := self._take()) is not None:
+            self._results[index] = self._function(self._items[index])
+
+    def cancel(self) -> None:
+        """Hand out no further item (the worker stops after the one it is on)."""
+        with self._lock:
+            self._next = len(self._items)
+
+    def finish(self) -> list[Any]:
+        """Every result, in order; an item's exception is raised here."""
+        try:
+            self._work()
+        except BaseException:
+            self.cancel()
+            raise
+        if self._future is not None and not self._future.cancel():
+            self._future.result()
+        return list(self._results)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,10 +38,12 @@ import numpy as np
 
 from legseg_tf import background
 from legseg_tf.anatomy import (
+    AnatomyResult,
     anatomy_levels,
     reconcile_positions,
     reconciled_ranges,
     single_region_check,
+    slice_reader,
     tissue_threshold,
 )
 from legseg_tf.body_position import (
@@ -300,7 +301,12 @@ class QMRIToolsSegmenter:
         clock = time.perf_counter()
         own_side_cut = cut if decision.side == "Both" else None
         n_parts = len(parts)
-        outputs = self._run_networks(parts, own_side_cut)
+        try:
+            outputs = self._run_networks(parts, own_side_cut)
+        except BaseException:
+            if anatomy is not None:
+                anatomy.cancel()
+            raise
         report.parts = outputs.parts
         timings["networks"] = time.perf_counter() - clock
         if anatomy is not None:
@@ -330,28 +336,14 @@ class QMRIToolsSegmenter:
     def _locate_single_region(
         self, volume: np.ndarray, mask: np.ndarray, masked: np.ndarray,
         spacing_zyx: tuple[float, float, float], body_part: str | None, middle: int,
-    ) -> tuple[_Location, Future]:
+    ) -> tuple[_Location, _SingleRegionAnatomy]:
         """The whole volume for the one region, the classifier's side vote, and the anatomy
-        cross-check started (:meth:`_single_region_anatomy`; beside the networks with
-        ``background_checks``): its future gives the report entry and warnings."""
+        cross-check started (beside the networks with ``background_checks``)."""
         classifier_side = self._classify_side(masked) if self.classifier else None
-        run = background.submit if self.background_checks else background.run_now
-        # the check reads the volume through the mask slice by slice: it holds no masked
-        # copy while the networks run (the parts are sized against the memory in use)
-        anatomy = run(self._single_region_anatomy, volume, mask, spacing_zyx, body_part,
-                      middle, tissue_threshold(masked))
+        anatomy = _SingleRegionAnatomy(self.plan.regions[0], volume, mask, masked, spacing_zyx,
+                                       body_part, middle, beside=self.background_checks)
         ranges = {region: (0, masked.shape[0] - 1) for region in self.plan.regions}
         return _Location(classifier_side, ranges, None, None, (), middle), anatomy
-
-    def _single_region_anatomy(
-        self, volume: np.ndarray, mask: np.ndarray, spacing_zyx: tuple[float, float, float],
-        body_part: str | None, middle: int, threshold: float | None,
-    ) -> tuple[dict, tuple[str, ...]]:
-        """Anatomy report entry and warnings of a single-region volume (nothing else
-        depends on them)."""
-        anatomy = anatomy_levels(volume, spacing_zyx, cut=middle, mask=mask, threshold=threshold)
-        return ({**anatomy.to_report(), "body_part_examined": body_part},
-                tuple(single_region_check(self.plan.regions[0], anatomy, body_part)))
 
     def _locate(
         self, masked: np.ndarray, spacing_zyx: tuple[float, float, float],
@@ -480,6 +472,31 @@ class QMRIToolsSegmenter:
         report.timings_s = {k: round(v, 3) for k, v in timings.items()}
         return SegmentationResult(labels=labels.astype(np.uint16, copy=False), report=report,
                                   models=list(used), body_mask=body_mask)
+
+
+class _SingleRegionAnatomy:
+    """The anatomy cross-check of a single-region volume (report entry and warnings; nothing
+    else depends on it): its slices are read by the background worker while the networks run
+    (:class:`legseg_tf.background.SharedMap`), through the body mask one slice at a time (no
+    masked copy is held while the parts are sized against the memory in use); whatever the
+    worker has not reached when :meth:`result` is called is read there."""
+
+    def __init__(self, region: str, volume: np.ndarray, mask: np.ndarray, masked: np.ndarray,
+                 spacing_zyx: tuple[float, float, float], body_part: str | None, middle: int,
+                 *, beside: bool) -> None:
+        read = slice_reader(volume, spacing_zyx, middle, mask=mask,
+                            threshold=tissue_threshold(masked))
+        self._slices = background.SharedMap(read, range(volume.shape[0]), beside=beside)
+        self._region, self._body_part, self._cut = region, body_part, int(middle)
+
+    def cancel(self) -> None:
+        self._slices.cancel()
+
+    def result(self) -> tuple[dict, tuple[str, ...]]:
+        """(the report's anatomy entry, the warnings of :func:`single_region_check`)."""
+        anatomy = AnatomyResult(tuple(self._slices.finish()), self._cut)
+        return ({**anatomy.to_report(), "body_part_examined": self._body_part},
+                tuple(single_region_check(self._region, anatomy, self._body_part)))
 
 
 @dataclass(frozen=True)

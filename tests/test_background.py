@@ -30,15 +30,72 @@ def test_the_worker_is_one_thread_at_the_lowest_priority_and_the_caller_keeps_it
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
 
 
-@pytest.mark.parametrize("run", [background.submit, background.run_now],
-                         ids=["submit", "run_now"])
-def test_an_error_in_background_work_reaches_the_caller(run):
+def test_an_error_in_background_work_reaches_the_caller():
     def fails(value):
         raise ArithmeticError(f"bad {value}")
 
     with pytest.raises(ArithmeticError, match="bad 3"):
-        run(fails, 3).result(timeout=30)
-    assert run(divmod, 7, value := 2).result(timeout=30) == (3, 1) and value == 2
+        background.submit(fails, 3).result(timeout=30)
+    assert background.submit(divmod, 7, 2).result(timeout=30) == (3, 1)
+
+
+def test_a_shared_map_is_finished_by_the_caller_each_item_once_in_order():
+    threads, started, release = [], threading.Event(), threading.Event()
+
+    def function(item):
+        threads.append((item, threading.current_thread().name))
+        if threading.current_thread() is threading.main_thread():
+            release.set()
+        else:                    # the worker holds its first item until the caller took one
+            started.set()
+            release.wait(timeout=30)
+        return item * item
+
+    shared = background.SharedMap(function, range(12))
+    assert started.wait(timeout=30)
+    assert shared.finish() == [i * i for i in range(12)]
+    assert sorted(item for item, _ in threads) == list(range(12))   # each item exactly once
+    names = {name for _, name in threads}
+    assert threading.main_thread().name in names
+    assert any(name.startswith("legseg-background") for name in names)
+
+
+def test_a_busy_worker_does_not_hold_the_caller_up():
+    """Work queued behind a blocked worker: the caller reads every item itself and the
+    worker's share is withdrawn (a starved low-priority thread delays nothing)."""
+    blocker = threading.Event()
+    busy = background.submit(blocker.wait, 30)
+    try:
+        threads = []
+        shared = background.SharedMap(
+            lambda item: threads.append(threading.current_thread().name) or item + 1, range(5))
+        assert shared.finish() == [1, 2, 3, 4, 5]
+        assert set(threads) == {threading.current_thread().name}
+    finally:
+        blocker.set()
+        busy.result(timeout=30)
+
+
+def test_shared_map_errors_and_cancel():
+    def odd_fails(item):
+        if item % 2:
+            raise ValueError(f"item {item}")
+        return item
+
+    with pytest.raises(ValueError, match="item 1"):
+        background.SharedMap(odd_fails, range(4), beside=False).finish()
+    with pytest.raises(ValueError, match="item"):
+        background.SharedMap(odd_fails, range(4)).finish()
+    blocker = threading.Event()
+    busy = background.submit(blocker.wait, 30)
+    try:
+        seen = []
+        shared = background.SharedMap(seen.append, range(4))
+        shared.cancel()                                           # nothing handed out after
+        assert shared.finish() == [None] * 4 and seen == []
+    finally:
+        blocker.set()
+        busy.result(timeout=30)
 
 
 def test_reading_through_the_mask_equals_reading_the_masked_copy():
@@ -69,26 +126,32 @@ def _network(calls):
 @pytest.mark.parametrize("kind", ["calf", "thigh"])
 def test_beside_the_networks_gives_the_report_of_before_them(monkeypatch, kind):
     """A calf segmented as ``--region upper`` warns (from the anatomy check); a thigh does
-    not. Labels, report and the warnings' order are those of the serial run, and the check
-    ran on the background worker while the networks ran on the caller's thread."""
+    not. Labels, report and the warnings' order are those of the serial run; every slice is
+    read once, by the background worker or by the caller after the networks."""
     volume, spacing = phantom(1.5, nz=5, right=kind, left=kind)
-    ran_on = []
-    levels = segmenter.anatomy_levels
+    reads = []
+    reader = segmenter.slice_reader
 
-    def recorded(*args, **kwargs):
-        ran_on.append(threading.current_thread().name)
-        return levels(*args, **kwargs)
+    def recording(*args, **kwargs):
+        read = reader(*args, **kwargs)
 
-    monkeypatch.setattr(segmenter, "anatomy_levels", recorded)
+        def recorded(z):
+            reads[-1].append((z, threading.current_thread().name))
+            return read(z)
+        return recorded
+
+    monkeypatch.setattr(segmenter, "slice_reader", recording)
     results, network_threads = {}, []
     for beside in (False, True):
+        reads.append([])
         seg = QMRIToolsSegmenter("upper", {"upper_leg": _network(network_threads)},
                                  background_checks=beside)
         # a midline outside the image adds a warning after the check's (order kept)
         results[beside] = seg.segment(volume, spacing, body_part="THIGH",
                                       midline_column=-500.0)
-    assert ran_on[0] == threading.current_thread().name
-    assert ran_on[1].startswith("legseg-background")
+    assert [z for z, _ in reads[0]] == list(range(5))
+    assert {name for _, name in reads[0]} == {threading.current_thread().name}
+    assert sorted(z for z, _ in reads[1]) == list(range(5))
     assert set(network_threads) == {threading.current_thread().name}
     serial, beside = (results[False].report.to_dict(), results[True].report.to_dict())
     assert "anatomy_wait" in serial.pop("timings_s") and "anatomy_wait" in beside.pop("timings_s")
@@ -100,7 +163,7 @@ def test_beside_the_networks_gives_the_report_of_before_them(monkeypatch, kind):
     assert serial["warnings"][:-1] == warned
     # the anatomy entry is that of the masked volume, as before the check moved
     masked = apply_mask(volume, body_mask(volume))
-    expected = levels(masked, spacing, cut=serial["split"]["cut_column"])
+    expected = anatomy.anatomy_levels(masked, spacing, cut=serial["split"]["cut_column"])
     assert serial["anatomy"] == {**expected.to_report(), "body_part_examined": "THIGH"}
 
 
@@ -108,9 +171,11 @@ def test_an_error_in_the_check_fails_the_image(monkeypatch):
     volume, spacing = phantom(1.5, nz=3, right="thigh", left="thigh")
 
     def broken(*args, **kwargs):
-        raise RuntimeError("anatomy check failed")
+        def read(z):
+            raise RuntimeError("anatomy check failed")
+        return read
 
-    monkeypatch.setattr(segmenter, "anatomy_levels", broken)
+    monkeypatch.setattr(segmenter, "slice_reader", broken)
     seg = QMRIToolsSegmenter("upper", {"upper_leg": _network([])})
     with pytest.raises(RuntimeError, match="anatomy check failed"):
         seg.segment(volume, spacing)
