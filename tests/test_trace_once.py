@@ -203,15 +203,21 @@ def test_multi_tile_blend_is_bit_identical_to_the_full_accumulator(shape, patch,
     np.testing.assert_array_equal(lean.top, blended.top)
 
 
-def test_read_only_outputs_are_blended_bit_identically_and_left_unchanged():
-    volume = _volume((21, 40, 36), 3)
-    patch, network, kept = (8, 16, 16), _random_softmax(4), []
-
-    def read_only(batch):
-        output = network(batch)
+def _read_only(network, kept, dtype=np.float32):
+    """``network`` returning read-only outputs (as TensorFlow's views are), each recorded in
+    ``kept`` with a copy, to check that the merger leaves them as they were."""
+    def predict(batch):
+        output = network(batch).astype(dtype, copy=False)
         output.setflags(write=False)
         kept.append((output, output.copy()))
         return output
+    return predict
+
+
+def test_read_only_outputs_are_blended_bit_identically_and_left_unchanged():
+    volume = _volume((21, 40, 36), 3)
+    patch, kept = (8, 16, 16), []
+    read_only = _read_only(_random_softmax(4), kept)
 
     reference, _ = old_predict_probabilities(volume, _random_softmax(4), patch)
     blended = sw.blend_tiles(volume, read_only, patch, keep_probabilities=True)
@@ -222,13 +228,8 @@ def test_read_only_outputs_are_blended_bit_identically_and_left_unchanged():
 @pytest.mark.parametrize("gaussian", [True, False])
 def test_a_read_only_single_tile_gives_probabilities_the_caller_owns(gaussian):
     volume = _volume((7, 14, 15), 6)
-    patch, network, kept = (8, 16, 16), _random_softmax(5), []
-
-    def read_only(batch):
-        output = network(batch)
-        output.setflags(write=False)
-        kept.append((output, output.copy()))
-        return output
+    patch, kept = (8, 16, 16), []
+    read_only = _read_only(_random_softmax(5), kept)
 
     reference, n_tiles = old_predict_probabilities(volume, _random_softmax(5), patch,
                                                    gaussian=gaussian)
@@ -250,14 +251,8 @@ def test_a_single_tile_weighted_by_slabs_gives_the_whole_tiles_labels(monkeypatc
     whole tile at a time) equal those of weighting the whole tile, and the network's output
     is left as it was."""
     volume = _volume((7, 30, 29), 8)
-    network = _random_softmax(6, n_classes=5)
     outputs = []
-
-    def read_only(batch):
-        output = network(batch).astype(dtype)
-        output.setflags(write=False)
-        outputs.append((output, output.copy()))
-        return output
+    read_only = _read_only(_random_softmax(6, n_classes=5), outputs, dtype)
 
     whole = sw.blend_tiles(volume, read_only, (8, 32, 32), keep_probabilities=True)
     monkeypatch.setattr(sw, "SLAB_BYTES", slab_bytes)
