@@ -17,9 +17,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Iterable
 from typing import Any
 
 logger = logging.getLogger(__name__)
