@@ -16,60 +16,7 @@ from legseg_tf.anatomy import (
     single_region_check,
 )
 from legseg_tf.segmenter import QMRIToolsSegmenter, RegionNetwork
-
-MUSCLE, FAT, VOID = 100.0, 85.0, 2.0
-
-
-def _ellipse(yy, xx, cy, cx, ry, rx):
-    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-
-
-def _bone(image, yy, xx, cy, cx, radius, marrow):
-    """Cortex (3 mm thick void ring, 40 % of the radius at most) around marrow."""
-    image[_ellipse(yy, xx, cy, cx, radius, radius)] = VOID
-    inner = radius - min(3.0, 0.4 * radius)
-    image[_ellipse(yy, xx, cy, cx, inner, inner)] = marrow
-
-
-def _leg(image, yy, xx, cx, kind, side, marrow):
-    """One leg in mm coordinates; side "R" lies at low x (lateral = towards x = 0)."""
-    lateral = -1.0 if side == "R" else 1.0
-    cy = 0.0
-    ry, rx = (50.0, 55.0) if kind == "calf" else (70.0, 75.0)
-    image[_ellipse(yy, xx, cy, cx, ry, rx)] = FAT                       # subcutaneous fat
-    image[_ellipse(yy, xx, cy, cx, ry - 8, rx - 8)] = VOID              # fat-water line
-    image[_ellipse(yy, xx, cy, cx, ry - 9, rx - 9)] = MUSCLE
-    if kind == "calf":
-        _bone(image, yy, xx, cy - ry + 22, cx - 8 * lateral, 12.0, marrow)      # tibia
-        _bone(image, yy, xx, cy - ry + 40, cx + 22 * lateral, 7.0, marrow)      # fibula
-    elif kind == "thigh":
-        _bone(image, yy, xx, cy, cx, 14.0, marrow)                              # femur
-
-
-def phantom_slice(spacing_mm, right="calf", left="calf", marrow=FAT, pelvis=False):
-    """(y, x) slice of two legs (or one pelvis-like lobe) on a grid of ``spacing_mm``."""
-    ny, nx = int(round(200 / spacing_mm)), int(round(420 / spacing_mm))
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64) * spacing_mm
-    yy -= 100.0
-    image = np.zeros((ny, nx), dtype=np.float32)
-    if pelvis:
-        image[_ellipse(yy, xx, 0.0, 210.0, 85.0, 170.0)] = FAT
-        image[_ellipse(yy, xx, 0.0, 210.0, 75.0, 160.0)] = MUSCLE
-        _bone(image, yy, xx, 30.0, 210.0, 18.0, marrow)                   # sacrum/symphysis
-        _bone(image, yy, xx, 0.0, 110.0, 22.0, marrow)                    # femoral heads
-        _bone(image, yy, xx, 0.0, 310.0, 22.0, marrow)
-    else:
-        _leg(image, yy, xx, 110.0, right, "R", marrow)
-        _leg(image, yy, xx, 310.0, left, "L", marrow)
-    rng = np.random.default_rng(0)
-    return (image + rng.normal(0, 1.0, image.shape).astype(np.float32)).clip(0)
-
-
-def phantom(spacing_mm, nz=3, **kwargs):
-    """(z, y, x) volume of identical slices and its spacing (dz, dy, dx) in mm."""
-    image = phantom_slice(spacing_mm, **kwargs)
-    return np.repeat(image[None], nz, axis=0), (6.0, spacing_mm, spacing_mm)
-
+from tests.helpers import FAT, MUSCLE, VOID, phantom
 
 @pytest.mark.parametrize("spacing", [0.8, 3.0])
 @pytest.mark.parametrize("marrow", [FAT, VOID], ids=["fat-marrow", "water-contrast"])

@@ -12,7 +12,7 @@ import pytest
 from legseg_tf import anatomy, background, segmenter
 from legseg_tf.masking import apply_mask, body_mask
 from legseg_tf.segmenter import QMRIToolsSegmenter, RegionNetwork
-from tests.test_anatomy import phantom
+from tests.helpers import phantom
 
 
 def _worker_identity():
