@@ -340,7 +340,7 @@ class QMRIToolsSegmenter:
         """The whole volume for the one region, the classifier's side vote, and the anatomy
         cross-check started (beside the networks with ``background_checks``)."""
         classifier_side = self._classify_side(masked) if self.classifier else None
-        anatomy = _SingleRegionAnatomy(self.plan.regions[0], volume, mask, masked, spacing_zyx,
+        anatomy = _SingleRegionAnatomy(self.plan.regions[0], volume, mask, spacing_zyx,
                                        body_part, middle, beside=self.background_checks)
         ranges = {region: (0, masked.shape[0] - 1) for region in self.plan.regions}
         return _Location(classifier_side, ranges, None, None, (), middle), anatomy
@@ -481,11 +481,13 @@ class _SingleRegionAnatomy:
     masked copy is held while the parts are sized against the memory in use); whatever the
     worker has not reached when :meth:`result` is called is read there."""
 
-    def __init__(self, region: str, volume: np.ndarray, mask: np.ndarray, masked: np.ndarray,
+    def __init__(self, region: str, volume: np.ndarray, mask: np.ndarray,
                  spacing_zyx: tuple[float, float, float], body_part: str | None, middle: int,
                  *, beside: bool) -> None:
+        # the threshold (a percentile over the whole volume) is taken here, before the
+        # networks: the worker then allocates no more than a slice at a time
         read = slice_reader(volume, spacing_zyx, middle, mask=mask,
-                            threshold=tissue_threshold(masked))
+                            threshold=tissue_threshold(volume, mask=mask))
         self._slices = background.SharedMap(read, range(volume.shape[0]), beside=beside)
         self._region, self._body_part, self._cut = region, body_part, int(middle)
 

@@ -198,9 +198,7 @@ def blend_tiles(
             labels, top = _weighted_winners(output, gaussian_importance_map(patch)[crop])
             return Blended(labels, top, output.shape[-1], 1)
         if gaussian:
-            weights = gaussian_importance_map(patch)[crop][..., None]
-            output = output * weights
-            output /= weights
+            output = _weighted(output, gaussian_importance_map(patch)[crop])
         elif keep_probabilities and not output.flags.writeable:
             output = output.copy()   # the caller owns the probabilities it is given
         labels, top = _winners(output)
@@ -227,19 +225,25 @@ def _weighted_winners(output: np.ndarray, weights: np.ndarray) -> tuple[np.ndarr
     dtype = np.result_type(output.dtype, weights.dtype)
     step = max(1, SLAB_BYTES // max(1, dtype.itemsize * math.prod(output.shape[1:])))
     if step >= shape[0]:   # a small tile: weighted whole
-        weighted = output * weights[..., None]
-        weighted /= weights[..., None]
-        return _winners(weighted)
+        return _winners(_weighted(output, weights))
     labels = np.empty(shape, dtype=np.int16)
     top = np.empty(shape, dtype=np.float32)
     scratch = np.empty((min(step, shape[0]), *output.shape[1:]), dtype=dtype)
     for start in range(0, shape[0], step):
         stop = min(start + step, shape[0])
-        slab_weights = weights[start:stop, ..., None]
-        slab = np.multiply(output[start:stop], slab_weights, out=scratch[:stop - start])
-        slab /= slab_weights
+        slab = _weighted(output[start:stop], weights[start:stop], scratch[:stop - start])
         labels[start:stop], top[start:stop] = _winners(slab)
     return labels, top
+
+
+def _weighted(output: np.ndarray, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``output * weights / weights`` over the class axis (into ``out`` when given): a single
+    tile's blend, with the float rounding of weighting it into an accumulator and dividing by
+    the weight sum."""
+    weights = weights[..., None]
+    weighted = np.multiply(output, weights, out=out)
+    weighted /= weights
+    return weighted
 
 
 def _winners(blended: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
