@@ -60,7 +60,7 @@ class Tally:
 def _worker(mode: str, volume_path: Path, threads: int | None) -> dict:
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from legseg_tf import nifti_io
+    from legseg_tf import array_threads, nifti_io
     from legseg_tf.config import InferenceConfig
     from legseg_tf.device import configure_device
     from legseg_tf.inference import NetworkOutput, apply_segmentation_network
@@ -69,6 +69,7 @@ def _worker(mode: str, volume_path: Path, threads: int | None) -> dict:
     from legseg_tf.segmenter import QMRIToolsSegmenter, RegionNetwork
 
     configure_device("cpu", threads)
+    array_threads.set_threads(threads)
     config_net = UNetConfig(n_classes=N_CLASSES, features=FEATURES)
     stride = total_stride(config_net)
     model = build_unet(config_net)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from legseg_tf import array_threads
+
 logger = logging.getLogger(__name__)
 
 #: nice value of the worker thread (19: the lowest priority).
@@ -31,6 +33,8 @@ _EXECUTOR: ThreadPoolExecutor | None = None
 
 
 def _lowest_priority() -> None:
+    # its array stages stay on this thread: the array pool's threads run at normal priority
+    array_threads.serial_here()
     if not sys.platform.startswith("linux"):
         return
     try:

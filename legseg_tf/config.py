@@ -28,7 +28,7 @@ class InferenceConfig:
         batch_size: tiles per network call.
         save_probabilities: also write a 4-D probseg image.
         models_dir: folder holding ``manifest.json``.
-        nprocs: CPU threads for TensorFlow (None = all available).
+        nprocs: CPU threads for TensorFlow and the array stages (None = all available).
         segmentation_resolution: voxel size the networks run at: "model" (the region
             networks' training voxel size from their manifest provenance, else native),
             "native" (QMRITools' default) or (dz, dy, dx) in mm (:mod:`legseg_tf.resampling`).

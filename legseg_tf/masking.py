@@ -12,11 +12,13 @@ that all three axes are treated alike (3x3x3 box morphology, isotropic voxel-uni
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from legseg_tf import array_threads
 from legseg_tf.postprocessing import face_structure, largest_components
 
 
@@ -68,13 +70,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return lo
-    # the float64 histogram, converted block by block instead of as one float64 copy (float32
-    # input would otherwise get float32 bin edges)
-    counts = np.zeros(bins, dtype=np.int64)
-    for start in range(0, values.size, _BLOCK):
-        block_counts, edges = np.histogram(values[start:start + _BLOCK].astype(np.float64),
-                                           bins=bins, range=(lo, hi))
-        counts += block_counts
+    counts, edges = _histogram(values, lo, hi, bins)
     centres = 0.5 * (edges[:-1] + edges[1:])
     weight_low = np.cumsum(counts)[:-1].astype(np.float64)
     weight_high = values.size - weight_low
@@ -83,6 +79,48 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean_high = (np.sum(counts * centres) - sum_low) / np.maximum(weight_high, 1)
     between = weight_low * weight_high * (mean_low - mean_high) ** 2
     return float(edges[1:-1][int(np.argmax(between))])
+
+
+def _histogram(values: np.ndarray, lo: float, hi: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.histogram(values.astype(np.float64), bins, range=(lo, hi))`` of a flat array whose
+    minimum is ``lo``: equal counts and edges, with less work. The values equal to ``lo`` (in
+    a body volume the zero background, most voxels) all fall in the first bin and are only
+    counted; the rest is converted to float64 a block at a time (float32 input would
+    otherwise get float32 bin edges; one block's worth of memory in all), the blocks shared
+    out over the array threads."""
+    edges = np.histogram_bin_edges(np.empty(0, dtype=np.float64), bins=bins, range=(lo, hi))
+    step = max(1, _BLOCK // len(array_threads.pieces(values.size)))
+
+    def block_counts(start: int) -> np.ndarray:
+        block = values[start:start + step]
+        rest = block[block != lo]
+        counts = np.histogram(rest.astype(np.float64), bins=bins, range=(lo, hi))[0]
+        counts[0] += block.size - rest.size
+        return counts
+
+    counts = np.zeros(bins, dtype=np.int64)
+    for block in array_threads.run_all(block_counts, range(0, values.size, step)):
+        counts += block
+    return counts, edges
+
+
+def _percentile_of_nonnegative(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` of an array with no negative value, with less work: the
+    two order statistics it interpolates between are picked from the positive values alone
+    (the zeros come first), then interpolated by NumPy itself with the same weight."""
+    flat = values.ravel()
+    n = flat.size
+    position = (n - 1) * np.true_divide(q, 100)  # NumPy's virtual index ("linear" method)
+    below = int(np.floor(position))
+    indices = [min(max(below, 0), n - 1), min(max(below + 1, 0), n - 1)]
+    positive = flat[flat > 0]
+    zeros = n - positive.size
+    wanted = sorted({i - zeros for i in indices if i >= zeros})
+    if wanted:
+        positive.partition(wanted)
+    pair = np.array([positive[i - zeros] if i >= zeros else 0 for i in indices],
+                    dtype=flat.dtype)
+    return float(np.quantile(pair, float(position - below)))
 
 
 def normalize_data(volume: np.ndarray, bins: int = 256) -> np.ndarray:
@@ -110,7 +148,7 @@ def normalize_data(volume: np.ndarray, bins: int = 256) -> np.ndarray:
     median_nonzero = np.median(nonzero, overwrite_input=True)
     del nonzero
     scaled = shifted * np.float32(100.0 / median_nonzero)
-    top = float(np.percentile(scaled, 99))
+    top = _percentile_of_nonnegative(scaled, 99)
     if top > 0:
         scaled /= top
         np.clip(scaled, 0.0, 1.0, out=scaled)
@@ -170,13 +208,31 @@ def smooth_mask(mask: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarr
     truncate = config.gaussian_radius / config.gaussian_sigma
     for _ in range(config.smoothing_iterations):
         dilated = box_dilate(current)
-        blurred = ndimage.gaussian_filter(
-            dilated.astype(np.float32), sigma=config.gaussian_sigma, truncate=truncate,
-            mode="nearest",
-        )
+        blurred = gaussian_filter(dilated.astype(np.float32), config.gaussian_sigma, truncate)
         rounded = np.rint(blurred + np.float32(0.05)) >= 1
         current = box_erode(rounded)
     return current
+
+
+def gaussian_filter(image: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """``ndimage.gaussian_filter(image, sigma, truncate=truncate, mode="nearest")`` of a float
+    image: one 1-D pass per axis in axis order, the first into a new array, the others in
+    place (as SciPy does), each pass's lines shared out over the array threads (whole lines,
+    so the result is identical)."""
+    image = np.asarray(image)
+    out = np.empty_like(image)
+    for axis in range(image.ndim):
+        source = image if axis == 0 else out
+        across = max((a for a in range(image.ndim) if a != axis), key=lambda a: image.shape[a])
+
+        def one_pass(rows: slice, source=source, axis=axis, across=across) -> None:
+            index = tuple(rows if a == across else slice(None) for a in range(image.ndim))
+            ndimage.gaussian_filter1d(source[index], sigma, axis=axis, truncate=truncate,
+                                      mode="nearest", output=out[index])
+
+        array_threads.run_all(one_pass, array_threads.pieces(
+            image.shape[across], image.size // max(1, image.shape[across])))
+    return out
 
 
 def box_dilate(mask: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from legseg_tf import derivatives, input_checks, nifti_io, resampling, side
+from legseg_tf import array_threads, derivatives, input_checks, nifti_io, resampling, side
 from legseg_tf.labels import abbreviation_of
 from legseg_tf.errors import ExitCode, NoModelError, UsageError, is_output_full
 from legseg_tf.config import RunConfig
@@ -195,6 +195,7 @@ def _load_segmenter(config: RunConfig) -> tuple[Segmenter, dict]:
         device = configure_device(config.inference.device, config.inference.nprocs)
     except DeviceError as error:
         raise UsageError(str(error), ExitCode.USAGE) from error
+    array_threads.set_threads(config.inference.nprocs)
     return load_segmenter(config.inference, models_dir), device
 
 

@@ -8,10 +8,12 @@ cost scales with the size of the structures, not with the number of labels times
 """
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import numpy as np
 from scipy import ndimage
+
+from legseg_tf import array_threads
 
 
 def face_structure(ndim: int) -> np.ndarray:
@@ -103,9 +105,8 @@ def largest_own_side_component_per_label(
         raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
     out = labels.copy()
     structure = face_structure(3)
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
+
+    def clean(index: int, box: tuple[slice, ...]) -> None:
         label_mask = labels[box] == index
         components, count = ndimage.label(label_mask, structure=structure)
         sizes = np.bincount(components.ravel(), minlength=count + 1)
@@ -118,10 +119,22 @@ def largest_own_side_component_per_label(
         eligible[0] = False
         if not eligible.any():
             out[box][label_mask] = 0
-            continue
+            return
         keep = int(np.argmax(np.where(eligible, sizes, -1)))
         out[box][label_mask & (components != keep)] = 0
+
+    _per_label(clean, labels)
     return out
+
+
+def _per_label(clean: Callable[[int, tuple[slice, ...]], None], labels: np.ndarray) -> None:
+    """``clean(label, its bounding box)`` for every label present, the labels shared out over
+    the array threads (:mod:`legseg_tf.array_threads`). Each call writes only its own
+    label's voxels, so the calls do not interact and the result does not depend on the
+    thread count."""
+    boxes = [(index, box) for index, box in enumerate(ndimage.find_objects(labels), start=1)
+             if box is not None]
+    array_threads.run_all(lambda item: clean(*item), boxes)
 
 
 def clear_other_side(
@@ -156,7 +169,8 @@ def largest_component_per_label(labels: np.ndarray) -> np.ndarray:
     """Reduce every non-zero label to its largest face-connected component.
 
     Voxels of the smaller components become 0 (background). Works per label on the label's
-    bounding box (``scipy.ndimage.find_objects``), so memory stays at one box at a time.
+    bounding box (``scipy.ndimage.find_objects``), so memory stays at one box per array
+    thread.
 
     Args:
         labels: non-negative integer label array, any dimensionality (usually (z, y, x)).
@@ -173,15 +187,16 @@ def largest_component_per_label(labels: np.ndarray) -> np.ndarray:
         raise ValueError("labels must be non-negative")
     out = labels.copy()
     structure = face_structure(labels.ndim)
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
+
+    def clean(index: int, box: tuple[slice, ...]) -> None:
         label_mask = labels[box] == index
         components, count = ndimage.label(label_mask, structure=structure)
         if count <= 1:
-            continue
+            return
         sizes = np.bincount(components.ravel())
         sizes[0] = 0
         drop = label_mask & (components != int(np.argmax(sizes)))
         out[box][drop] = 0
+
+    _per_label(clean, labels)
     return out

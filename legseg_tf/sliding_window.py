@@ -31,6 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from legseg_tf import array_threads
+
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
@@ -207,15 +209,17 @@ def blend_tiles(
                            keep_probabilities).run(predict, padded, tiles, batch_size)
 
 
-#: Bytes of the scratch slab in which :func:`_weighted_winners` weights a single tile.
+#: Bytes of scratch (over all threads) in which :func:`_weighted_winners` weights a single
+#: tile.
 SLAB_BYTES = 16 * 2**20
 
 
 def _weighted_winners(output: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_winners` of ``output * weights / weights`` (a single tile's blend, with the
-    accumulator's rounding), a few slices at a time: one slab-sized scratch array instead of
-    a weighted copy of every class's output (the same operations on the same values, so the
-    same labels and winner's values).
+    accumulator's rounding), a few slices at a time: slab-sized scratch arrays instead of a
+    weighted copy of every class's output (the same operations on the same values, so the
+    same labels and winner's values). The slices are shared out over the array threads
+    (:mod:`legseg_tf.array_threads`), each with its own scratch.
 
     Args:
         output: (z, y, x, C) network output of the tile (may be read-only).
@@ -223,31 +227,62 @@ def _weighted_winners(output: np.ndarray, weights: np.ndarray) -> tuple[np.ndarr
     """
     shape = output.shape[:-1]
     dtype = np.result_type(output.dtype, weights.dtype)
-    step = max(1, SLAB_BYTES // max(1, dtype.itemsize * math.prod(output.shape[1:])))
-    if step >= shape[0]:   # a small tile: weighted whole
+    row_elements = math.prod(output.shape[1:])
+    if SLAB_BYTES >= dtype.itemsize * row_elements * shape[0]:   # a small tile: weighted whole
         return _winners(_weighted(output, weights))
     labels = np.empty(shape, dtype=np.int16)
     top = np.empty(shape, dtype=np.float32)
-    scratch = np.empty((min(step, shape[0]), *output.shape[1:]), dtype=dtype)
-    for start in range(0, shape[0], step):
-        stop = min(start + step, shape[0])
-        slab = _weighted(output[start:stop], weights[start:stop], scratch[:stop - start])
-        labels[start:stop], top[start:stop] = _winners(slab)
+    shares = array_threads.pieces(shape[0], row_elements)
+    step = max(1, SLAB_BYTES // (len(shares) * dtype.itemsize * row_elements))
+
+    def share(rows: slice) -> None:
+        scratch = np.empty((min(step, rows.stop - rows.start), *output.shape[1:]), dtype=dtype)
+        for start in range(rows.start, rows.stop, step):
+            stop = min(start + step, rows.stop)
+            slab = _weigh(output[start:stop], weights[start:stop], scratch[:stop - start])
+            labels[start:stop], top[start:stop] = _slab_winners(slab)
+
+    array_threads.run_all(share, shares)
     return labels, top
 
 
-def _weighted(output: np.ndarray, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``output * weights / weights`` over the class axis (into ``out`` when given): a single
-    tile's blend, with the float rounding of weighting it into an accumulator and dividing by
-    the weight sum."""
+def _weigh(output: np.ndarray, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``output * weights / weights`` over the class axis (into ``out`` when given), on the
+    calling thread."""
     weights = weights[..., None]
     weighted = np.multiply(output, weights, out=out)
     weighted /= weights
     return weighted
 
 
+def _weighted(output: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``output * weights / weights`` over the class axis, a new array: a single tile's
+    blend, with the float rounding of weighting it into an accumulator and dividing by the
+    weight sum (slabs shared out over the array threads)."""
+    out = np.empty(output.shape, dtype=np.result_type(output.dtype, weights.dtype))
+    array_threads.run_all(lambda rows: _weigh(output[rows], weights[rows], out[rows]),
+                          array_threads.pieces(len(out), math.prod(out.shape[1:])))
+    return out
+
+
 def _winners(blended: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int16 arg-max, float32 value of the arg-max) over the last axis."""
+    """(int16 arg-max, float32 value of the arg-max) over the last axis, slabs along the
+    first axis shared out over the array threads."""
+    shares = array_threads.pieces(len(blended), math.prod(blended.shape[1:]))
+    if len(shares) == 1:
+        return _slab_winners(blended)
+    labels = np.empty(blended.shape[:-1], dtype=np.int16)
+    top = np.empty(blended.shape[:-1], dtype=np.float32)
+
+    def share(rows: slice) -> None:
+        labels[rows], top[rows] = _slab_winners(blended[rows])
+
+    array_threads.run_all(share, shares)
+    return labels, top
+
+
+def _slab_winners(blended: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_winners` on the calling thread."""
     winners = np.argmax(blended, axis=-1)
     # gathered through flat indices: take_along_axis builds a full-size index per axis
     flat = np.ascontiguousarray(blended).reshape(-1, blended.shape[-1])
@@ -291,13 +326,23 @@ class _StreamingBlend:
                 local[self.axis] = slice(tile[self.axis].start - self.window_start,
                                          tile[self.axis].stop - self.window_start)
                 local = tuple(local)
-                # weighted in place: the same float32 products, no tile-sized temporary
-                np.multiply(output, self.weights[..., None], out=output)
-                self.accumulator[local] += output
-                self.weight_sum[local] += self.weights
+                self._add(output, self.accumulator[local], self.weight_sum[local])
         self._finish(self.window_start + self.patch[self.axis])
         return Blended(self.labels, self.top, self.accumulator.shape[-1], len(tiles),
                        self.probabilities)
+
+    def _add(self, output: np.ndarray, accumulator: np.ndarray, weight_sum: np.ndarray) -> None:
+        """Weight one tile's output in place (the same float32 products, no tile-sized
+        temporary) and add it and its weights to the window, slabs shared out over the
+        array threads."""
+        weights = self.weights
+
+        def add(rows: slice) -> None:
+            np.multiply(output[rows], weights[rows][..., None], out=output[rows])
+            accumulator[rows] += output[rows]
+            weight_sum[rows] += weights[rows]
+
+        array_threads.run_all(add, array_threads.pieces(len(output), math.prod(output.shape[1:])))
 
     def _move_to(self, start: int) -> None:
         """Finish the slabs before ``start`` and shift the window to begin there."""
@@ -331,7 +376,13 @@ class _StreamingBlend:
             if a != self.axis:
                 local[a] = slice(0, n)
         blended = self.accumulator[tuple(local)]
-        blended /= self.weight_sum[tuple(local)][..., None]
+        weight_sum = self.weight_sum[tuple(local)]
+
+        def divide(rows: slice) -> None:
+            blended[rows] /= weight_sum[rows][..., None]
+
+        array_threads.run_all(divide, array_threads.pieces(len(blended),
+                                                           math.prod(blended.shape[1:])))
         labels, top = _winners(blended)
         self.labels[tuple(target)] = labels
         self.top[tuple(target)] = top
