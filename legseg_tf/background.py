@@ -5,8 +5,9 @@ development machine). One worker thread, created on first use and kept for the p
 such work at nice 19, so it takes the cycles the network leaves and yields the rest. The
 segmenter gives it the anatomy cross-check of single-region volumes, whose result only goes
 into the report and its warnings, as a :class:`SharedMap` over the slices: when the caller
-needs the result it reads the slices the worker has not reached itself, at its own priority,
-so a worker starved by a busy machine delays an image by one slice at most.
+needs the result, the slices the worker has not reached are read at normal priority on the
+array threads, so a worker starved by a busy machine delays an image by little more than
+one slice.
 
 On Linux the priority is set for the worker thread alone; elsewhere it would apply to the
 whole process, so the worker keeps the normal priority there.
@@ -88,8 +89,12 @@ class SharedMap:
             return self._next - 1
 
     def _work(self) -> None:
-        while (index := self._take()) is not None:
-            self._results[index] = self._function(self._items[index])
+        try:
+            while (index := self._take()) is not None:
+                self._results[index] = self._function(self._items[index])
+        except BaseException:
+            self.cancel()   # the other takers stop after their current item
+            raise
 
     def cancel(self) -> None:
         """Hand out no further item (the worker stops after the one it is on)."""
@@ -97,12 +102,10 @@ class SharedMap:
             self._next = len(self._items)
 
     def finish(self) -> list[Any]:
-        """Every result, in order; an item's exception is raised here."""
-        try:
-            self._work()
-        except BaseException:
-            self.cancel()
-            raise
+        """Every result, in order; an item's exception is raised here. The items the worker
+        has not reached are shared out over the array threads (:mod:`legseg_tf.array_threads`;
+        the caller's thread is one of them)."""
+        array_threads.run_all(lambda _: self._work(), range(array_threads.threads()))
         if self._future is not None and not self._future.cancel():
             self._future.result()
         return list(self._results)

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from legseg_tf import anatomy, background, segmenter
+from legseg_tf import anatomy, array_threads, background, segmenter
 from legseg_tf.masking import apply_mask, body_mask
 from legseg_tf.segmenter import QMRIToolsSegmenter, RegionNetwork
 from tests.helpers import phantom
@@ -39,7 +39,15 @@ def test_an_error_in_background_work_reaches_the_caller():
     assert background.submit(divmod, 7, 2).result(timeout=30) == (3, 1)
 
 
-def test_a_shared_map_is_finished_by_the_caller_each_item_once_in_order():
+@pytest.fixture
+def one_array_thread():
+    """The caller alone finishes a shared map (no array pool thread joins it)."""
+    array_threads.set_threads(1)
+    yield
+    array_threads.set_threads(None)
+
+
+def test_a_shared_map_is_finished_by_the_caller_each_item_once_in_order(one_array_thread):
     threads, started, release = [], threading.Event(), threading.Event()
 
     def function(item):
@@ -60,7 +68,7 @@ def test_a_shared_map_is_finished_by_the_caller_each_item_once_in_order():
     assert any(name.startswith("legseg-background") for name in names)
 
 
-def test_a_busy_worker_does_not_hold_the_caller_up():
+def test_a_busy_worker_does_not_hold_the_caller_up(one_array_thread):
     """Work queued behind a blocked worker: the caller reads every item itself and the
     worker's share is withdrawn (a starved low-priority thread delays nothing)."""
     blocker = threading.Event()
@@ -76,7 +84,32 @@ def test_a_busy_worker_does_not_hold_the_caller_up():
         busy.result(timeout=30)
 
 
-def test_shared_map_errors_and_cancel():
+def test_the_items_left_are_shared_out_over_the_array_threads():
+    """With the worker blocked, the caller and an array pool thread read the items (each
+    waits until the other has taken one), each item once, results in order."""
+    array_threads.set_threads(2)
+    blocker, both = threading.Event(), threading.Barrier(2, timeout=30)
+    busy = background.submit(blocker.wait, 30)
+    try:
+        threads = []
+
+        def function(item):
+            threads.append(threading.current_thread().name)
+            if len(set(threads)) < 2 or item < 2:
+                both.wait()
+            return item * 3
+
+        assert background.SharedMap(function, range(8)).finish() == [i * 3 for i in range(8)]
+        assert len(threads) == 8
+        assert set(threads) == {threading.current_thread().name,
+                                next(t for t in threads if t.startswith("legseg-array"))}
+    finally:
+        blocker.set()
+        busy.result(timeout=30)
+        array_threads.set_threads(None)
+
+
+def test_shared_map_errors_and_cancel(one_array_thread):
     def odd_fails(item):
         if item % 2:
             raise ValueError(f"item {item}")
