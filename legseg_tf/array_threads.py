@@ -68,15 +68,17 @@ def _pool(size: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def run_all(function: Callable[[T], Any], items: Iterable[T]) -> list[Any]:
-    """``[function(item) for item in items]``, the items spread over :func:`threads` threads.
+def run_all(function: Callable[[T], Any], items: Iterable[T], *,
+            max_threads: int | None = None) -> list[Any]:
+    """``[function(item) for item in items]``, the items spread over :func:`threads` threads
+    (at most ``max_threads``: work whose memory grows with the items run at once).
 
     Item ``i`` goes to share ``i % threads``; the calling thread takes the first share
     itself. Results come in the order of ``items``. A share stops at its first error, which
     is raised once every share has stopped (the caller's own share's first).
     """
     items = list(items)
-    count = min(threads(), len(items))
+    count = min(threads(), len(items), max_threads or len(items))
     if count <= 1:
         return [function(item) for item in items]
     # neighbours, often alike in cost, go to different shares

@@ -8,6 +8,7 @@ cost scales with the size of the structures, not with the number of labels times
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 
 import numpy as np
@@ -127,14 +128,24 @@ def largest_own_side_component_per_label(
     return out
 
 
+#: Working memory of the labels cleaned at once (:func:`_per_label`), in bytes.
+LABEL_WORK_BYTES = 64 * 2**20
+#: Bytes a label's clean-up holds per voxel of its bounding box (the label's mask, int32
+#: components, own-side mask and its gather, the voxels to drop).
+BYTES_PER_BOX_VOXEL = 12
+
+
 def _per_label(clean: Callable[[int, tuple[slice, ...]], None], labels: np.ndarray) -> None:
     """``clean(label, its bounding box)`` for every label present, the labels shared out over
-    the array threads (:mod:`legseg_tf.array_threads`). Each call writes only its own
-    label's voxels, so the calls do not interact and the result does not depend on the
-    thread count."""
+    the array threads (:mod:`legseg_tf.array_threads`), as many at once as fit in
+    LABEL_WORK_BYTES (at least one: a large volume's labels are cleaned one at a time, as
+    without threads). Each call writes only its own label's voxels, so the calls do not
+    interact and the result does not depend on the thread count."""
     boxes = [(index, box) for index, box in enumerate(ndimage.find_objects(labels), start=1)
              if box is not None]
-    array_threads.run_all(lambda item: clean(*item), boxes)
+    largest = max((math.prod(s.stop - s.start for s in box) for _, box in boxes), default=1)
+    at_once = max(1, LABEL_WORK_BYTES // (BYTES_PER_BOX_VOXEL * max(largest, 1)))
+    array_threads.run_all(lambda item: clean(*item), boxes, max_threads=at_once)
 
 
 def clear_other_side(

@@ -219,3 +219,37 @@ def test_the_body_mask_is_identical_for_every_thread_count(thread_counts):
     volume[:, 20:23, 16:19] = 0   # a hole to fill
     _assert_all_equal(_under_each(thread_counts, lambda: masking.body_mask(volume)))
     _assert_all_equal(_under_each(thread_counts, lambda: masking.normalize_data(volume)))
+
+
+def test_max_threads_bounds_the_threads_used(thread_counts):
+    array_threads.set_threads(3)
+    names = array_threads.run_all(lambda _: threading.current_thread().name, range(9),
+                                  max_threads=1)
+    assert set(names) == {threading.current_thread().name}
+    names = array_threads.run_all(lambda _: threading.current_thread().name, range(9),
+                                  max_threads=2)
+    assert len(set(names)) == 2
+
+
+def test_labels_too_large_to_clean_side_by_side_are_cleaned_one_at_a_time(monkeypatch,
+                                                                         thread_counts):
+    """The labels cleaned at once are bounded by their working memory: with room for one
+    box, one thread cleans them all; the result is the same either way."""
+    rng = np.random.default_rng(10)
+    labels = ndimage.median_filter(rng.integers(0, 5, (8, 20, 20)), size=2).astype(np.int16)
+    array_threads.set_threads(3)
+    seen = []
+    label = ndimage.label
+
+    def recording_label(*args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return label(*args, **kwargs)
+
+    monkeypatch.setattr(postprocessing.ndimage, "label", recording_label)
+    wide = postprocessing.largest_component_per_label(labels)
+    assert len(set(seen)) > 1
+    seen.clear()
+    monkeypatch.setattr(postprocessing, "LABEL_WORK_BYTES", 1)   # not even one box fits
+    narrow = postprocessing.largest_component_per_label(labels)
+    assert set(seen) == {threading.current_thread().name}
+    np.testing.assert_array_equal(wide, narrow)
