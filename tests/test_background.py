@@ -212,3 +212,43 @@ def test_an_error_in_the_check_fails_the_image(monkeypatch):
     seg = QMRIToolsSegmenter("upper", {"upper_leg": _network([])})
     with pytest.raises(RuntimeError, match="anatomy check failed"):
         seg.segment(volume, spacing)
+
+
+def test_bones_read_while_the_classifier_runs_give_the_ranges_and_report_of_before(monkeypatch):
+    """``--region legs``: the bones are read on the background worker while the classifier
+    runs; ranges, the overrides where bones contradict the classifier, labels and report are
+    those of reading them first, and every slice is read once."""
+    volume, spacing = phantom(1.5, nz=8, right="thigh", left="thigh")
+
+    def classify(images):   # calls the lower half calf: the thigh's bones overrule it
+        n = images.shape[0]
+        return ["Both"] * n, ["Lower"] * (n // 2) + ["Upper"] * (n - n // 2)
+
+    reads, reader = [], segmenter.slice_reader
+
+    def recording(*args, **kwargs):
+        read = reader(*args, **kwargs)
+
+        def recorded(z):
+            reads[-1].append(z)
+            return read(z)
+        return recorded
+
+    monkeypatch.setattr(segmenter, "slice_reader", recording)
+    lower = RegionNetwork("lower_leg", "fake-lower", "0" * 64, "N6_LowerLeg",
+                          lambda part: np.where(part > 0, 1, 0).astype(np.int32))
+    results = {}
+    for beside in (False, True):
+        reads.append([])
+        seg = QMRIToolsSegmenter("legs", {"upper_leg": _network([]), "lower_leg": lower},
+                                 classify, background_checks=beside)
+        results[beside] = seg.segment(volume, spacing)
+        assert sorted(reads[-1]) == list(range(8))
+    serial, beside = (results[False].report.to_dict(), results[True].report.to_dict())
+    serial.pop("timings_s"), beside.pop("timings_s")
+    assert beside == serial
+    assert serial["anatomy"]["overridden"], "the bones should have overruled the classifier"
+    np.testing.assert_array_equal(results[True].labels, results[False].labels)
+    masked = apply_mask(volume, body_mask(volume))
+    expected = anatomy.anatomy_levels(masked, spacing, cut=serial["split"]["cut_column"])
+    assert {k: serial["anatomy"][k] for k in expected.to_report()} == expected.to_report()
