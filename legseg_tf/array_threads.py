@@ -13,6 +13,7 @@ configured); unset, it is :func:`legseg_tf.device.available_cpus`.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -31,6 +32,16 @@ _THREADS: int | None = None
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 _LOCAL = threading.local()
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child has none of the parent's threads: it starts its own pool when needed."""
+    global _LOCK, _POOL, _POOL_SIZE
+    _LOCK, _POOL, _POOL_SIZE = threading.Lock(), None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def set_threads(count: int | None) -> None:

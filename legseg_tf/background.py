@@ -33,6 +33,16 @@ _LOCK = threading.Lock()
 _EXECUTOR: ThreadPoolExecutor | None = None
 
 
+def _forget_worker_in_child() -> None:
+    """A forked child has none of the parent's threads: it starts its own worker when needed."""
+    global _LOCK, _EXECUTOR
+    _LOCK, _EXECUTOR = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker_in_child)
+
+
 def _lowest_priority() -> None:
     # its array stages stay on this thread: the array pool's threads run at normal priority
     array_threads.serial_here()

@@ -253,3 +253,26 @@ def test_labels_too_large_to_clean_side_by_side_are_cleaned_one_at_a_time(monkey
     narrow = postprocessing.largest_component_per_label(labels)
     assert set(seen) == {threading.current_thread().name}
     np.testing.assert_array_equal(wide, narrow)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_threads(thread_counts):
+    """The parent's pool and background worker threads do not exist in a forked child: its
+    array stages and background work must not wait on them forever."""
+    import os
+    import signal
+
+    array_threads.set_threads(2)
+    array_threads.run_all(abs, range(4))            # the parent's pool exists
+    background.submit(abs, 1).result(timeout=30)   # and its background worker
+    pid = os.fork()
+    if pid == 0:   # the child: exit status 0 only if both kinds of work complete
+        ok = False
+        try:
+            signal.alarm(20)   # a child waiting on threads it does not have dies here
+            ok = array_threads.run_all(abs, range(-4, 0)) == [4, 3, 2, 1]
+            ok = ok and background.submit(abs, -2).result(timeout=20) == 2
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
