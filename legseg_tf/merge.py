@@ -6,7 +6,9 @@ labels goes to the lowest label (so a Left muscle, odd, beats the Right one, and
 labels beat upper-leg ones).
 
 Memory: each label is assembled on the union of its bounding boxes in the parts it occurs in,
-never as a full-size mask, so the cost is one output volume plus one label box at a time.
+never as a full-size mask, so the cost is one output volume plus the label boxes assembled at
+once: one per array thread, as many as fit in the clean-up's working memory
+(:data:`legseg_tf.postprocessing.LABEL_WORK_BYTES`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from legseg_tf import array_threads, postprocessing
 from legseg_tf.postprocessing import largest_component
 
 LabelCrop = tuple[np.ndarray, tuple[slice, ...]]
@@ -57,22 +60,41 @@ def merge_parts(
     objects = [ndimage.find_objects(np.asarray(labels)) if labels.size else []
                for labels, _ in parts]
     all_labels = sorted({i + 1 for boxes in objects for i, b in enumerate(boxes) if b is not None})
+    # where each label lies: (its crop in a part, global start) per part, and its union box
+    where: dict[int, list] = {}
     for label in all_labels:
-        pieces = []
         for (labels, box), boxes in zip(parts, objects):
             if label - 1 < len(boxes) and boxes[label - 1] is not None:
                 local = boxes[label - 1]
                 start = tuple(b.start + s.start for b, s in zip(box, local))
-                pieces.append((labels[local] == label, start))
-        lo = np.min([start for _, start in pieces], axis=0)
-        hi = np.max([np.add(start, mask.shape) for mask, start in pieces], axis=0)
+                where.setdefault(label, []).append((labels[local], start))
+
+    def union_box(label: int) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.min([start for _, start in where[label]], axis=0)
+        hi = np.max([np.add(start, crop.shape) for crop, start in where[label]], axis=0)
+        return lo, hi
+
+    def largest_union(label: int) -> np.ndarray:
+        lo, hi = union_box(label)
         union = np.zeros(tuple(hi - lo), dtype=bool)
-        for mask, start in pieces:
-            offset = tuple(slice(a - b, a - b + n) for a, b, n in zip(start, lo, mask.shape))
-            union[offset] |= mask
-        union = largest_component(union)
-        target = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
-        target[union & (target == 0)] = label
+        for crop, start in where[label]:
+            offset = tuple(slice(a - b, a - b + n) for a, b, n in zip(start, lo, crop.shape))
+            union[offset] |= crop == label
+        return largest_component(union)
+
+    # the labels' components on the array threads (as many at once as fit in the clean-up's
+    # working memory), written in ascending label order: the lowest label wins overlaps
+    largest = max((int(np.prod(np.subtract(*union_box(label)[::-1]))) for label in all_labels),
+                  default=1)
+    at_once = max(1, postprocessing.LABEL_WORK_BYTES
+                  // (postprocessing.BYTES_PER_BOX_VOXEL * max(largest, 1)))
+    for first in range(0, len(all_labels), at_once):
+        batch = all_labels[first:first + at_once]
+        for label, union in zip(batch, array_threads.run_all(largest_union, batch,
+                                                             max_threads=at_once)):
+            lo, hi = union_box(label)
+            target = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            target[union & (target == 0)] = label
     return out
 
 

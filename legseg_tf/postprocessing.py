@@ -111,8 +111,10 @@ def largest_own_side_component_per_label(
         label_mask = labels[box] == index
         components, count = ndimage.label(label_mask, structure=structure)
         sizes = np.bincount(components.ravel(), minlength=count + 1)
-        own = own_columns[box[2]][None, None, :] & label_mask
-        own_sizes = np.bincount(components[own], minlength=count + 1)
+        # the components' voxels in the own columns (outside the label the components are 0,
+        # a count that is not used)
+        own_sizes = np.bincount(_columns(components, own_columns[box[2]]).ravel(),
+                                minlength=count + 1)
         sizes[0] = 0
         eligible = own_sizes >= min_own_fraction * sizes
         if index in sideless:
@@ -146,6 +148,15 @@ def _per_label(clean: Callable[[int, tuple[slice, ...]], None], labels: np.ndarr
     largest = max((math.prod(s.stop - s.start for s in box) for _, box in boxes), default=1)
     at_once = max(1, LABEL_WORK_BYTES // (BYTES_PER_BOX_VOXEL * max(largest, 1)))
     array_threads.run_all(lambda item: clean(*item), boxes, max_threads=at_once)
+
+
+def _columns(array: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``array[:, :, columns]`` for a boolean ``columns``: a view when the chosen columns are
+    one run (the own side of a cut always is), else a copy."""
+    hits = np.flatnonzero(columns)
+    if hits.size and hits[-1] - hits[0] + 1 == hits.size:
+        return array[:, :, hits[0]:hits[-1] + 1]
+    return array[:, :, columns]
 
 
 def clear_other_side(

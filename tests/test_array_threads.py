@@ -276,3 +276,22 @@ def test_a_forked_child_starts_its_own_threads(thread_counts):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_merging_parts_is_identical_for_every_thread_count(monkeypatch, thread_counts):
+    """Overlapping parts whose labels meet: the lowest label still wins every overlap,
+    whether the labels' components are found side by side or one at a time."""
+    from legseg_tf.merge import merge_parts
+
+    rng = np.random.default_rng(12)
+    crops = []
+    for start in ((0, 0, 0), (2, 5, 9), (1, 3, 4)):
+        extent = (6, 14, 15)
+        labels = ndimage.median_filter(rng.integers(0, 6, extent), size=2).astype(np.int16)
+        crops.append((labels, tuple(slice(s, s + n) for s, n in zip(start, extent))))
+    shape = (9, 20, 25)
+    results = _under_each(thread_counts, lambda: merge_parts(crops, shape))
+    _assert_all_equal(results)
+    monkeypatch.setattr(postprocessing, "LABEL_WORK_BYTES", 1)
+    _assert_all_equal([results[0]] + _under_each(thread_counts, lambda: merge_parts(crops, shape)))
+    assert len(np.unique(results[0])) > 3
