@@ -39,6 +39,7 @@ import numpy as np
 from legseg_tf import background
 from legseg_tf.anatomy import (
     AnatomyResult,
+    anatomy_levels,
     reconcile_positions,
     reconciled_ranges,
     single_region_check,
@@ -177,8 +178,7 @@ class QMRIToolsSegmenter:
         save_probabilities: also return per-label probabilities (when the networks give them).
         background_checks: run the anatomy cross-check of a single-region volume (report and
             warnings only) beside the networks, at the lowest CPU priority
-            (:mod:`legseg_tf.background`), and start reading the bones of a multi-region
-            volume while the classifier runs; False = before them. Same result either way.
+            (:mod:`legseg_tf.background`); False = before them. Same result either way.
 
     Raises:
         NoModelError: a needed network or the needed classifier is missing.
@@ -351,18 +351,10 @@ class QMRIToolsSegmenter:
     ) -> _Location:
         """Classifier side vote and the slice range of every region, cross-checked with the
         bones (:mod:`legseg_tf.anatomy`): where they disagree confidently the bones win."""
-        # the bones are read on the background worker while the classifier runs, the rest
-        # when it is done (the same readings as ``anatomy_levels(masked, spacing_zyx, middle)``)
-        slices = background.SharedMap(slice_reader(masked, spacing_zyx, middle),
-                                      range(masked.shape[0]), beside=self.background_checks)
-        try:
-            classification = classify_body(masked, self.classifier, self.plan.regions,
-                                           self.classifier_config)
-        except BaseException:
-            slices.cancel()
-            raise
-        anatomy = AnatomyResult(tuple(slices.finish()), int(middle))
+        anatomy = anatomy_levels(masked, spacing_zyx, cut=middle)
         anatomy_report = {**anatomy.to_report(), "body_part_examined": body_part}
+        classification = classify_body(masked, self.classifier, self.plan.regions,
+                                       self.classifier_config)
         ranges = dict(classification.ranges)
         reconciled = reconcile_positions(
             list(classification.fitted_positions), classification.slices, anatomy,
