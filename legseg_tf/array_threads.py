@@ -118,3 +118,8 @@ def pieces(length: int, elements_per_index: int = 1) -> list[slice]:
     step = max(1, math.ceil(length / count))
     return [slice(start, min(start + step, length)) for start in range(0, length, step)] or [
         slice(0, 0)]
+
+
+def slabs(array) -> list[slice]:
+    """:func:`pieces` of an array along its first axis (each index a slab of the others)."""
+    return pieces(len(array), math.prod(array.shape[1:]))

@@ -68,9 +68,9 @@ def submit(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future
 class SharedMap:
     """``function`` over ``items`` on the worker, finished by the caller.
 
-    The worker takes the items one at a time, in order; :meth:`finish` (the caller's thread)
-    takes every item not yet started, then waits for the one the worker is on. Each item is
-    processed exactly once; results come in the order of ``items``.
+    The worker takes the items one at a time, in order; :meth:`finish` has the items not yet
+    started taken by the array threads (the caller's among them), then waits for the one the
+    worker is on. Each item is processed exactly once; results come in the order of ``items``.
 
     Args:
         function: one item -> its result.

@@ -12,7 +12,6 @@ that all three axes are treated alike (3x3x3 box morphology, isotropic voxel-uni
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from legseg_tf import array_threads, postprocessing
-from legseg_tf.postprocessing import largest_component
+from legseg_tf import array_threads
+from legseg_tf.postprocessing import labels_at_once, largest_component
 
 LabelCrop = tuple[np.ndarray, tuple[slice, ...]]
 
@@ -68,14 +68,13 @@ def merge_parts(
                 local = boxes[label - 1]
                 start = tuple(b.start + s.start for b, s in zip(box, local))
                 where.setdefault(label, []).append((labels[local], start))
-
-    def union_box(label: int) -> tuple[np.ndarray, np.ndarray]:
-        lo = np.min([start for _, start in where[label]], axis=0)
-        hi = np.max([np.add(start, crop.shape) for crop, start in where[label]], axis=0)
-        return lo, hi
+    union_boxes = {
+        label: (np.min([start for _, start in pieces], axis=0),
+                np.max([np.add(start, crop.shape) for crop, start in pieces], axis=0))
+        for label, pieces in where.items()}
 
     def largest_union(label: int) -> np.ndarray:
-        lo, hi = union_box(label)
+        lo, hi = union_boxes[label]
         union = np.zeros(tuple(hi - lo), dtype=bool)
         for crop, start in where[label]:
             offset = tuple(slice(a - b, a - b + n) for a, b, n in zip(start, lo, crop.shape))
@@ -84,15 +83,13 @@ def merge_parts(
 
     # the labels' components on the array threads (as many at once as fit in the clean-up's
     # working memory), written in ascending label order: the lowest label wins overlaps
-    largest = max((int(np.prod(np.subtract(*union_box(label)[::-1]))) for label in all_labels),
-                  default=1)
-    at_once = max(1, postprocessing.LABEL_WORK_BYTES
-                  // (postprocessing.BYTES_PER_BOX_VOXEL * max(largest, 1)))
+    at_once = labels_at_once(max((int(np.prod(hi - lo)) for lo, hi in union_boxes.values()),
+                                 default=1))
     for first in range(0, len(all_labels), at_once):
         batch = all_labels[first:first + at_once]
         for label, union in zip(batch, array_threads.run_all(largest_union, batch,
                                                              max_threads=at_once)):
-            lo, hi = union_box(label)
+            lo, hi = union_boxes[label]
             target = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
             target[union & (target == 0)] = label
     return out

@@ -145,9 +145,15 @@ def _per_label(clean: Callable[[int, tuple[slice, ...]], None], labels: np.ndarr
     interact and the result does not depend on the thread count."""
     boxes = [(index, box) for index, box in enumerate(ndimage.find_objects(labels), start=1)
              if box is not None]
-    largest = max((math.prod(s.stop - s.start for s in box) for _, box in boxes), default=1)
-    at_once = max(1, LABEL_WORK_BYTES // (BYTES_PER_BOX_VOXEL * max(largest, 1)))
+    at_once = labels_at_once(max((math.prod(s.stop - s.start for s in box) for _, box in boxes),
+                                 default=1))
     array_threads.run_all(lambda item: clean(*item), boxes, max_threads=at_once)
+
+
+def labels_at_once(largest_box_voxels: int) -> int:
+    """How many labels to process side by side when the largest label box has this many
+    voxels: as many as fit in LABEL_WORK_BYTES, at least one."""
+    return max(1, LABEL_WORK_BYTES // (BYTES_PER_BOX_VOXEL * max(int(largest_box_voxels), 1)))
 
 
 def _columns(array: np.ndarray, columns: np.ndarray) -> np.ndarray:

@@ -261,14 +261,14 @@ def _weighted(output: np.ndarray, weights: np.ndarray) -> np.ndarray:
     weight sum (slabs shared out over the array threads)."""
     out = np.empty(output.shape, dtype=np.result_type(output.dtype, weights.dtype))
     array_threads.run_all(lambda rows: _weigh(output[rows], weights[rows], out[rows]),
-                          array_threads.pieces(len(out), math.prod(out.shape[1:])))
+                          array_threads.slabs(out))
     return out
 
 
 def _winners(blended: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int16 arg-max, float32 value of the arg-max) over the last axis, slabs along the
     first axis shared out over the array threads."""
-    shares = array_threads.pieces(len(blended), math.prod(blended.shape[1:]))
+    shares = array_threads.slabs(blended)
     if len(shares) == 1:
         return _slab_winners(blended)
     labels = np.empty(blended.shape[:-1], dtype=np.int16)
@@ -342,7 +342,7 @@ class _StreamingBlend:
             accumulator[rows] += output[rows]
             weight_sum[rows] += weights[rows]
 
-        array_threads.run_all(add, array_threads.pieces(len(output), math.prod(output.shape[1:])))
+        array_threads.run_all(add, array_threads.slabs(output))
 
     def _move_to(self, start: int) -> None:
         """Finish the slabs before ``start`` and shift the window to begin there."""
@@ -381,8 +381,7 @@ class _StreamingBlend:
         def divide(rows: slice) -> None:
             blended[rows] /= weight_sum[rows][..., None]
 
-        array_threads.run_all(divide, array_threads.pieces(len(blended),
-                                                           math.prod(blended.shape[1:])))
+        array_threads.run_all(divide, array_threads.slabs(blended))
         labels, top = _winners(blended)
         self.labels[tuple(target)] = labels
         self.top[tuple(target)] = top
