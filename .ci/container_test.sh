@@ -42,6 +42,10 @@ cleanup() {
 }
 trap cleanup EXIT
 log() { echo "== container: $*"; }
+free_mb() { df -Pm "$1" | awk 'NR == 2 { print $4 }'; }
+# A build from scratch peaks at about 3 GB on the engine's disk (base root, pip downloads, the
+# 2.2 GB image); measured 2.9 GB for the stage on 2026-11-30.
+needed_mb=3000
 
 skip_all() {
   log "NOT RUN: $1"
@@ -120,12 +124,26 @@ if [ -n "${PIP_INDEX_URL:-}" ]; then
   printf '[global]\nindex-url = %s\n' "$PIP_INDEX_URL" >"$scratch/pip.conf"
   secrets+=(--secret "id=pip.conf,src=$scratch/pip.conf")
 fi
-log "building $tag (variant $variant)"
+# The engine's disk: the private data root, or wherever the reachable engine keeps its data.
+engine_dir=$("$docker_cli" info --format '{{.DockerRootDir}}' 2>/dev/null || true)
+[ -d "$engine_dir" ] || engine_dir=$root
+free=$(free_mb "$engine_dir")
+log "building $tag (variant $variant); $free MB free on the engine's disk ($engine_dir)"
+if [ "$free" -lt "$needed_mb" ]; then
+  log "WARNING: a build from scratch needs about $needed_mb MB there; it may fail for want of space"
+fi
+build_failed() {  # $1: build log
+  tail -60 "$1"
+  if grep -q "No space left on device" "$1"; then
+    log "FAIL: the engine's disk ($engine_dir) ran out of space: $(free_mb "$engine_dir") MB free" \
+        "now, about $needed_mb MB needed for a build from scratch"
+  fi
+}
 t0=$(date +%s)
 "$docker_cli" build --network host --progress plain \
   --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$variant" --build-arg "IMAGE_NAME=$image_name" \
   "${secrets[@]}" -t "$tag" . >"$scratch/build.log" 2>&1 \
-  || { tail -60 "$scratch/build.log"; log "build FAILED"; exit 1; }
+  || { build_failed "$scratch/build.log"; log "build FAILED"; exit 1; }
 build_s=$(( $(date +%s) - t0 ))
 size=$("$docker_cli" image inspect "$tag" --format '{{.Size}}')
 log "built $tag in ${build_s} s; image size $(( size / 1000000 )) MB ($size bytes)"
@@ -162,7 +180,7 @@ t0=$(date +%s)
 "$docker_cli" build --network host --progress plain \
   --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$variant" --build-arg "IMAGE_NAME=$image_name" \
   "${secrets[@]}" -t "$tag-paclet" . >"$scratch/build-paclet.log" 2>&1 \
-  || { tail -60 "$scratch/build-paclet.log"; log "paclet build FAILED"; exit 1; }
+  || { build_failed "$scratch/build-paclet.log"; log "paclet build FAILED"; exit 1; }
 rm -f "$paclet"
 grep -E "bake_models|legseg-import|N5_UpperLeg|Body_Pos_Side" "$scratch/build-paclet.log" | cut -c1-160 | tail -8 || true
 log "built $tag-paclet in $(( $(date +%s) - t0 )) s"
