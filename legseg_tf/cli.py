@@ -396,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"legseg: error: cannot create the log file in {config.output_dir / 'logs'}: "
               f"{error.strerror or error}", file=sys.stderr)
         return EXIT_OUTPUT_DIR
+    try:
+        return _run_logged(config, log_file)
+    finally:
+        logging_setup.release()
+
+
+def _run_logged(config: RunConfig, log_file: Path | None) -> int:
+    """The run itself, once logging is set up; return the process exit code."""
     logger.info("legseg %s: %s level, %s -> %s", __version__, config.analysis_level,
                 config.bids_dir, config.output_dir)
     logger.debug("log file: %s", log_file)

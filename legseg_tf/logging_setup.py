@@ -23,11 +23,8 @@ NOISY = ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "bids", "bidsschemat
 
 def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legseg") -> Path | None:
     """Set up the root logger; return the log file path when ``log_dir`` is given."""
+    release()  # replace only what an earlier call added
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_legseg", False):  # replace only what an earlier call added
-            root.removeHandler(handler)
-            handler.close()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler()
     console.setLevel(level_from_verbosity(verbosity))
@@ -51,6 +48,16 @@ def configure(verbosity: int = 0, log_dir: Path | None = None, tag: str = "legse
     return log_file
 
 
+def release() -> None:
+    """Detach and close the handlers :func:`configure` added (the log file is complete then):
+    a run called from Python leaves no handler behind to write into its output folder."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_legseg", False):
+            root.removeHandler(handler)
+            handler.close()
+
+
 class _QuietFileHandler(logging.FileHandler):
     """A log file that stops itself with one line on stderr when it cannot be written (e.g. a
     full disk), instead of a traceback per message."""
@@ -70,5 +77,9 @@ class _QuietFileHandler(logging.FileHandler):
             pass
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not getattr(self, "_failed", False):
+        if getattr(self, "_failed", False):
+            return
+        try:  # reopening a closed file happens outside the handler's own error handling
             super().emit(record)
+        except OSError:
+            self.handleError(record)

@@ -145,7 +145,9 @@ def side_check(setup: Setup):
     dseg = next(setup.out.rglob("*_dseg.nii.gz"))
     image = nib.load(str(dseg))
     data = np.asarray(image.dataobj)
-    world = lambda value: nib.affines.apply_affine(image.affine, np.argwhere(data == value))[:, 0]
+    def world(value):
+        return nib.affines.apply_affine(image.affine, np.argwhere(data == value))[:, 0]
+
     assert world(55).max() < world(56).min()
     assert data.shape == nib.load(str(setup.bids / T1W)).shape[:3]
 

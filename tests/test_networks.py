@@ -318,9 +318,9 @@ def test_instance_norm_matches_numpy():
 
 def test_instance_norm_unet_uses_one_group_per_channel():
     model = build_unet(tiny_unet("B", norm="instance"))
-    norms = [l for l in model.layers if isinstance(l, keras.layers.GroupNormalization)]
-    assert norms and not [l for l in model.layers
-                          if isinstance(l, keras.layers.BatchNormalization)]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.GroupNormalization)]
+    assert norms and not [layer for layer in model.layers
+                          if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:
         assert layer.groups == layer.input.shape[-1]
         assert layer.epsilon == pytest.approx(1e-3)
@@ -328,10 +328,10 @@ def test_instance_norm_unet_uses_one_group_per_channel():
 
 def test_batch_norm_settings():
     model = build_unet(tiny_unet("A", bn_momentum=0.9, norm_epsilon=1e-3))
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms
-    assert all(l.momentum == pytest.approx(0.9) and l.epsilon == pytest.approx(1e-3)
-               for l in norms)
+    assert all(layer.momentum == pytest.approx(0.9) and layer.epsilon == pytest.approx(1e-3)
+               for layer in norms)
 
 
 def test_gelu_is_exact():
@@ -369,7 +369,7 @@ def run_single_conv(build, x_cf, weights, bias):
     ndim = x_cf.ndim - 1
     inputs = keras.Input(x_cf.shape[1:] + x_cf.shape[:1])
     model = keras.Model(inputs, build(inputs))
-    conv_layer = [l for l in model.layers if l.weights][0]
+    conv_layer = [layer for layer in model.layers if layer.weights][0]
     perm = (*range(2, 2 + ndim), 1, 0)  # Wolfram (out, in, k...) -> Keras (k..., in, out)
     conv_layer.set_weights([weights.transpose(perm).astype("float32"), bias.astype("float32")])
     x_cl = np.moveaxis(x_cf, 0, -1)[None].astype("float32")
@@ -390,7 +390,8 @@ def test_generation_a_down_conv_samples_the_wolfram_grid(spatial, scale):
     got, model = run_single_conv(
         lambda t: blocks.down_conv_a(t, 3, scale, node="enc_2"), x, weights, bias)
     expected = wolfram_conv(x, weights, bias, scale, ((1, 1),) * ndim)
-    assert [l.name for l in model.layers[1:]] == ["enc_2__scaleD__1_pad", "enc_2__scaleD__1"]
+    assert [layer.name for layer in model.layers[1:]] == \
+        ["enc_2__scaleD__1_pad", "enc_2__scaleD__1"]
     assert got.shape == expected.shape == (3, *[-(-n // s) for n, s in zip(spatial, scale)])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     if any(s == 2 and n % 2 == 0 for n, s in zip(spatial, scale)):
@@ -488,9 +489,9 @@ def test_parameter_counts_match_the_documented_qmritools_summary():
     with the documented schedule reproduces every figure; generation A does not."""
     config = UNetConfig(n_classes=18, features=(32, 64, 128, 192, 256), generation="B")
     model = build_unet(config, (32, 112, 112))
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv3D)]
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    kernel_weights = sum(int(np.prod(l.kernel.shape)) for l in convs)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv3D)]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    kernel_weights = sum(int(np.prod(layer.kernel.shape)) for layer in convs)
     assert (len(convs), len(norms)) == (37, 28)
     assert kernel_weights == 6_124_368 and round(kernel_weights / 1e6, 2) == 6.12
     assert model.count_params() == 6_138_898
@@ -500,10 +501,11 @@ def test_parameter_counts_match_the_documented_qmritools_summary():
     gen_a = build_unet(UNetConfig(
         n_classes=18, features=(32, 64, 128, 192, 256), generation="A",
         downsample=((1, 1, 1), (2, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2))))
-    norms_a = [l for l in gen_a.layers if isinstance(l, keras.layers.BatchNormalization)]
-    convs_a = [l for l in gen_a.layers if isinstance(l, keras.layers.Conv3D)]
+    norms_a = [layer for layer in gen_a.layers
+               if isinstance(layer, keras.layers.BatchNormalization)]
+    convs_a = [layer for layer in gen_a.layers if isinstance(layer, keras.layers.Conv3D)]
     assert (len(convs_a), len(norms_a)) == (37, 27)
-    assert round(sum(int(np.prod(l.kernel.shape)) for l in convs_a) / 1e6, 2) != 6.12
+    assert round(sum(int(np.prod(layer.kernel.shape)) for layer in convs_a) / 1e6, 2) != 6.12
 
 
 # ------------------------------------------------------------------------------- classifier
@@ -539,10 +541,10 @@ def test_classifier_layer_names():
 def test_classifier_trunk_follows_the_documented_layers():
     model = build_classifier(ClassifierConfig())
     convs = [model.get_layer(f"Conv__{i}") for i in (1, 5, 9, 13, 17)]
-    assert [(l.filters, l.kernel_size[0]) for l in convs] == \
+    assert [(layer.filters, layer.kernel_size[0]) for layer in convs] == \
         [(16, 7), (32, 5), (32, 5), (64, 3), (64, 3)]
     pools = [model.get_layer(f"Conv__{i}") for i in (4, 8, 12, 16, 20)]
-    assert [l.pool_size[0] for l in pools] == [2, 2, 2, 2, 4]
+    assert [layer.pool_size[0] for layer in pools] == [2, 2, 2, 2, 4]
     assert [model.get_layer(f"Side__{i}").units for i in (1, 4, 7, 10, 13)] == \
         [256, 128, 64, 32, 3]
 
