@@ -26,9 +26,7 @@ def test_verbosity_levels_and_log_file(tmp_path, monkeypatch):
         assert sum(getattr(h, "_legseg", False) for h in root.handlers) == 1  # replaced, not added
         assert "only in the file" in log_file.read_text()
     finally:
-        for handler in [h for h in root.handlers if getattr(h, "_legseg", False)]:
-            root.removeHandler(handler)
-            handler.close()
+        logging_setup.release()
         for handler in saved[0]:
             if handler not in root.handlers:
                 root.addHandler(handler)
